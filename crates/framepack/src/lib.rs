@@ -1,0 +1,13 @@
+//! Engine-agnostic core of FramePack video generation: frame-context packing schedules,
+//! flow-matching samplers, the models (packed HunyuanVideo transformer, causal 3D VAE, text and
+//! image encoders) and strict weight loading. No Bevy here: the `bevy_framepack` plugin and the
+//! `framepack` CLI both build on this crate.
+#![warn(missing_docs)]
+
+pub mod error;
+pub mod models;
+pub mod packing;
+pub mod sampling;
+pub mod weights;
+
+pub use error::{Error, Result, WeightsError};

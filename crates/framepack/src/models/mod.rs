@@ -1,0 +1,1 @@
+//! Neural network models of FramePack, built with candle from diffusers-format weights.

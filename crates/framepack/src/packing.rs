@@ -1,0 +1,1 @@
+//! Frame-context packing schedules (filled in below).

@@ -1,0 +1,1 @@
+//! Flow-matching sigma schedules and samplers.
