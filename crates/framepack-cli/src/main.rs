@@ -48,7 +48,14 @@ fn slot_name(s: &Slot) -> String {
     }
 }
 
-fn plan(seconds: f64, schedule: Schedule, window: usize, width: usize, height: usize, ron: bool) -> framepack::Result<()> {
+fn plan(
+    seconds: f64,
+    schedule: Schedule,
+    window: usize,
+    width: usize,
+    height: usize,
+    ron: bool,
+) -> framepack::Result<()> {
     if width % 16 != 0 || height % 16 != 0 {
         return Err(framepack::Error::Invalid {
             what: "size",

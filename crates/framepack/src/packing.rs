@@ -140,13 +140,25 @@ pub const FRAMEPACK_LEVELS: [Level; 3] =
 impl ContextSchedule {
     /// F1 forward sampling: start + 16@4x, 2@2x, 1@1x before the window (`[1, 16, 2, 1, W]`).
     pub fn geometric() -> Self {
-        Self { anchor: true, head: vec![], past: FRAMEPACK_LEVELS.to_vec(), future: vec![], order: SectionOrder::Forward }
+        Self {
+            anchor: true,
+            head: vec![],
+            past: FRAMEPACK_LEVELS.to_vec(),
+            future: vec![],
+            order: SectionOrder::Forward,
+        }
     }
 
     /// The original model's inverted anti-drifting sampling: `[1, pad·W, W, 1, 2, 16]`, the end
     /// of the video first.
     pub fn inverted_anti_drifting() -> Self {
-        Self { anchor: true, head: vec![], past: vec![], future: FRAMEPACK_LEVELS.to_vec(), order: SectionOrder::Inverted }
+        Self {
+            anchor: true,
+            head: vec![],
+            past: vec![],
+            future: FRAMEPACK_LEVELS.to_vec(),
+            order: SectionOrder::Inverted,
+        }
     }
 
     /// Forward sampling in which the beginning of the video is kept as well as the most recent
@@ -230,8 +242,7 @@ impl ContextSchedule {
         let past_pos: Vec<Vec<i64>> = walk(&self.past, win_start - 1, -1);
         let future_pos: Vec<Vec<i64>> = walk(&self.future, win_end, 1);
         let head_pos: Vec<Vec<i64>> = walk(&self.head, 1, 1);
-        let covered: std::collections::HashSet<i64> =
-            past_pos.iter().chain(&future_pos).flatten().copied().collect();
+        let covered: std::collections::HashSet<i64> = past_pos.iter().chain(&future_pos).flatten().copied().collect();
 
         let mut timeline: Vec<Placed> = Vec::new();
         if self.anchor {
@@ -427,7 +438,10 @@ impl SectionLayout {
         match self.groups.iter().find(|g| ![Kernel::X1, Kernel::X2, Kernel::X4].contains(&g.kernel)) {
             Some(g) => Err(Error::invalid(
                 "schedule",
-                format!("kernel {} has no patch embedder in the FramePack transformer (only (1,2,2), (2,4,4), (4,8,8))", g.kernel),
+                format!(
+                    "kernel {} has no patch embedder in the FramePack transformer (only (1,2,2), (2,4,4), (4,8,8))",
+                    g.kernel
+                ),
             )),
             None => Ok(()),
         }
@@ -511,7 +525,10 @@ impl SectionPlan {
     pub fn from_seconds(seconds: f64, window: usize, order: SectionOrder) -> Result<Self> {
         check_window(window)?;
         if !seconds.is_finite() || seconds <= 0.0 {
-            return Err(Error::invalid("seconds", format!("video length must be a positive number of seconds, got {seconds}")));
+            return Err(Error::invalid(
+                "seconds",
+                format!("video length must be a positive number of seconds, got {seconds}"),
+            ));
         }
         let n = (seconds * FPS / (4 * window) as f64).round_ties_even().max(1.0);
         Self::new(n as usize, window, order)

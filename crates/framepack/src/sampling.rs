@@ -220,9 +220,7 @@ fn sub(m: &[Vec<f64>], n: usize) -> Vec<Vec<f64>> {
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Result<Vec<f64>> {
     let n = b.len();
     for col in 0..n {
-        let pivot = (col..n)
-            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
-            .expect("non-empty range");
+        let pivot = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs())).expect("non-empty range");
         if a[pivot][col].abs() < 1e-300 {
             return Err(Error::invalid("sigmas", "UniPC coefficient system is singular (repeated sigmas?)"));
         }

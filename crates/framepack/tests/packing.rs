@@ -229,7 +229,8 @@ fn error_paths() {
     bad(SectionPlan::from_seconds(5.0, 0, SectionOrder::Forward), "latent window");
     bad(SectionPlan::new(0, 9, SectionOrder::Forward), "sections");
 
-    let empty = ContextSchedule { anchor: true, head: vec![], past: vec![], future: vec![], order: SectionOrder::Forward };
+    let empty =
+        ContextSchedule { anchor: true, head: vec![], past: vec![], future: vec![], order: SectionOrder::Forward };
     let plan = SectionPlan::new(2, 9, SectionOrder::Forward).unwrap();
     assert!(matches!(empty.validate(), Err(Error::Invalid { what: "schedule", .. })));
     assert!(matches!(empty.layout(&plan, 0), Err(Error::Invalid { what: "schedule", .. })));

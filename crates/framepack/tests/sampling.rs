@@ -9,8 +9,8 @@ use candle_core::{Device, Tensor};
 use common::{assert_close, get, load_fixture, to_vec_f64};
 use framepack::Error;
 use framepack::sampling::{
-    Sampler, Step, flux_mu, framepack_sigmas, model_guidance, model_timestep, round_bf16, sample_euler,
-    sample_unipc, section_sigmas, shifted_sigmas,
+    Sampler, Step, flux_mu, framepack_sigmas, model_guidance, model_timestep, round_bf16, sample_euler, sample_unipc,
+    section_sigmas, shifted_sigmas,
 };
 
 fn vec_tensor(v: &[f64]) -> Tensor {
@@ -77,8 +77,8 @@ fn mu_is_capped_at_ln7_for_official_buckets() {
 fn spec_25_step_schedule_and_bf16_timesteps() {
     let sig = framepack_sigmas(25, 7f64.ln()).unwrap();
     let spec = [
-        1.0000, 0.9941, 0.9877, 0.9809, 0.9735, 0.9655, 0.9568, 0.9474, 0.9370, 0.9256, 0.9130, 0.8991, 0.8835,
-        0.8660, 0.8462, 0.8235, 0.7975, 0.7671, 0.7313, 0.6885, 0.6364, 0.5714, 0.4884, 0.3784, 0.2258,
+        1.0000, 0.9941, 0.9877, 0.9809, 0.9735, 0.9655, 0.9568, 0.9474, 0.9370, 0.9256, 0.9130, 0.8991, 0.8835, 0.8660,
+        0.8462, 0.8235, 0.7975, 0.7671, 0.7313, 0.6885, 0.6364, 0.5714, 0.4884, 0.3784, 0.2258,
     ];
     for (s, want) in sig.iter().zip(spec) {
         assert!((s - want).abs() < 6e-5, "{s} vs {want}");
@@ -139,7 +139,8 @@ fn unipc_matches_framepack_every_step() {
         let mut worst: f64 = 0.0;
         for (i, (x, d)) in steps.iter().enumerate() {
             let (r1, _) = assert_close(&format!("n{n}.step{i}.x"), x, get(&f, &format!("n{n}.step{i}.x")));
-            let (r2, _) = assert_close(&format!("n{n}.step{i}.denoised"), d, get(&f, &format!("n{n}.step{i}.denoised")));
+            let (r2, _) =
+                assert_close(&format!("n{n}.step{i}.denoised"), d, get(&f, &format!("n{n}.step{i}.denoised")));
             worst = worst.max(r1).max(r2);
         }
         let (rel, max) = assert_close(&format!("n{n}.out"), &out, get(&f, &format!("n{n}.out")));
