@@ -252,6 +252,25 @@ fn loading_a_file_with_a_missing_tensor_names_file_and_tensor() {
 }
 
 #[test]
+fn diffusers_config_json_parses() {
+    let json = r#"{
+        "_class_name": "HunyuanVideoTransformer3DModelPacked",
+        "_diffusers_version": "0.33.0.dev0",
+        "attention_head_dim": 128, "guidance_embeds": true, "has_clean_x_embedder": 1,
+        "has_image_proj": 1, "image_proj_dim": 1152, "in_channels": 16, "mlp_ratio": 4.0,
+        "num_attention_heads": 24, "num_layers": 20, "num_refiner_layers": 2,
+        "num_single_layers": 40, "out_channels": 16, "patch_size": 2, "patch_size_t": 1,
+        "pooled_projection_dim": 768, "qk_norm": "rms_norm", "rope_axes_dim": [16, 56, 56],
+        "rope_theta": 256.0, "text_embed_dim": 4096
+    }"#;
+    let cfg: Config = serde_json::from_str(json).unwrap();
+    assert_eq!(cfg, Config::framepack_13b());
+    let defaults: Config = serde_json::from_str("{}").unwrap();
+    assert!(!defaults.has_image_proj && !defaults.has_clean_x_embedder);
+    assert_eq!(Config { has_image_proj: true, has_clean_x_embedder: true, ..defaults }, Config::framepack_13b());
+}
+
+#[test]
 fn tiny_config_parses() {
     let cfg = tiny_config();
     assert_eq!(cfg.inner_dim(), 32);

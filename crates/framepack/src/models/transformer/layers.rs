@@ -56,6 +56,27 @@ mod tests {
             assert!((bits as i64 - exact.to_bits() as i64).abs() <= 1, "k = {k}");
         }
     }
+
+    #[test]
+    fn chunked_attention_equals_one_block() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let q = Tensor::randn(0f32, 1., (2, 3, 7, 8), &dev)?;
+        let k = Tensor::randn(0f32, 1., (2, 3, 9, 8), &dev)?;
+        let v = Tensor::randn(0f32, 1., (2, 3, 9, 8), &dev)?;
+        let mut mask = vec![0f32; 2 * 7 * 9];
+        mask[7 * 9 + 5..7 * 9 + 9].fill(f32::NEG_INFINITY);
+        let per_query = Tensor::from_vec(mask, (2, 1, 7, 9), &dev)?;
+        let per_key = per_query.narrow(2, 6, 1)?;
+        for bias in [None, Some(&per_query), Some(&per_key)] {
+            let whole = attention_chunked(&q, &k, &v, bias, usize::MAX)?;
+            for max_elems in [1, 2 * 3 * 9 * 2, 2 * 3 * 9 * 3] {
+                let chunked = attention_chunked(&q, &k, &v, bias, max_elems)?;
+                let diff = (chunked - &whole)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert!(diff < 1e-6, "max_elems {max_elems}: {diff}");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Activation of a two-layer MLP.
@@ -248,12 +269,16 @@ fn merge_heads(x: &Tensor) -> Result<Tensor> {
 /// `v`: `(B, H, Lk, Dh)`; `bias`: additive f32 mask broadcastable to `(B, 1, Lq, Lk)`.
 /// Returns `(B, H, Lq, Dh)` in `v`'s dtype. Long query sets are processed in chunks.
 pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    attention_chunked(q, k, v, bias, MAX_SCORE_ELEMS)
+}
+
+fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, max_elems: usize) -> Result<Tensor> {
     let (b, h, lq, dh) = q.dims4()?;
     let lk = k.dim(2)?;
     let scale = 1.0 / (dh as f64).sqrt();
     let q = q.to_dtype(DType::F32)?;
     let kt = k.to_dtype(DType::F32)?.t()?;
-    let chunk = (MAX_SCORE_ELEMS / (b * h * lk).max(1)).clamp(1, lq.max(1));
+    let chunk = (max_elems / (b * h * lk).max(1)).clamp(1, lq.max(1));
     let mut outs = Vec::with_capacity(lq.div_ceil(chunk));
     let mut start = 0;
     while start < lq {

@@ -5,6 +5,12 @@
 //! the clean history (1x, 2x, 4x), packs them as `[4x | 2x | 1x clean | noisy]` with matching 3-D
 //! RoPE tables, builds the context `[image tokens | refined text]`, runs the dual- and
 //! single-stream blocks and returns the flow velocity of the noisy latents only.
+//!
+//! Numerics follow the reference: weights and activations in the VarBuilder's dtype, while the
+//! q/k RMSNorm, RoPE, attention scores and softmax, and the final `proj_out` run in f32. The
+//! timestep and guidance are embedded exactly as given; rounding `σ·1000` to bf16 is the
+//! sampler's job. Text masks must be a prefix of ones per row: batch 1 crops the text to its
+//! valid tokens, larger batches crop to the longest and mask the rest like diffusers.
 
 mod layers;
 mod rope;
@@ -259,10 +265,10 @@ fn read_indices(t: &Tensor, what: &'static str, batch: usize, expected: usize) -
         return Err(Error::invalid(what, format!("{} rows for a batch of {batch}", rows.len())));
     }
     let rows: Vec<Vec<f32>> = rows.into_iter().map(|r| r.into_iter().map(|v| v as f32).collect()).collect();
-    if rows.iter().any(|r| r.len() != expected) {
+    if let Some(r) = rows.iter().find(|r| r.len() != expected) {
         return Err(Error::invalid(
             what,
-            format!("expected {expected} indices (one per latent frame), got {}", rows[0].len()),
+            format!("expected {expected} indices (one per latent frame), got {}", r.len()),
         ));
     }
     if rows.iter().flatten().any(|v| !v.is_finite()) {
@@ -406,6 +412,7 @@ impl Transformer {
         let p = self.cfg.patch_size;
         let c = self.cfg.in_channels;
         if dims.len() != 5
+            || dims[0] == 0
             || dims[1] != c
             || dims[2] == 0
             || !dims[3].is_multiple_of(p)
@@ -415,7 +422,7 @@ impl Transformer {
         {
             return Err(Error::invalid(
                 "hidden_states",
-                format!("expected shape [B, {c}, T ≥ 1, H, W] with H, W positive multiples of {p}, got {dims:?}"),
+                format!("expected shape [B ≥ 1, {c}, T ≥ 1, H, W] with H, W positive multiples of {p}, got {dims:?}"),
             ));
         }
         let (b, t, h, w) = (dims[0], dims[2], dims[3], dims[4]);
