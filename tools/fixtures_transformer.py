@@ -9,6 +9,9 @@ Writes into --out (default: tests/fixtures next to this repository's root):
       out.sample, out.sample_f64   flow velocity from the f32 model and from a float64 copy
       inter.*  intermediates for bisecting (packed tokens, RoPE tables, temb, refined text,
                per-block hidden/encoder states, norm_out, proj_out)
+  transformer_odd_{config.json,weights.safetensors,case_d.safetensors,case_e.safetensors}
+      the same for a second config whose sizes all differ from the released model's (see
+      ODD_CONFIG): non-square latents, batch 2 with different text lengths, padded batch 1
 With --real-keys PATH it also writes the parameter names and shapes of the real 13B config
 (meta device, nothing downloaded) as {"framepack_transformer": {...}}.
 With --compare DIR it checks the files against those in DIR: weights, config and inputs must be
@@ -59,6 +62,28 @@ TINY_CONFIG = dict(
 )
 WEIGHT_SEED = 1234
 CASE_SEEDS = {"a": 11, "b": 22, "c": 33}
+
+# A second tiny config where every size differs from the released model's ratios: 3 heads of 12
+# channels, RoPE axes (2, 4, 6) with theta 100, in/out channels 4/6, MLP ratio 2.5 (the text
+# refiner keeps 4), one dual-stream block. Not part of the reference harness.
+ODD_CONFIG = dict(
+    TINY_CONFIG,
+    in_channels=4,
+    out_channels=6,
+    num_attention_heads=3,
+    attention_head_dim=12,
+    num_layers=1,
+    num_single_layers=2,
+    num_refiner_layers=1,
+    mlp_ratio=2.5,
+    text_embed_dim=10,
+    pooled_projection_dim=6,
+    rope_theta=100.0,
+    rope_axes_dim=(2, 4, 6),
+    image_proj_dim=7,
+)
+ODD_WEIGHT_SEED = 4242
+ODD_CASE_SEEDS = {"d": 44, "e": 55}
 
 # lllyasviel/FramePackI2V_HY (and the F1 checkpoint): same architecture.
 REAL_CONFIG = dict(
@@ -162,6 +187,53 @@ def case_inputs(case: str, cfg: dict):
     return inputs, dict(layout=layout, batch=B, text_valid_lengths=valid)
 
 
+def odd_case_inputs(case: str, cfg: dict):
+    """Cases for ODD_CONFIG: non-square latents, odd patch grids, batch 2 with different text
+    lengths and timesteps (d), batch 1 with padded text and a single noisy frame (e)."""
+    g = torch.Generator().manual_seed(ODD_CASE_SEEDS[case])
+    C = cfg["in_channels"]
+
+    def rn(*shape):
+        return torch.randn(shape, generator=g, dtype=torch.float32)
+
+    def idx(*v):
+        return torch.tensor(v, dtype=torch.int64)
+
+    if case == "d":
+        B, T, H, W, n_img = 2, 2, 6, 10, 5
+        indices = dict(latents=idx(20, 21), clean=idx(0, 19), h2x=idx(16, 17, 18), h4x=idx(1, 2, 3, 4, 5))
+        text_len, valid, timestep, guidance = 7, [7, 3], [900.0, 300.0], [10000.0, 8000.0]
+        layout = "odd config, B=2, latents 6x10 (post-patch 3x5), history 2/3/5 frames, text 7 (7 and 3 valid)"
+    elif case == "e":
+        B, T, H, W, n_img = 1, 1, 4, 14, 3
+        indices = dict(latents=idx(7), clean=idx(0, 8), h2x=idx(9, 10), h4x=idx(11, 12, 13, 14, 15, 16))
+        text_len, valid, timestep, guidance = 7, [4], [512.25], [6000.0]
+        layout = "odd config, B=1, one noisy frame, latents 4x14 (post-patch 2x7), history 2/2/6 frames, text 7 (4 valid)"
+    else:
+        raise ValueError(case)
+
+    mask = torch.zeros(B, text_len, dtype=torch.float32)
+    for i, v in enumerate(valid):
+        mask[i, :v] = 1.0
+    inputs = dict(
+        hidden_states=rn(B, C, T, H, W),
+        timestep=torch.tensor(timestep, dtype=torch.float32),
+        encoder_hidden_states=rn(B, text_len, cfg["text_embed_dim"]),
+        encoder_attention_mask=mask,
+        pooled_projections=rn(B, cfg["pooled_projection_dim"]),
+        image_embeds=rn(B, n_img, cfg["image_proj_dim"]),
+        indices_latents=indices["latents"],
+        guidance=torch.tensor(guidance, dtype=torch.float32),
+        latents_clean=rn(B, C, len(indices["clean"]), H, W),
+        indices_latents_clean=indices["clean"],
+        latents_history_2x=rn(B, C, len(indices["h2x"]), H, W),
+        indices_latents_history_2x=indices["h2x"],
+        latents_history_4x=rn(B, C, len(indices["h4x"]), H, W),
+        indices_latents_history_4x=indices["h4x"],
+    )
+    return inputs, dict(layout=layout, batch=B, text_valid_lengths=valid)
+
+
 def forward(model, inputs, capture: bool):
     """Runs the model; with `capture`, records the intermediates through forward hooks."""
     inter, hooks = {}, []
@@ -219,33 +291,35 @@ def diff_stats(a, b):
                 max_abs_out=float(b.abs().max()))
 
 
-def write_fixtures(out_dir: str) -> list[str]:
+def write_fixtures(out_dir: str, prefix: str, cfg: dict, seed: int, cases: dict) -> list[str]:
+    """Writes `{prefix}_config.json`, `{prefix}_weights.safetensors` and one
+    `{prefix}_case_{name}.safetensors` per entry of `cases` (name → input builder)."""
     from diffusers import HunyuanVideoFramepackTransformer3DModel
 
     os.makedirs(out_dir, exist_ok=True)
-    model = HunyuanVideoFramepackTransformer3DModel(**TINY_CONFIG).eval()
-    randomize(model, WEIGHT_SEED)
+    model = HunyuanVideoFramepackTransformer3DModel(**cfg).eval()
+    randomize(model, seed)
     model64 = copy.deepcopy(model).double().eval()
 
-    written = ["transformer_tiny_weights.safetensors"]
-    save(os.path.join(out_dir, written[0]), model.state_dict(), {"config": TINY_CONFIG, "seed": WEIGHT_SEED})
-    with open(os.path.join(out_dir, "transformer_tiny_config.json"), "w") as f:
-        json.dump(TINY_CONFIG, f, indent=2, default=list)
+    written = [f"{prefix}_weights.safetensors"]
+    save(os.path.join(out_dir, written[0]), model.state_dict(), {"config": cfg, "seed": seed})
+    with open(os.path.join(out_dir, f"{prefix}_config.json"), "w") as f:
+        json.dump(cfg, f, indent=2, default=list)
         f.write("\n")
 
-    for case in ("a", "b", "c"):
-        inputs, desc = case_inputs(case, TINY_CONFIG)
+    for case, make_inputs in cases.items():
+        inputs, desc = make_inputs(case, cfg)
         out, inter = forward(model, inputs, capture=True)
         inputs64 = {k: v.double() if v.dtype.is_floating_point else v for k, v in inputs.items()}
         out64, _ = forward(model64, inputs64, capture=False)
         tensors = {f"in.{k}": v for k, v in inputs.items()}
         tensors.update({"out.sample": out, "out.sample_f64": out64})
         tensors.update({f"inter.{k}": v for k, v in inter.items()})
-        name = f"transformer_tiny_case_{case}.safetensors"
+        name = f"{prefix}_case_{case}.safetensors"
         stats = diff_stats(out, out64)
         save(os.path.join(out_dir, name), tensors, {"description": desc, "f32_vs_f64": stats})
         written.append(name)
-        print(f"case {case}: f32 vs f64 max-abs {stats['max_abs_f32_vs_f64']:.2e}, "
+        print(f"{prefix} case {case}: f32 vs f64 max-abs {stats['max_abs_f32_vs_f64']:.2e}, "
               f"rel-L2 {stats['rel_l2_f32_vs_f64']:.2e}")
     return written
 
@@ -271,6 +345,9 @@ def compare(out_dir: str, ref_dir: str, names: list[str], atol: float = 1e-4) ->
     (CPU kernels and thread scheduling change f32 summation order) but not by more than `atol`."""
     ok = True
     for name in names:
+        if not os.path.exists(os.path.join(ref_dir, name)):
+            print(f"{name}: not in {ref_dir}, skipped")
+            continue
         with safe_open(os.path.join(out_dir, name), "pt") as new, safe_open(os.path.join(ref_dir, name), "pt") as ref:
             if set(new.keys()) != set(ref.keys()):
                 print(f"{name}: key sets differ: {sorted(set(new.keys()) ^ set(ref.keys()))}")
@@ -290,10 +367,13 @@ def compare(out_dir: str, ref_dir: str, names: list[str], atol: float = 1e-4) ->
                 worst = max(worst, (d, k))
             print(f"{name}: {exact}/{len(new.keys())} tensors bit-identical"
                   + (f", largest difference {worst[0]:.3e} in {worst[1]}" if worst[1] else ""))
-    with open(os.path.join(out_dir, "transformer_tiny_config.json")) as a, \
-            open(os.path.join(ref_dir, "transformer_tiny_config.json")) as b:
-        same = json.load(a) == json.load(b)
-        print(f"transformer_tiny_config.json: {'identical' if same else 'differs'}")
+    for config in sorted({n.split("_weights")[0] + "_config.json" for n in names if "_weights" in n}):
+        if not os.path.exists(os.path.join(ref_dir, config)):
+            print(f"{config}: not in {ref_dir}, skipped")
+            continue
+        with open(os.path.join(out_dir, config)) as a, open(os.path.join(ref_dir, config)) as b:
+            same = json.load(a) == json.load(b)
+        print(f"{config}: {'identical' if same else 'differs'}")
         ok &= same
     return ok
 
@@ -306,7 +386,10 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    written = write_fixtures(args.out)
+    written = write_fixtures(args.out, "transformer_tiny", TINY_CONFIG, WEIGHT_SEED,
+                             {c: case_inputs for c in CASE_SEEDS})
+    written += write_fixtures(args.out, "transformer_odd", ODD_CONFIG, ODD_WEIGHT_SEED,
+                              {c: odd_case_inputs for c in ODD_CASE_SEEDS})
     if args.real_keys:
         write_real_keys(args.real_keys)
     if args.compare and not compare(args.out, args.compare, written):

@@ -53,9 +53,10 @@ pub struct Config {
     pub num_single_layers: usize,
     /// Blocks of the text token refiner.
     pub num_refiner_layers: usize,
-    /// MLP width relative to the model width.
+    /// MLP width relative to the model width (blocks only; the text refiner always uses 4).
     pub mlp_ratio: f64,
-    /// Spatial patch size of the noisy latents.
+    /// Spatial patch size of the noisy latents; the clean-history kernels are `(1, p, p)`,
+    /// `(2, 2p, 2p)` and `(4, 4p, 4p)` (diffusers hard-codes those for p = 2).
     pub patch_size: usize,
     /// Temporal patch size (only 1 is supported, as in every released checkpoint).
     pub patch_size_t: usize,
@@ -125,6 +126,11 @@ impl Config {
     /// Hidden width of the MLPs.
     pub fn mlp_dim(&self) -> usize {
         (self.inner_dim() as f64 * self.mlp_ratio) as usize
+    }
+
+    /// Hidden width of the text refiner's MLPs (diffusers does not pass `mlp_ratio` to it).
+    pub fn refiner_mlp_dim(&self) -> usize {
+        self.inner_dim() * 4
     }
 
     /// Checks that the configuration describes a model this implementation can run.
@@ -340,7 +346,7 @@ impl Transformer {
                 cfg.text_embed_dim,
                 dim,
                 heads,
-                mlp,
+                cfg.refiner_mlp_dim(),
                 cfg.num_refiner_layers,
             )?,
             image_projection: if cfg.has_image_proj {
