@@ -44,41 +44,6 @@ pub(crate) fn timestep_sinusoid(values: &[f32], device: &candle_core::Device) ->
     Tensor::from_vec(out, (values.len(), SINUSOID_DIM), device)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sinusoid_frequencies_are_within_one_ulp_of_exact() {
-        for (k, &bits) in SINUSOID_FREQ_BITS.iter().enumerate() {
-            let exponent = -(10000f64.ln() as f32) * k as f32 / 128.0;
-            let exact = (exponent as f64).exp() as f32;
-            assert!((bits as i64 - exact.to_bits() as i64).abs() <= 1, "k = {k}");
-        }
-    }
-
-    #[test]
-    fn chunked_attention_equals_one_block() -> Result<()> {
-        let dev = candle_core::Device::Cpu;
-        let q = Tensor::randn(0f32, 1., (2, 3, 7, 8), &dev)?;
-        let k = Tensor::randn(0f32, 1., (2, 3, 9, 8), &dev)?;
-        let v = Tensor::randn(0f32, 1., (2, 3, 9, 8), &dev)?;
-        let mut mask = vec![0f32; 2 * 7 * 9];
-        mask[7 * 9 + 5..7 * 9 + 9].fill(f32::NEG_INFINITY);
-        let per_query = Tensor::from_vec(mask, (2, 1, 7, 9), &dev)?;
-        let per_key = per_query.narrow(2, 6, 1)?;
-        for bias in [None, Some(&per_query), Some(&per_key)] {
-            let whole = attention_chunked(&q, &k, &v, bias, usize::MAX)?;
-            for max_elems in [1, 2 * 3 * 9 * 2, 2 * 3 * 9 * 3] {
-                let chunked = attention_chunked(&q, &k, &v, bias, max_elems)?;
-                let diff = (chunked - &whole)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-                assert!(diff < 1e-6, "max_elems {max_elems}: {diff}");
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Activation of a two-layer MLP.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Act {
@@ -279,7 +244,7 @@ fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, 
     let q = q.to_dtype(DType::F32)?;
     let kt = k.to_dtype(DType::F32)?.t()?;
     let chunk = (max_elems / (b * h * lk).max(1)).clamp(1, lq.max(1));
-    let mut outs = Vec::with_capacity(lq.div_ceil(chunk));
+    let mut outs: Vec<Tensor> = Vec::with_capacity(lq.div_ceil(chunk));
     let mut start = 0;
     while start < lq {
         let len = chunk.min(lq - start);
@@ -293,7 +258,7 @@ fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, 
         outs.push(probs.matmul(v)?);
         start += len;
     }
-    if outs.len() == 1 { Ok(outs.pop().expect("one chunk")) } else { Tensor::cat(&outs, 2) }
+    Tensor::cat(&outs, 2)
 }
 
 /// Rotary `(cos, sin)` tables covering `[image | context]`: the packed image tokens' tables
@@ -569,5 +534,40 @@ impl TokenRefiner {
             h = block.forward(&h, &temb, bias.as_ref())?;
         }
         Ok((temb, h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinusoid_frequencies_are_within_one_ulp_of_exact() {
+        for (k, &bits) in SINUSOID_FREQ_BITS.iter().enumerate() {
+            let exponent = -(10000f64.ln() as f32) * k as f32 / 128.0;
+            let exact = (exponent as f64).exp() as f32;
+            assert!((bits as i64 - exact.to_bits() as i64).abs() <= 1, "k = {k}");
+        }
+    }
+
+    #[test]
+    fn chunked_attention_equals_one_block() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let q = Tensor::randn(0f32, 1., (2, 3, 7, 8), &dev)?;
+        let k = Tensor::randn(0f32, 1., (2, 3, 9, 8), &dev)?;
+        let v = Tensor::randn(0f32, 1., (2, 3, 9, 8), &dev)?;
+        let mut mask = vec![0f32; 2 * 7 * 9];
+        mask[7 * 9 + 5..7 * 9 + 9].fill(f32::NEG_INFINITY);
+        let per_query = Tensor::from_vec(mask, (2, 1, 7, 9), &dev)?;
+        let per_key = per_query.narrow(2, 6, 1)?;
+        for bias in [None, Some(&per_query), Some(&per_key)] {
+            let whole = attention_chunked(&q, &k, &v, bias, usize::MAX)?;
+            for max_elems in [1, 2 * 3 * 9 * 2, 2 * 3 * 9 * 3] {
+                let chunked = attention_chunked(&q, &k, &v, bias, max_elems)?;
+                let diff = (chunked - &whole)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+                assert!(diff < 1e-6, "max_elems {max_elems}: {diff}");
+            }
+        }
+        Ok(())
     }
 }
