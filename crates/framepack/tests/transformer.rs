@@ -645,3 +645,59 @@ fn invalid_configs_are_refused() {
     }
     Config::framepack_13b().validate().unwrap();
 }
+
+/// CPU timing of the reference harness's medium benchmark (`bench_medium.py`: 13B config with
+/// 4 heads × 128, 2 dual + 4 single blocks; 2,944 image + 793 context tokens). Run with
+/// `cargo test -p framepack --test transformer medium -- --ignored --nocapture`.
+#[test]
+#[ignore = "benchmark, ~1 min on 2 cores"]
+fn medium_benchmark_forward() {
+    let cfg = Config { num_attention_heads: 4, num_layers: 2, num_single_layers: 4, ..Config::framepack_13b() };
+    let model = random_model(&cfg, 2024);
+    let mut r = Lcg(7);
+    let dev = Device::Cpu;
+    let hidden = r.tensor(&[1, 16, 9, 32, 32]);
+    let clean = r.tensor(&[1, 16, 2, 32, 32]);
+    let h2 = r.tensor(&[1, 16, 2, 32, 32]);
+    let h4 = r.tensor(&[1, 16, 16, 32, 32]);
+    let text = r.tensor(&[1, 64, 4096]);
+    let mask = Tensor::ones((1, 64), DType::F32, &dev).unwrap();
+    let pooled = r.tensor(&[1, 768]);
+    let image = r.tensor(&[1, 729, 1152]);
+    let timestep = Tensor::new(&[800f32], &dev).unwrap();
+    let guidance = Tensor::new(&[10000f32], &dev).unwrap();
+    let idx = |a: i64, b: i64| Tensor::arange(a, b, &dev).unwrap();
+    let (i_lat, i_clean, i_2x, i_4x) = (idx(10, 19), Tensor::new(&[0i64, 19], &dev).unwrap(), idx(20, 22), idx(22, 38));
+    let inputs = TransformerInputs {
+        hidden_states: &hidden,
+        timestep: &timestep,
+        encoder_hidden_states: &text,
+        encoder_attention_mask: &mask,
+        pooled_projections: &pooled,
+        image_embeds: Some(&image),
+        guidance: Some(&guidance),
+        indices_latents: &i_lat,
+        latents_clean: Some(&clean),
+        indices_latents_clean: Some(&i_clean),
+        latents_history_2x: Some(&h2),
+        indices_latents_history_2x: Some(&i_2x),
+        latents_history_4x: Some(&h4),
+        indices_latents_history_4x: Some(&i_4x),
+    };
+    let packed = model.pack(&inputs).unwrap();
+    assert_eq!(packed.tokens.dims(), &[1, 2944, 512]);
+    model.forward(&inputs).unwrap();
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        let t0 = std::time::Instant::now();
+        let out = model.forward(&inputs).unwrap();
+        times.push(t0.elapsed().as_secs_f64());
+        assert_eq!(out.dims(), &[1, 16, 9, 32, 32]);
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "medium forward: median {:.2} s (runs {times:.2?}), {} threads",
+        times[1],
+        candle_core::utils::get_num_threads()
+    );
+}
