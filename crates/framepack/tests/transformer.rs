@@ -501,6 +501,12 @@ fn patch_size_one_and_no_guidance_or_image_projection() {
     let inputs = TransformerInputs { image_embeds: None, guidance: None, ..x.inputs() };
     let out = model.forward(&inputs).unwrap();
     assert_eq!(out.dims(), &[1, 6, 2, 3, 5]);
+    for (label, bad) in [
+        ("guidance", TransformerInputs { image_embeds: None, ..x.inputs() }),
+        ("image", TransformerInputs { guidance: None, ..x.inputs() }),
+    ] {
+        assert!(matches!(model.forward(&bad), Err(Error::Invalid { .. })), "{label} given to a model without it");
+    }
 }
 
 #[test]
@@ -621,6 +627,9 @@ fn bad_inputs_are_errors() {
         ("no guidance", TransformerInputs { guidance: None, ..base }),
         ("no image", TransformerInputs { image_embeds: None, ..base }),
         ("pooled shape", TransformerInputs { pooled_projections: &x.image, ..base }),
+        ("text width", TransformerInputs { encoder_hidden_states: &x.image, ..base }),
+        ("image width", TransformerInputs { image_embeds: Some(&x.text), ..base }),
+        ("index rows", TransformerInputs { indices_latents: &holes, ..base }),
     ];
     for (label, inputs) in cases {
         match model.forward(&inputs) {

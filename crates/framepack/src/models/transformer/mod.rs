@@ -252,6 +252,13 @@ pub struct Transformer {
     device: Device,
 }
 
+/// Checked scalar and text inputs: per-sample timesteps, guidance values and valid text lengths.
+struct Conditioning {
+    timestep: Vec<f32>,
+    guidance: Option<Vec<f32>>,
+    lens: Vec<usize>,
+}
+
 /// Frame indices of one group: one row shared by the batch, or one row per sample.
 struct Frames(Vec<Vec<f32>>);
 
@@ -413,8 +420,9 @@ impl Transformer {
         self.pack_traced(inputs, &mut |_, _| {})
     }
 
-    fn pack_traced(&self, inputs: &TransformerInputs<'_>, trace: &mut Trace<'_>) -> Result<Packed> {
-        let dims = inputs.hidden_states.dims();
+    /// `(B, T, H, W)` of the noisy latents, checked against the config.
+    fn latent_shape(&self, hidden_states: &Tensor) -> Result<(usize, usize, usize, usize)> {
+        let dims = hidden_states.dims();
         let p = self.cfg.patch_size;
         let c = self.cfg.in_channels;
         if dims.len() != 5
@@ -431,7 +439,59 @@ impl Transformer {
                 format!("expected shape [B ≥ 1, {c}, T ≥ 1, H, W] with H, W positive multiples of {p}, got {dims:?}"),
             ));
         }
-        let (b, t, h, w) = (dims[0], dims[2], dims[3], dims[4]);
+        Ok((dims[0], dims[2], dims[3], dims[4]))
+    }
+
+    /// Checks the conditioning inputs against the config and the batch size.
+    fn conditioning(&self, inputs: &TransformerInputs<'_>, b: usize) -> Result<Conditioning> {
+        let cfg = &self.cfg;
+        let timestep = read_scalars(inputs.timestep, "timestep", b)?;
+        let guidance = match (&self.guidance_embedder, inputs.guidance) {
+            (Some(_), Some(g)) => Some(read_scalars(g, "guidance", b)?),
+            (Some(_), None) => return Err(Error::invalid("guidance", "required: the model has a guidance embedder")),
+            (None, Some(_)) => return Err(Error::invalid("guidance", "given, but the model has no guidance embedder")),
+            (None, None) => None,
+        };
+        let pooled = inputs.pooled_projections;
+        if pooled.dims() != [b, cfg.pooled_projection_dim] {
+            return Err(Error::invalid(
+                "pooled_projections",
+                format!("expected shape [{b}, {}], got {:?}", cfg.pooled_projection_dim, pooled.dims()),
+            ));
+        }
+        let text = inputs.encoder_hidden_states;
+        let dims = text.dims();
+        if dims.len() != 3 || dims[0] != b || dims[2] != cfg.text_embed_dim {
+            return Err(Error::invalid(
+                "encoder_hidden_states",
+                format!("expected shape [{b}, L, {}], got {dims:?}", cfg.text_embed_dim),
+            ));
+        }
+        let lens = valid_lengths(inputs.encoder_attention_mask, b, dims[1])?;
+        match (&self.image_projection, inputs.image_embeds) {
+            (Some(_), Some(img)) => {
+                let d = img.dims();
+                if d.len() != 3 || d[0] != b || d[2] != cfg.image_proj_dim {
+                    return Err(Error::invalid(
+                        "image_embeds",
+                        format!("expected shape [{b}, N, {}], got {d:?}", cfg.image_proj_dim),
+                    ));
+                }
+            }
+            (Some(_), None) => {
+                return Err(Error::invalid("image_embeds", "required: the model has an image projection"));
+            }
+            (None, Some(_)) => {
+                return Err(Error::invalid("image_embeds", "given, but the model has no image projection"));
+            }
+            (None, None) => {}
+        }
+        Ok(Conditioning { timestep, guidance, lens })
+    }
+
+    fn pack_traced(&self, inputs: &TransformerInputs<'_>, trace: &mut Trace<'_>) -> Result<Packed> {
+        let p = self.cfg.patch_size;
+        let (b, t, h, w) = self.latent_shape(inputs.hidden_states)?;
         let (hp, wp) = (h / p, w / p);
 
         let noisy = self.x_embedder.forward(&self.input(inputs.hidden_states)?)?;
@@ -523,68 +583,33 @@ impl Transformer {
     /// [`Transformer::forward`] that reports named intermediate tensors to `trace` (see [`Trace`]).
     pub fn forward_traced(&self, inputs: &TransformerInputs<'_>, trace: &mut Trace<'_>) -> Result<Tensor> {
         let cfg = &self.cfg;
+        let (b, t, h, w) = self.latent_shape(inputs.hidden_states)?;
+        let Conditioning { timestep, guidance, lens } = self.conditioning(inputs, b)?;
         let packed = self.pack_traced(inputs, trace)?;
-        let (b, _, t, h, w) = inputs.hidden_states.dims5()?;
 
-        let timestep = read_scalars(inputs.timestep, "timestep", b)?;
         let t_sin = layers::timestep_sinusoid(&timestep, &self.device)?.to_dtype(self.dtype)?;
-        let pooled = inputs.pooled_projections;
-        if pooled.dims() != [b, cfg.pooled_projection_dim] {
-            return Err(Error::invalid(
-                "pooled_projections",
-                format!("expected shape [{b}, {}], got {:?}", cfg.pooled_projection_dim, pooled.dims()),
-            ));
-        }
-        let mut temb = (self.timestep_embedder.forward(&t_sin)? + self.text_embedder.forward(&self.input(pooled)?)?)?;
-        match (&self.guidance_embedder, inputs.guidance) {
-            (Some(embedder), Some(g)) => {
-                let g = read_scalars(g, "guidance", b)?;
-                let g_sin = layers::timestep_sinusoid(&g, &self.device)?.to_dtype(self.dtype)?;
-                temb = (temb + embedder.forward(&g_sin)?)?;
-            }
-            (Some(_), None) => return Err(Error::invalid("guidance", "required: the model has a guidance embedder")),
-            (None, Some(_)) => return Err(Error::invalid("guidance", "given, but the model has no guidance embedder")),
-            (None, None) => {}
+        let pooled = self.input(inputs.pooled_projections)?;
+        let mut temb = (self.timestep_embedder.forward(&t_sin)? + self.text_embedder.forward(&pooled)?)?;
+        if let (Some(embedder), Some(g)) = (&self.guidance_embedder, guidance) {
+            let g_sin = layers::timestep_sinusoid(&g, &self.device)?.to_dtype(self.dtype)?;
+            temb = (temb + embedder.forward(&g_sin)?)?;
         }
         trace("temb", &temb);
 
-        let text = inputs.encoder_hidden_states;
-        let (tb, tl, td) = text
-            .dims3()
-            .map_err(|_| Error::invalid("encoder_hidden_states", format!("expected rank 3, got {:?}", text.dims())))?;
-        if tb != b || td != cfg.text_embed_dim {
-            return Err(Error::invalid(
-                "encoder_hidden_states",
-                format!("expected shape [{b}, L, {}], got {:?}", cfg.text_embed_dim, text.dims()),
-            ));
-        }
-        let lens = valid_lengths(inputs.encoder_attention_mask, b, tl)?;
         let text_len = lens.iter().copied().max().unwrap_or(0);
-        let text = self.input(&text.narrow(1, 0, text_len)?)?;
+        let text = self.input(&inputs.encoder_hidden_states.narrow(1, 0, text_len)?)?;
         let (ctx_temb, text) = self.context_embedder.forward(&text, &lens, &t_sin)?;
         trace("context_embedder.temb", &ctx_temb);
         trace("context_embedder", &text);
 
         let (context, image_tokens) = match (&self.image_projection, inputs.image_embeds) {
             (Some(proj), Some(img)) => {
-                if img.rank() != 3 || img.dim(0)? != b || img.dim(2)? != cfg.image_proj_dim {
-                    return Err(Error::invalid(
-                        "image_embeds",
-                        format!("expected shape [{b}, N, {}], got {:?}", cfg.image_proj_dim, img.dims()),
-                    ));
-                }
                 let img = proj.forward(&self.input(img)?)?;
                 trace("image_projection", &img);
                 let n = img.dim(1)?;
                 (Tensor::cat(&[&img, &text], 1)?, n)
             }
-            (Some(_), None) => {
-                return Err(Error::invalid("image_embeds", "required: the model has an image projection"));
-            }
-            (None, Some(_)) => {
-                return Err(Error::invalid("image_embeds", "given, but the model has no image projection"));
-            }
-            (None, None) => (text, 0),
+            _ => (text, 0),
         };
 
         let n_img = packed.tokens.dim(1)?;
