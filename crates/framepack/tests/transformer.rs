@@ -647,6 +647,8 @@ fn invalid_configs_are_refused() {
         Config { patch_size_t: 2, ..Config::framepack_13b() },
         Config { qk_norm: "layer_norm".into(), ..Config::framepack_13b() },
         Config { image_condition_type: Some("token_replace".into()), ..Config::framepack_13b() },
+        Config { rope_theta: -1.0, ..Config::framepack_13b() },
+        Config { mlp_ratio: 0.0, ..Config::framepack_13b() },
     ];
     for cfg in bad {
         assert!(matches!(cfg.validate(), Err(Error::Invalid { .. })), "{cfg:?}");

@@ -162,7 +162,11 @@ impl Config {
         if let Some(t) = &self.image_condition_type {
             return bad(format!("image_condition_type `{t}` unsupported (FramePack uses none)"));
         }
-        if self.in_channels == 0 || self.out_channels == 0 || self.mlp_dim() == 0 || !self.rope_theta.is_finite() {
+        if self.in_channels == 0
+            || self.out_channels == 0
+            || self.mlp_dim() == 0
+            || !(self.rope_theta.is_finite() && self.rope_theta > 0.0)
+        {
             return bad("channels, mlp width and rope_theta must be positive and finite".into());
         }
         Ok(())
