@@ -1,1 +1,2 @@
 //! Neural network models of FramePack, built with candle from diffusers-format weights.
+pub mod vae;
