@@ -530,3 +530,53 @@ fn section_decoding_with_the_tiny_vae() {
     total += dec.finish().unwrap().dim(2).unwrap();
     assert_eq!(total, 4 * 6 - 3);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures made by tools/fixtures_vae.py (not in the shared harness)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn parity_tiny_spatial_tiling() {
+    let small = Tiling {
+        spatial: true,
+        sample_min_height: 32,
+        sample_min_width: 32,
+        sample_stride_height: 24,
+        sample_stride_width: 24,
+        ..Tiling::default()
+    };
+    let vae = tiny_vae().with_tiling(small).unwrap();
+    let t = tensors("vae_tiny_tiled.safetensors");
+    check("vae_tiny_tiled out.decoded_tiled", &vae.decode(&t["in.z"]).unwrap(), &t["out.decoded_tiled"]);
+    check(
+        "vae_tiny_tiled out.decoded_tiled_framewise",
+        &vae.decode(&t["in.z_long"]).unwrap(),
+        &t["out.decoded_tiled_framewise"],
+    );
+    check("vae_tiny_tiled out.moments_tiled", &vae.encode_moments(&t["in.sample"]).unwrap(), &t["out.moments_tiled"]);
+    check(
+        "vae_tiny_tiled out.moments_tiled_framewise",
+        &vae.encode_moments(&t["in.sample_long"]).unwrap(),
+        &t["out.moments_tiled_framewise"],
+    );
+}
+
+#[test]
+fn parity_tiny_b_other_config() {
+    let cfg: Config =
+        serde_json::from_str(&std::fs::read_to_string(fixture("vae_tiny_b_config.json")).unwrap()).unwrap();
+    assert_eq!((cfg.block_out_channels.len(), cfg.norm_num_groups, cfg.spatial_compression_ratio), (3, 3, 4));
+    let vae = AutoencoderKLHunyuanVideo::load(&[fixture("vae_tiny_b_weights.safetensors")], &cfg, DType::F32, &Device::Cpu)
+        .unwrap();
+    let t = tensors("vae_tiny_b.safetensors");
+    let dist = vae.encode(&t["in.sample"]).unwrap();
+    check("vae_tiny_b out.moments", dist.moments(), &t["out.moments"]);
+    check("vae_tiny_b out.latent_mean_f64", &dist.mean().unwrap(), &t["out.latent_mean_f64"]);
+    let mean = t["out.moments"].narrow(1, 0, 4).unwrap();
+    let dec = vae.decode(&mean).unwrap();
+    check("vae_tiny_b out.decoded_from_mean", &dec, &t["out.decoded_from_mean"]);
+    check("vae_tiny_b out.decoded_from_mean_f64", &dec, &t["out.decoded_from_mean_f64"]);
+    check("vae_tiny_b out.decoded_z_framewise", &vae.decode(&t["in.z"]).unwrap(), &t["out.decoded_z_framewise"]);
+    let direct = vae.with_tiling(Tiling::direct()).unwrap();
+    check("vae_tiny_b out.decoded_z_direct", &direct.decode(&t["in.z"]).unwrap(), &t["out.decoded_z_direct"]);
+}
