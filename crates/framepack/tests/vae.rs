@@ -580,3 +580,30 @@ fn parity_tiny_b_other_config() {
     let direct = vae.with_tiling(Tiling::direct()).unwrap();
     check("vae_tiny_b out.decoded_z_direct", &direct.decode(&t["in.z"]).unwrap(), &t["out.decoded_z_direct"]);
 }
+
+#[test]
+fn f64_model_matches_the_f64_fixtures() {
+    // f64 runs the generic conv2d path (the CPU GEMM fast path is f32 only).
+    let vae = AutoencoderKLHunyuanVideo::load(
+        &[fixture("vae_tiny_weights.safetensors")],
+        &tiny_config(),
+        DType::F64,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let t = tensors("vae_tiny_vid5.safetensors");
+    let x = t["in.sample"].to_dtype(DType::F64).unwrap();
+    let mean = vae.encode(&x).unwrap().mean().unwrap();
+    let (rel, max) = diff(&mean, &t["out.latent_mean_f64"]);
+    println!("PARITY-F64 vae_tiny_vid5 out.latent_mean_f64 rel-L2 {rel:.3e} max-abs {max:.3e}");
+    assert!(rel < 1e-6 && max < 1e-6);
+    let dec = vae.decode(&t["out.latent_mean_f64"].to_dtype(DType::F64).unwrap()).unwrap();
+    let (rel, max) = diff(&dec, &t["out.decoded_from_mean_f64"]);
+    println!("PARITY-F64 vae_tiny_vid5 out.decoded_from_mean_f64 rel-L2 {rel:.3e} max-abs {max:.3e}");
+    assert!(rel < 1e-6 && max < 1e-6);
+    let t = tensors("vae_tiny_vid21.safetensors");
+    let dec = vae.decode(&t["in.z"].to_dtype(DType::F64).unwrap()).unwrap();
+    let (rel, max) = diff(&dec, &t["out.decoded_z_framewise_f64"]);
+    println!("PARITY-F64 vae_tiny_vid21 out.decoded_z_framewise_f64 rel-L2 {rel:.3e} max-abs {max:.3e}");
+    assert!(rel < 1e-6 && max < 1e-6);
+}

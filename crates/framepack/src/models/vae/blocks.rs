@@ -57,10 +57,28 @@ impl CausalConv3d {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, t, h, w) = x.dims5()?;
+        let (_, c, _, _, _) = x.dims5()?;
         if c != self.in_channels {
             candle_core::bail!("causal conv expects {} channels, got {c}", self.in_channels);
         }
+        let k = self.kernel;
+        let p = k / 2;
+        if self.stride_t == 1 && self.stride_hw == 1 {
+            let xp = if k > 1 {
+                x.pad_with_same(2, k - 1, 0)?.pad_with_same(3, p, p)?.pad_with_same(4, p, p)?
+            } else {
+                x.clone()
+            };
+            if let Some(y) = super::cpu_conv::conv3d_stride1(&xp, &self.weight, &self.bias, k)? {
+                return Ok(y);
+            }
+        }
+        self.forward_conv2d(x)
+    }
+
+    /// The generic path: one conv2d per chunk of output frames over the stacked time taps.
+    pub(crate) fn forward_conv2d(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, t, h, w) = x.dims5()?;
         let k = self.kernel;
         let p = k / 2;
         // (B, T, C, H, W): frames next to the batch so every frame is one conv2d image.
@@ -195,7 +213,11 @@ impl FrameCausalAttention {
                 let n = rows.min(hw - q0);
                 let q_c = q.narrow(1, f * hw + q0, n)?;
                 let scores = (q_c.matmul(&k_f)? * scale)?;
-                let probs = candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?;
+                let probs = if matches!(scores.dtype(), DType::F16 | DType::BF16) {
+                    candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
+                } else {
+                    candle_nn::ops::softmax_last_dim(&scores)?
+                };
                 frames.push(probs.matmul(&v_f)?);
                 q0 += n;
             }
@@ -448,3 +470,26 @@ impl PointwiseConv3d {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn fast_and_generic_causal_conv_agree() -> Result<()> {
+        let dev = Device::Cpu;
+        for (k, b, c, o, t, h, w) in [(3, 2, 5, 7, 4, 6, 5), (3, 1, 3, 2, 1, 3, 4), (1, 2, 4, 3, 3, 2, 2)] {
+            let weight = Tensor::randn(0f32, 0.3, (o, c, k, k, k), &dev)?;
+            let bias = Tensor::randn(0f32, 0.1, o, &dev)?;
+            let conv = CausalConv3d { weight, bias, in_channels: c, out_channels: o, kernel: k, stride_t: 1, stride_hw: 1 };
+            let x = Tensor::randn(0f32, 1.0, (b, c, t, h, w), &dev)?;
+            let fast = conv.forward(&x)?;
+            let generic = conv.forward_conv2d(&x)?;
+            assert_eq!(fast.dims(), &[b, o, t, h, w]);
+            let d = (fast - generic)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+            assert!(d < 1e-5, "k={k}: max diff {d}");
+        }
+        Ok(())
+    }
+}

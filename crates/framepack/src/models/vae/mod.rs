@@ -15,6 +15,7 @@
 //! linear cross-fade between sections.
 
 mod blocks;
+mod cpu_conv;
 pub mod section;
 mod tiling;
 

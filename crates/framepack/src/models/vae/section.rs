@@ -54,9 +54,10 @@ pub fn soft_append(a: &Tensor, b: &Tensor, overlap: usize) -> Result<Tensor> {
             format!("overlap {overlap} is longer than the inputs ({la} and {lb} frames)"),
         ));
     }
-    let w = Tensor::from_vec(linspace_one_to_zero(overlap), (1, 1, overlap, 1, 1), a.device())?;
-    let a_tail = a.narrow(2, la - overlap, overlap)?.to_dtype(DType::F32)?;
-    let b_head = b.narrow(2, 0, overlap)?.to_dtype(DType::F32)?;
+    let compute = if a.dtype() == DType::F64 { DType::F64 } else { DType::F32 };
+    let w = Tensor::from_vec(linspace_one_to_zero(overlap), (1, 1, overlap, 1, 1), a.device())?.to_dtype(compute)?;
+    let a_tail = a.narrow(2, la - overlap, overlap)?.to_dtype(compute)?;
+    let b_head = b.narrow(2, 0, overlap)?.to_dtype(compute)?;
     let one_minus_w = w.affine(-1.0, 1.0)?;
     let blended = (a_tail.broadcast_mul(&w)? + b_head.broadcast_mul(&one_minus_w)?)?.to_dtype(a.dtype())?;
     let mut parts = Vec::with_capacity(3);

@@ -18,8 +18,8 @@ fn blend(a: &Tensor, b: &Tensor, dim: usize, extent: usize) -> CResult<Tensor> {
     }
     let mut shape = vec![1; b.rank()];
     shape[dim] = e;
-    let wb: Vec<f32> = (0..e).map(|x| (x as f64 / e as f64) as f32).collect();
-    let wa: Vec<f32> = (0..e).map(|x| (1.0 - x as f64 / e as f64) as f32).collect();
+    let wb: Vec<f64> = (0..e).map(|x| x as f64 / e as f64).collect();
+    let wa: Vec<f64> = (0..e).map(|x| 1.0 - x as f64 / e as f64).collect();
     let wa = Tensor::from_vec(wa, shape.as_slice(), b.device())?.to_dtype(b.dtype())?;
     let wb = Tensor::from_vec(wb, shape.as_slice(), b.device())?.to_dtype(b.dtype())?;
     let head = (a.narrow(dim, la - e, e)?.broadcast_mul(&wa)? + b.narrow(dim, 0, e)?.broadcast_mul(&wb)?)?;
