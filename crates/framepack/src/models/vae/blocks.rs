@@ -4,7 +4,7 @@
 //! Activations are `(batch, channels, frames, height, width)`.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{GroupNorm, Linear, VarBuilder};
+use candle_nn::{Linear, VarBuilder};
 
 use super::Config;
 
@@ -64,12 +64,14 @@ impl CausalConv3d {
         let k = self.kernel;
         let p = k / 2;
         if self.stride_t == 1 && self.stride_hw == 1 {
-            let xp = if k > 1 {
-                x.pad_with_same(2, k - 1, 0)?.pad_with_same(3, p, p)?.pad_with_same(4, p, p)?
-            } else {
+            let xp = if k == 1 {
                 x.clone()
+            } else if let Some(xp) = super::cpu::causal_pad(x, k)? {
+                xp
+            } else {
+                x.pad_with_same(2, k - 1, 0)?.pad_with_same(3, p, p)?.pad_with_same(4, p, p)?
             };
-            if let Some(y) = super::cpu_conv::conv3d_stride1(&xp, &self.weight, &self.bias, k)? {
+            if let Some(y) = super::cpu::conv3d_stride1(&xp, &self.weight, &self.bias, k)? {
                 return Ok(y);
             }
         }
@@ -127,8 +129,40 @@ impl CausalConv3d {
     }
 }
 
+/// GroupNorm (eps 1e-6, affine) over `(B, C, T, H, W)`: statistics span all frames and pixels
+/// of a group, so the VAE is not frame-local.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupNorm {
+    weight: Tensor,
+    bias: Tensor,
+    groups: usize,
+    inner: candle_nn::GroupNorm,
+}
+
+impl GroupNorm {
+    fn forward_impl(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
+        if let Some(y) = super::cpu::group_norm(x, &self.weight, &self.bias, self.groups, GROUP_NORM_EPS, silu)? {
+            return Ok(y);
+        }
+        let y = self.inner.forward(x)?;
+        if silu { y.silu() } else { Ok(y) }
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_impl(x, false)
+    }
+
+    /// `silu(group_norm(x))`.
+    pub(crate) fn forward_silu(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_impl(x, true)
+    }
+}
+
 fn group_norm(vb: VarBuilder, groups: usize, channels: usize) -> Result<GroupNorm> {
-    candle_nn::group_norm(groups, channels, GROUP_NORM_EPS, vb)
+    let weight = vb.get(channels, "weight")?;
+    let bias = vb.get(channels, "bias")?;
+    let inner = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), channels, groups, GROUP_NORM_EPS)?;
+    Ok(GroupNorm { weight, bias, groups, inner })
 }
 
 /// GroupNorm → SiLU → conv → GroupNorm → SiLU → conv, plus a 1×1×1 shortcut when the
@@ -159,8 +193,8 @@ impl ResnetBlock {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?.silu()?)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?.silu()?)?;
+        let h = self.conv1.forward(&self.norm1.forward_silu(x)?)?;
+        let h = self.conv2.forward(&self.norm2.forward_silu(&h)?)?;
         match &self.conv_shortcut {
             Some(s) => h + s.forward(x)?,
             None => h + x,
@@ -404,7 +438,7 @@ impl Encoder {
         }
         h = self.mid_block.forward(&h)?;
         record(&mut trace, "encoder.mid_block", &h);
-        let h = self.conv_out.forward(&self.conv_norm_out.forward(&h)?.silu()?)?;
+        let h = self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)?;
         record(&mut trace, "encoder", &h);
         Ok(h)
     }
@@ -452,7 +486,7 @@ impl Decoder {
             h = b.forward(&h)?;
             record(&mut trace, &format!("decoder.up_blocks.{i}"), &h);
         }
-        self.conv_out.forward(&self.conv_norm_out.forward(&h)?.silu()?)
+        self.conv_out.forward(&self.conv_norm_out.forward_silu(&h)?)
     }
 }
 
@@ -489,6 +523,33 @@ mod tests {
             assert_eq!(fast.dims(), &[b, o, t, h, w]);
             let d = (fast - generic)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             assert!(d < 1e-5, "k={k}: max diff {d}");
+        }
+        Ok(())
+    }
+
+    fn max_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+        (a - b)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()
+    }
+
+    #[test]
+    fn fast_group_norm_and_pad_match_candle_ops() -> Result<()> {
+        let dev = Device::Cpu;
+        let (c, groups) = (6, 3);
+        let weight = Tensor::randn(1f32, 0.1, c, &dev)?;
+        let bias = Tensor::randn(0f32, 0.1, c, &dev)?;
+        let inner = candle_nn::GroupNorm::new(weight.clone(), bias.clone(), c, groups, GROUP_NORM_EPS)?;
+        let gn = GroupNorm { weight, bias, groups, inner };
+        let x = (Tensor::randn(0f32, 2.0, (2, c, 3, 4, 5), &dev)? + 3.0)?;
+        let reference = gn.inner.forward(&x)?;
+        assert!(max_diff(&gn.forward(&x)?, &reference)? < 1e-5);
+        assert!(max_diff(&gn.forward_silu(&x)?, &reference.silu()?)? < 1e-5);
+
+        for k in [1, 3] {
+            let p = k / 2;
+            let fast = super::super::cpu::causal_pad(&x, k)?.expect("cpu f32");
+            let generic = x.pad_with_same(2, k - 1, 0)?.pad_with_same(3, p, p)?.pad_with_same(4, p, p)?;
+            assert_eq!(fast.dims(), generic.dims());
+            assert_eq!(max_diff(&fast, &generic)?, 0.0);
         }
         Ok(())
     }

@@ -15,7 +15,7 @@
 //! linear cross-fade between sections.
 
 mod blocks;
-mod cpu_conv;
+mod cpu;
 pub mod section;
 mod tiling;
 

@@ -1,5 +1,8 @@
-//! CPU fast path of the stride-1 causal Conv3d, without im2col.
+//! CPU f32 fast paths: the stride-1 causal Conv3d without im2col, GroupNorm fused with SiLU,
+//! and the causal replicate padding. Each returns `None` when it does not apply (other device
+//! or dtype), and the caller then uses the generic candle ops.
 //!
+//! Convolution:
 //! For one input channel, the padded volume `(T', H', W')` is a flat array, and an output voxel
 //! `(t, y, x)` reads the taps at flat offsets `t·H'W' + y·W' + x + (j·H'W' + a·W' + b)`. So each
 //! of the `k³` taps is one GEMM `(O × C) · (C × N)` whose right-hand side is the padded input
@@ -8,6 +11,7 @@
 //! computed and cropped afterwards. GEMMs come from the `gemm` crate (which candle uses too).
 
 use candle_core::{DType, Device, Result, Storage, Tensor};
+use rayon::prelude::*;
 
 /// Returns `None` when the fast path does not apply (not CPU, not f32).
 ///
@@ -95,4 +99,106 @@ pub(crate) fn conv3d_stride1(xp: &Tensor, weight: &Tensor, bias: &Tensor, k: usi
     } else {
         Ok(Some(out.narrow(3, 0, h_out)?.narrow(4, 0, w_out)?.contiguous()?))
     }
+}
+
+fn cpu_f32(x: &Tensor) -> bool {
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+}
+
+/// Runs `f` on the contiguous f32 data of `x`.
+fn with_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<Option<R>> {
+    let x = x.contiguous()?;
+    let (s, l) = x.storage_and_layout();
+    let Storage::Cpu(s) = &*s else {
+        return Ok(None);
+    };
+    let data = &s.as_slice::<f32>()?[l.start_offset()..];
+    let n = x.elem_count();
+    if data.len() < n {
+        candle_core::bail!("storage smaller than its layout");
+    }
+    f(&data[..n]).map(Some)
+}
+
+/// GroupNorm over `(B, C, …)` (statistics per batch item and group of `C / groups` channels over
+/// all remaining axes), optionally followed by SiLU. Statistics in f64, the affine map in f32 as
+/// `x·scale + shift` (like PyTorch's CPU kernel).
+pub(crate) fn group_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+) -> Result<Option<Tensor>> {
+    if !cpu_f32(x) || !cpu_f32(weight) || !cpu_f32(bias) {
+        return Ok(None);
+    }
+    let dims = x.dims().to_vec();
+    if dims.len() < 3 || dims[1] % groups != 0 {
+        candle_core::bail!("group norm: {groups} groups do not fit shape {dims:?}");
+    }
+    let c = dims[1];
+    let s: usize = dims[2..].iter().product();
+    let per_group = c / groups * s;
+    let w = weight.to_vec1::<f32>()?;
+    let b = bias.to_vec1::<f32>()?;
+    if w.len() != c || b.len() != c {
+        candle_core::bail!("group norm: {} weights for {c} channels", w.len());
+    }
+    let out = with_f32(x, |src| {
+        let mut out = vec![0f32; src.len()];
+        out.par_chunks_mut(per_group.max(1)).zip(src.par_chunks(per_group.max(1))).enumerate().for_each(
+            |(i, (dst, src))| {
+                let n = src.len() as f64;
+                let mean = src.iter().map(|&v| v as f64).sum::<f64>() / n;
+                let var = src.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n;
+                let rstd = 1.0 / (var + eps).sqrt();
+                let first = (i % groups) * (c / groups);
+                for (ci, (d, x)) in dst.chunks_mut(s).zip(src.chunks(s)).enumerate() {
+                    let scale = (rstd * w[first + ci] as f64) as f32;
+                    let shift = (b[first + ci] as f64 - mean * rstd * w[first + ci] as f64) as f32;
+                    if silu {
+                        for (d, &x) in d.iter_mut().zip(x) {
+                            let y = x * scale + shift;
+                            *d = y / (1.0 + (-y).exp());
+                        }
+                    } else {
+                        for (d, &x) in d.iter_mut().zip(x) {
+                            *d = x * scale + shift;
+                        }
+                    }
+                }
+            },
+        );
+        Ok(out)
+    })?;
+    out.map(|o| Tensor::from_vec(o, dims, x.device())).transpose()
+}
+
+/// Replicate padding of `(B, C, T, H, W)`: `k − 1` frames in front, `k / 2` pixels on each side.
+pub(crate) fn causal_pad(x: &Tensor, k: usize) -> Result<Option<Tensor>> {
+    if !cpu_f32(x) {
+        return Ok(None);
+    }
+    let (b, c, t, h, w) = x.dims5()?;
+    let p = k / 2;
+    let (tp, hp, wp) = (t + k - 1, h + 2 * p, w + 2 * p);
+    let out = with_f32(x, |src| {
+        let mut out = vec![0f32; b * c * tp * hp * wp];
+        out.par_chunks_mut(tp * hp * wp).zip(src.par_chunks(t * h * w)).for_each(|(dst, src)| {
+            for (ti, frame) in dst.chunks_mut(hp * wp).enumerate() {
+                let st = ti.saturating_sub(k - 1);
+                for (yi, row) in frame.chunks_mut(wp).enumerate() {
+                    let sy = yi.saturating_sub(p).min(h - 1);
+                    let s_row = &src[(st * h + sy) * w..(st * h + sy + 1) * w];
+                    row[..p].fill(s_row[0]);
+                    row[p..p + w].copy_from_slice(s_row);
+                    row[p + w..].fill(s_row[w - 1]);
+                }
+            }
+        });
+        Ok(out)
+    })?;
+    out.map(|o| Tensor::from_vec(o, (b, c, tp, hp, wp), x.device())).transpose()
 }
