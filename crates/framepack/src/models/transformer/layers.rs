@@ -366,6 +366,12 @@ impl DualBlock {
         })
     }
 
+    /// The AdaLN-modulated image tokens `norm1(x, temb)` that open the block (TeaCache's signal).
+    pub fn modulated_input(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let m = modulation(&self.norm1, temb, 6)?;
+        modulate(&self.ln.forward(x)?, &m[0], &m[1])
+    }
+
     /// Image tokens `x` `(B, N, D)`, context `c` `(B, M, D)`, `temb` `(B, D)`.
     pub fn forward(
         &self,
