@@ -5,9 +5,13 @@
 #![warn(missing_docs)]
 
 pub mod error;
+pub mod generator;
 pub mod models;
 pub mod packing;
 pub mod sampling;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod weights;
 
 pub use error::{Error, Result, WeightsError};
+pub use generator::{CancelToken, Generator, Job, Section, Settings};
