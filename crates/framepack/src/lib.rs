@@ -4,6 +4,7 @@
 //! `framepack` CLI both build on this crate.
 #![warn(missing_docs)]
 
+pub mod bundle;
 pub mod error;
 pub mod generator;
 pub mod models;

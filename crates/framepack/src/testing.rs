@@ -137,3 +137,60 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
 fn io_error(path: &Path, e: std::io::Error) -> Error {
     Error::invalid("path", format!("{}: {e}", path.display()))
 }
+
+fn vae_config_json(cfg: &vae::Config) -> String {
+    serde_json::to_string_pretty(&serde_json::json!({
+        "_class_name": "AutoencoderKLHunyuanVideo",
+        "in_channels": cfg.in_channels,
+        "out_channels": cfg.out_channels,
+        "latent_channels": cfg.latent_channels,
+        "down_block_types": cfg.down_block_types,
+        "up_block_types": cfg.up_block_types,
+        "block_out_channels": cfg.block_out_channels,
+        "layers_per_block": cfg.layers_per_block,
+        "act_fn": cfg.act_fn,
+        "norm_num_groups": cfg.norm_num_groups,
+        "scaling_factor": cfg.scaling_factor,
+        "spatial_compression_ratio": cfg.spatial_compression_ratio,
+        "temporal_compression_ratio": cfg.temporal_compression_ratio,
+        "mid_block_add_attention": cfg.mid_block_add_attention,
+    }))
+    .expect("json")
+}
+
+/// Writes `tensors` as `shards` safetensors files `<stem>-0000k-of-0000n.safetensors` plus
+/// `<stem>.safetensors.index.json`, like the released checkpoints.
+pub fn save_sharded(tensors: &HashMap<String, Tensor>, dir: &Path, stem: &str, shards: usize) -> Result<()> {
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    let shards = shards.clamp(1, names.len().max(1));
+    let per = names.len().div_ceil(shards).max(1);
+    let mut weight_map = serde_json::Map::new();
+    for (k, chunk) in names.chunks(per).enumerate() {
+        let file = format!("{stem}-{:05}-of-{:05}.safetensors", k + 1, shards);
+        let part: HashMap<String, Tensor> = chunk.iter().map(|n| ((*n).clone(), tensors[*n].clone())).collect();
+        save_safetensors(&part, &dir.join(&file))?;
+        for n in chunk {
+            weight_map.insert((*n).clone(), serde_json::Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": weight_map });
+    write_text(
+        &dir.join(format!("{stem}.safetensors.index.json")),
+        &serde_json::to_string_pretty(&index).expect("json"),
+    )
+}
+
+/// Writes a tiny random bundle in the released layout into `root`: the transformer at the root
+/// (two shards + index + config), `vae/`. Returns the paths.
+pub fn write_tiny_bundle(root: &Path, seed: u64) -> Result<crate::bundle::BundlePaths> {
+    let tcfg = tiny_transformer_config();
+    let tw = random_weights(seed, 1.0, |vb| Transformer::new(vb, &tcfg))?;
+    save_sharded(&tw, root, "diffusion_pytorch_model", 2)?;
+    write_text(&root.join("config.json"), &serde_json::to_string_pretty(&tcfg).expect("json"))?;
+    let vcfg = tiny_vae_config();
+    let vw = random_weights(seed + 1, 1.0, |vb| AutoencoderKLHunyuanVideo::new(vb, &vcfg))?;
+    save_safetensors(&vw, &root.join("vae/diffusion_pytorch_model.safetensors"))?;
+    write_text(&root.join("vae/config.json"), &vae_config_json(&vcfg))?;
+    Ok(crate::bundle::BundlePaths::from_dir(root))
+}
