@@ -7,6 +7,8 @@
 pub mod bundle;
 pub mod error;
 pub mod generator;
+#[cfg(feature = "hf-hub")]
+pub mod hub;
 pub mod models;
 pub mod packing;
 pub mod sampling;
