@@ -1,3 +1,5 @@
 //! Neural network models of FramePack, built with candle from diffusers-format weights.
 
+pub mod text;
 pub mod transformer;
+pub mod vision;
