@@ -7,6 +7,7 @@
 pub mod error;
 pub mod models;
 pub mod packing;
+pub mod preprocess;
 pub mod sampling;
 pub mod weights;
 
