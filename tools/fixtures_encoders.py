@@ -6,7 +6,8 @@
     siglip_vision_tiny.safetensors    SiglipVisionModel, last_hidden_state (+ MAP-head pooler_output)
     siglip_preprocess_tiny.safetensors  SiglipImageProcessor (PIL): uint8 40x56 -> pixel_values 32x32
     preprocess_pil.safetensors        Pillow 8-bit resizes (bicubic, Lanczos) and FramePack's
-                                      resize_and_center_crop on random uint8 images
+                                      resize_and_center_crop on random uint8 images (both
+                                      Pillow pass orders, see resize_h_first)
 
 Tiny random-initialised transformers models with fixed seeds, on CPU; nothing is downloaded.
 Weights are stored inside each file as `weights.<HF name>`, inputs as `in.*`, outputs as
@@ -151,15 +152,29 @@ def siglip_preprocess(out_dir: str) -> None:
           "note": "PIL bicubic resize to 32x32 (real: 384x384), x/255, (x-0.5)/0.5"})
 
 
+def resize_h_first(pil: Image.Image, size: tuple, resample) -> Image.Image:
+    """Image.resize as Pillow <= 12 does it (FramePack pins pillow==11.1.0): the horizontal pass,
+    rounded to 8 bits, then the vertical pass. Pillow 13 runs the vertical pass first when the
+    height shrinks by more than twice the width's shrink; a one-axis resize is a single pass in
+    every version, so two of them reproduce the old order exactly."""
+    w, h = size
+    if pil.size[0] != w:
+        pil = pil.resize((w, pil.size[1]), resample)
+    if pil.size[1] != h:
+        pil = pil.resize((w, h), resample)
+    return pil
+
+
 def framepack_resize_and_center_crop(image: np.ndarray, target_width: int, target_height: int) -> np.ndarray:
-    """FramePack's diffusers_helper.utils.resize_and_center_crop (same steps, written out here)."""
+    """FramePack's diffusers_helper.utils.resize_and_center_crop (same steps, written out here),
+    with the resize of its pinned Pillow 11.1."""
     if target_height == image.shape[0] and target_width == image.shape[1]:
         return image
     pil = Image.fromarray(image)
     w, h = pil.size
     s = max(target_width / w, target_height / h)
     rw, rh = int(round(w * s)), int(round(h * s))
-    resized = pil.resize((rw, rh), Image.LANCZOS)
+    resized = resize_h_first(pil, (rw, rh), Image.LANCZOS)
     box = ((rw - target_width) / 2, (rh - target_height) / 2, (rw + target_width) / 2, (rh + target_height) / 2)
     return np.array(resized.crop(box))
 
@@ -196,14 +211,18 @@ def pil_cases(out_dir: str) -> None:
         for filt, code in (("bicubic", Image.BICUBIC), ("lanczos", Image.LANCZOS)):
             out = np.array(Image.fromarray(img).resize((ow, oh), code))
             t[f"out.{filt}.{name}"] = torch.from_numpy(out)
+            out = np.array(resize_h_first(Image.fromarray(img), (ow, oh), code))
+            t[f"out.{filt}.{name}.h_first"] = torch.from_numpy(out)
     for name, (h, w), (th, tw) in CROP_CASES:
         img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
         t[f"in.crop.{name}"] = torch.from_numpy(img)
         out = framepack_resize_and_center_crop(img, tw, th)
         t[f"out.crop.{name}"] = torch.from_numpy(np.ascontiguousarray(out))
     save(os.path.join(out_dir, "preprocess_pil.safetensors"), t,
-         {"note": "uint8 HWC images (U8); out.{bicubic,lanczos}.* = PIL Image.resize; "
-                  "out.crop.* = FramePack resize_and_center_crop (Lanczos cover resize + PIL crop)",
+         {"note": "uint8 HWC images (U8); out.{bicubic,lanczos}.<case> = Image.resize of the installed "
+                  "Pillow (13: adaptive pass order), .h_first = horizontal then vertical pass (Pillow <= 12); "
+                  "out.crop.* = FramePack resize_and_center_crop with the horizontal-first order",
+          "pillow": Image.__version__,
           "resize_cases": RESIZE_CASES, "crop_cases": CROP_CASES})
 
 

@@ -2,8 +2,9 @@
 //! centre crop to the bucket, conversion to [−1, 1] tensors, and SigLIP's bicubic 384² squash.
 //!
 //! Resampling reproduces Pillow's `Image.resize` for 8-bit RGB (separable convolution with the
-//! filter support widened by the downscale factor, horizontal pass first, coefficients in 22-bit
-//! fixed point, the intermediate image rounded to 8 bits), so results match PIL bit for bit.
+//! filter support widened by the downscale factor, coefficients in 22-bit fixed point, the
+//! intermediate image rounded to 8 bits), so results match PIL bit for bit. By default the
+//! passes run in the order of Pillow ≤ 12 (FramePack pins 11.1); see [`PassOrder`].
 
 use candle_core::{Device, Tensor};
 
@@ -263,9 +264,30 @@ fn vertical_pass(src: &[u8], w: usize, row_offset: usize, t: &Taps) -> Vec<u8> {
     out
 }
 
-/// Resizes like Pillow's `Image.resize((width, height), filter)` on an RGB image (Pillow 13:
-/// the vertical pass runs first when the height shrinks by more than twice the width's shrink).
+/// Order of the two 1-D passes, which matters because the intermediate image is rounded to 8 bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PassOrder {
+    /// Horizontal then vertical, as Pillow ≤ 12 always does (FramePack pins Pillow 11.1).
+    #[default]
+    HorizontalFirst,
+    /// Pillow ≥ 13: vertical first when the height shrinks by more than twice the width's shrink.
+    Adaptive,
+}
+
+/// Resizes like Pillow's `Image.resize((width, height), filter)` on an RGB image, with the pass
+/// order of Pillow ≤ 12 (FramePack's pinned version).
 pub fn resize(img: &RgbImage, width: usize, height: usize, filter: Filter) -> Result<RgbImage> {
+    resize_with_order(img, width, height, filter, PassOrder::HorizontalFirst)
+}
+
+/// [`resize`] with an explicit pass order.
+pub fn resize_with_order(
+    img: &RgbImage,
+    width: usize,
+    height: usize,
+    filter: Filter,
+    order: PassOrder,
+) -> Result<RgbImage> {
     if width == 0 || height == 0 {
         return Err(Error::invalid("resize", format!("target size {width}×{height} is empty")));
     }
@@ -273,7 +295,7 @@ pub fn resize(img: &RgbImage, width: usize, height: usize, filter: Filter) -> Re
     let need_v = height != img.height;
     let shrink_h = img.height as i64 - height as i64;
     let shrink_w = img.width as i64 - width as i64;
-    let horizontal_first = !(shrink_h > 0 && shrink_h > shrink_w * 2);
+    let horizontal_first = order == PassOrder::HorizontalFirst || !(shrink_h > 0 && shrink_h > shrink_w * 2);
     let data = if horizontal_first {
         let vert = taps(img.height, height, filter);
         let (first, rows, tmp) = if need_h {
