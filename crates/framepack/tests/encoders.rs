@@ -498,3 +498,62 @@ fn tokenizer_and_input_errors_are_clear() {
     assert!(matches!(enc.encode(""), Err(Error::Invalid { what: "prompt", .. })));
     assert_eq!(enc.encode("grass").unwrap().llama_len(), 1);
 }
+
+#[test]
+fn siglip_encode_image_is_preprocess_then_forward() {
+    let cfg = SiglipVisionConfig::from_json(&fixture_config("siglip_vision_tiny.safetensors")).unwrap();
+    let model =
+        load(&fixture_weights("siglip_vision_tiny.safetensors"), |vb| SiglipVisionModel::new(vb, &cfg)).unwrap();
+    let data: Vec<u8> = (0..40 * 56 * 3).map(|i| ((i * 37 + i / 7) % 256) as u8).collect();
+    let img = framepack::preprocess::RgbImage::new(56, 40, data).unwrap();
+    let px = framepack::preprocess::siglip_pixel_values(&img, 32, &Device::Cpu).unwrap();
+    let want = model.forward(&px).unwrap();
+    let got = model.encode_image(&img).unwrap();
+    assert_eq!(got.dims(), &[1, 16, 32]);
+    common::assert_close("encode_image", &got, &want);
+}
+
+/// The same tiny models in bf16 (the dtype the real encoders run in) stay close to f32.
+#[test]
+fn encoders_run_in_bf16() {
+    let close = |what: &str, got: &Tensor, want: &Tensor| {
+        let (rel, _) = common::errors(&got.to_dtype(DType::F32).unwrap(), want);
+        println!("{what} bf16 vs transformers f32: rel-L2 {rel:.2e}");
+        assert!(got.dtype() == DType::BF16 && rel < 3e-2, "{what}: rel-L2 {rel:e}");
+    };
+    let bf16 = |file: &Path| WeightFiles::open(&[file]).unwrap();
+
+    let f = common::load_fixture("llama_tiny.safetensors");
+    let cfg = tiny_llama_config();
+    let m = weights::load(bf16(&fixture_weights("llama_tiny.safetensors")), DType::BF16, &Device::Cpu, |vb| {
+        Llama::new_first_layers(vb, &cfg, 2)
+    })
+    .unwrap();
+    let ids = common::get(&f, "in.input_ids").narrow(1, 0, 9).unwrap();
+    let want = common::get(&f, "out.hidden_states_minus3").narrow(1, 0, 9).unwrap();
+    close("llama hidden_states[-3]", &m.forward_hidden(&ids, 2).unwrap(), &want);
+
+    let f = common::load_fixture("clip_text_tiny.safetensors");
+    let cfg = tiny_clip_config();
+    let m = weights::load(bf16(&fixture_weights("clip_text_tiny.safetensors")), DType::BF16, &Device::Cpu, |vb| {
+        ClipTextModel::new(vb, &cfg)
+    })
+    .unwrap();
+    close(
+        "clip pooler_output",
+        &m.forward(common::get(&f, "in.input_ids")).unwrap().pooler_output,
+        common::get(&f, "out.pooler_output"),
+    );
+
+    let f = common::load_fixture("siglip_vision_tiny.safetensors");
+    let cfg = SiglipVisionConfig::from_json(&fixture_config("siglip_vision_tiny.safetensors")).unwrap();
+    let m = weights::load(bf16(&fixture_weights("siglip_vision_tiny.safetensors")), DType::BF16, &Device::Cpu, |vb| {
+        SiglipVisionModel::new(vb, &cfg)
+    })
+    .unwrap();
+    close(
+        "siglip last_hidden_state",
+        &m.forward(common::get(&f, "in.pixel_values")).unwrap(),
+        common::get(&f, "out.last_hidden_state"),
+    );
+}

@@ -9,12 +9,11 @@
 //! run by [`SiglipVisionModel::pooler_output`].
 
 use candle_core::{DType, Module, Tensor};
-use candle_nn::{
-    Activation, Conv2d, Conv2dConfig, Embedding, LayerNorm, Linear, VarBuilder, conv2d, embedding, layer_norm, linear,
-};
+use candle_nn::{Activation, Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::preprocess::{RgbImage, siglip_pixel_values};
 
 /// Hyper-parameters of a SigLIP vision tower (`SiglipVisionConfig`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -259,7 +258,9 @@ impl PoolingHead {
 
 /// SigLIP vision transformer (`SiglipVisionModel`).
 pub struct SiglipVisionModel {
-    patch_embedding: Conv2d,
+    /// Patch-embedding convolution weight flattened to (hidden, channels·patch²), and its bias.
+    patch_weight: Tensor,
+    patch_bias: Tensor,
     position_embedding: Embedding,
     layers: Vec<EncoderLayer>,
     post_layernorm: LayerNorm,
@@ -272,18 +273,15 @@ impl SiglipVisionModel {
     pub fn new(vb: VarBuilder<'_>, cfg: &SiglipVisionConfig) -> candle_core::Result<Self> {
         cfg.validate().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let emb = vb.pp("embeddings");
-        let conv_cfg = Conv2dConfig { stride: cfg.patch_size, ..Default::default() };
+        let patch = emb.pp("patch_embedding");
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| EncoderLayer::new(vb.pp("encoder").pp("layers").pp(i), cfg))
             .collect::<candle_core::Result<_>>()?;
         Ok(Self {
-            patch_embedding: conv2d(
-                cfg.num_channels,
-                cfg.hidden_size,
-                cfg.patch_size,
-                conv_cfg,
-                emb.pp("patch_embedding"),
-            )?,
+            patch_weight: patch
+                .get((cfg.hidden_size, cfg.num_channels, cfg.patch_size, cfg.patch_size), "weight")?
+                .flatten_from(1)?,
+            patch_bias: patch.get(cfg.hidden_size, "bias")?,
             position_embedding: embedding(cfg.num_patches(), cfg.hidden_size, emb.pp("position_embedding"))?,
             layers,
             post_layernorm: layer_norm(cfg.hidden_size, cfg.layer_norm_eps, vb.pp("post_layernorm"))?,
@@ -295,6 +293,16 @@ impl SiglipVisionModel {
     /// The model's configuration.
     pub fn config(&self) -> &SiglipVisionConfig {
         &self.cfg
+    }
+
+    /// The stride-`patch` convolution as a matmul over non-overlapping patches (row-major patch
+    /// order; a remainder beyond the last full patch is dropped, as the convolution does).
+    fn embed_patches(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, c, _, _) = x.dims4()?;
+        let (p, g) = (self.cfg.patch_size, self.cfg.grid());
+        let x = x.narrow(2, 0, g * p)?.narrow(3, 0, g * p)?;
+        let patches = x.reshape((b, c, g, p, g, p))?.permute((0, 2, 4, 1, 3, 5))?.reshape((b, g * g, c * p * p))?;
+        Linear::new(self.patch_weight.clone(), Some(self.patch_bias.clone())).forward(&patches)
     }
 
     /// `last_hidden_state`: (batch, num_patches, hidden) after the post-layernorm, from
@@ -311,12 +319,19 @@ impl SiglipVisionModel {
             }
         }
         let x = pixel_values.to_dtype(self.position_embedding.embeddings().dtype())?;
-        let x = self.patch_embedding.forward(&x)?.flatten_from(2)?.transpose(1, 2)?;
+        let x = self.embed_patches(&x)?;
         let mut h = x.broadcast_add(&self.position_embedding.embeddings().unsqueeze(0)?)?.contiguous()?;
         for layer in &self.layers {
             h = layer.forward(&h)?;
         }
         Ok(self.post_layernorm.forward(&h)?)
+    }
+
+    /// FramePack's image features for an RGB image (the bucket-cropped input frame): SigLIP
+    /// preprocessing (bicubic squash to `image_size`², [−1, 1]) and [`SiglipVisionModel::forward`].
+    pub fn encode_image(&self, img: &RgbImage) -> Result<Tensor> {
+        let device = self.position_embedding.embeddings().device();
+        self.forward(&siglip_pixel_values(img, self.cfg.image_size, device)?)
     }
 
     /// `pooler_output` of the attention-pooling head (batch, hidden), from `last_hidden_state`.

@@ -45,10 +45,13 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     Ok(tok)
 }
 
-fn encode_ids(tok: &Tokenizer, text: &str, max_len: usize, what: &'static str) -> Result<Vec<u32>> {
-    let mut tok = tok.clone();
-    tok.with_truncation(Some(TruncationParams { max_length: max_len, ..Default::default() }))
+fn truncate_to(tok: &mut Tokenizer, max_length: usize, what: &'static str) -> Result<()> {
+    tok.with_truncation(Some(TruncationParams { max_length, ..Default::default() }))
         .map_err(|e| Error::invalid(what, e.to_string()))?;
+    Ok(())
+}
+
+fn encode_ids(tok: &Tokenizer, text: &str, what: &'static str) -> Result<Vec<u32>> {
     let enc = tok.encode(text, true).map_err(|e| Error::invalid(what, e.to_string()))?;
     Ok(enc.get_ids().to_vec())
 }
@@ -199,7 +202,6 @@ pub struct PromptEncoder {
     clip_tokenizer: Tokenizer,
     template: PromptTemplate,
     crop_start: usize,
-    max_prompt_tokens: usize,
     llama_layers: usize,
 }
 
@@ -227,16 +229,10 @@ impl PromptEncoder {
             return Err(Error::invalid("max_prompt_tokens", "must be at least 1"));
         }
         let crop_start = options.template.crop_start(&llama_tokenizer)?;
-        Ok(Self {
-            llama,
-            llama_tokenizer,
-            clip,
-            clip_tokenizer,
-            template: options.template,
-            crop_start,
-            max_prompt_tokens: options.max_prompt_tokens,
-            llama_layers,
-        })
+        let (mut llama_tokenizer, mut clip_tokenizer) = (llama_tokenizer, clip_tokenizer);
+        truncate_to(&mut llama_tokenizer, crop_start + options.max_prompt_tokens, "Llama tokenizer")?;
+        truncate_to(&mut clip_tokenizer, clip.config().max_position_embeddings, "CLIP tokenizer")?;
+        Ok(Self { llama, llama_tokenizer, clip, clip_tokenizer, template: options.template, crop_start, llama_layers })
     }
 
     /// Loads tokenizers and weights (strict names: the released `LlamaModel` and `CLIPTextModel`
@@ -275,14 +271,13 @@ impl PromptEncoder {
     /// Token ids the Llama encoder runs on: template + prompt, truncated to
     /// `crop_start + max_prompt_tokens`, without padding.
     pub fn llama_token_ids(&self, prompt: &str) -> Result<Vec<u32>> {
-        let text = self.template.apply(prompt);
-        encode_ids(&self.llama_tokenizer, &text, self.crop_start + self.max_prompt_tokens, "Llama tokenizer")
+        encode_ids(&self.llama_tokenizer, &self.template.apply(prompt), "Llama tokenizer")
     }
 
     /// Token ids the CLIP encoder runs on: the raw prompt with BOS/EOS, truncated to the
     /// model's maximum length, without padding (the pooled output does not depend on padding).
     pub fn clip_token_ids(&self, prompt: &str) -> Result<Vec<u32>> {
-        encode_ids(&self.clip_tokenizer, prompt, self.clip.config().max_position_embeddings, "CLIP tokenizer")
+        encode_ids(&self.clip_tokenizer, prompt, "CLIP tokenizer")
     }
 
     /// Llama features and CLIP pooled vector of `prompt` (any text, including "").
