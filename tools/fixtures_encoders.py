@@ -5,6 +5,9 @@
     clip_text_tiny.safetensors        CLIPTextModel, last_hidden_state + pooler_output
     siglip_vision_tiny.safetensors    SiglipVisionModel, last_hidden_state (+ MAP-head pooler_output)
     siglip_preprocess_tiny.safetensors  SiglipImageProcessor (PIL): uint8 40x56 -> pixel_values 32x32
+    encoder_variants_tiny.safetensors other configs of the three towers (MQA with explicit head_dim
+                                      and biases; CLIP's legacy argmax pooling and erf GELU; SigLIP
+                                      with a patch remainder and no head), batch 2
     preprocess_pil.safetensors        Pillow 8-bit resizes (bicubic, Lanczos) and FramePack's
                                       resize_and_center_crop on random uint8 images (both
                                       Pillow pass orders, see resize_h_first)
@@ -165,6 +168,64 @@ def resize_h_first(pil: Image.Image, size: tuple, resample) -> Image.Image:
     return pil
 
 
+def variants(out_dir: str) -> None:
+    from transformers import (CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaModel, SiglipVisionConfig,
+                              SiglipVisionModel)
+
+    t, configs = {}, {}
+    g = torch.Generator().manual_seed(91)
+
+    cfg = LlamaConfig(vocab_size=50, hidden_size=48, intermediate_size=40, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=1, head_dim=16, hidden_act="silu",
+                      max_position_embeddings=32, rms_norm_eps=1e-6, rope_theta=10000.0,
+                      attention_bias=True, mlp_bias=True, tie_word_embeddings=False)
+    cfg._attn_implementation = "eager"
+    model = LlamaModel(cfg).eval()
+    randomize_(model, 92)
+    ids = torch.randint(0, 50, (2, 7), generator=g)
+    with torch.no_grad():
+        o = model(input_ids=ids, output_hidden_states=True)
+    t.update({f"llama_b.{k}": v for k, v in weights_of(model).items()})
+    t["llama_b.in.input_ids"] = ids
+    for i, h in enumerate(o.hidden_states):
+        t[f"llama_b.out.hidden_states.{i}"] = h
+    configs["llama_b"] = cfg.to_diff_dict()
+
+    cfg = CLIPTextConfig(vocab_size=120, hidden_size=24, intermediate_size=30, projection_dim=24,
+                         num_hidden_layers=3, num_attention_heads=3, max_position_embeddings=12,
+                         hidden_act="gelu", layer_norm_eps=1e-5, bos_token_id=0, eos_token_id=2,
+                         pad_token_id=1)
+    cfg._attn_implementation = "eager"
+    model = CLIPTextModel(cfg).eval()
+    randomize_(model, 93)
+    ids = torch.tensor([[118, 5, 9, 119, 3, 119, 119, 119, 119, 119],
+                        [118, 40, 41, 42, 43, 44, 45, 119, 1, 1]], dtype=torch.int64)
+    with torch.no_grad():
+        o = model(input_ids=ids)
+    t.update({f"clip_b.{k}": v for k, v in weights_of(model).items()})
+    t["clip_b.in.input_ids"] = ids
+    t["clip_b.out.last_hidden_state"] = o.last_hidden_state
+    t["clip_b.out.pooler_output"] = o.pooler_output
+    configs["clip_b"] = cfg.to_diff_dict()
+
+    cfg = SiglipVisionConfig(hidden_size=24, intermediate_size=20, num_hidden_layers=1, num_attention_heads=2,
+                             num_channels=3, image_size=30, patch_size=7, hidden_act="gelu_pytorch_tanh",
+                             layer_norm_eps=1e-6, vision_use_head=False)
+    cfg._attn_implementation = "eager"
+    model = SiglipVisionModel(cfg).eval()
+    randomize_(model, 94)
+    px = torch.tanh(torch.randn(2, 3, 30, 30, generator=g))
+    with torch.no_grad():
+        o = model(pixel_values=px)
+    t.update({f"siglip_b.{k}": v for k, v in weights_of(model).items()})
+    t["siglip_b.in.pixel_values"] = px
+    t["siglip_b.out.last_hidden_state"] = o.last_hidden_state
+    configs["siglip_b"] = cfg.to_diff_dict()
+
+    save(os.path.join(out_dir, "encoder_variants_tiny.safetensors"), t,
+         {"configs": configs, "note": "<model>.weights.<HF name>, <model>.in.*, <model>.out.*; batch 2"})
+
+
 def framepack_resize_and_center_crop(image: np.ndarray, target_width: int, target_height: int) -> np.ndarray:
     """FramePack's diffusers_helper.utils.resize_and_center_crop (same steps, written out here),
     with the resize of its pinned Pillow 11.1."""
@@ -239,6 +300,7 @@ def main() -> None:
     clip_text(args.out)
     siglip_vision(args.out)
     siglip_preprocess(args.out)
+    variants(args.out)
     pil_cases(args.out)
     print(f"encoder fixtures written to {args.out}")
 

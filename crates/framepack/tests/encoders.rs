@@ -557,3 +557,52 @@ fn encoders_run_in_bf16() {
         common::get(&f, "out.last_hidden_state"),
     );
 }
+
+/// Configs of `encoder_variants_tiny.safetensors`, by model prefix.
+fn variant_config(model: &str) -> String {
+    let bytes = std::fs::read(common::fixture_path("encoder_variants_tiny.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let configs: serde_json::Value = serde_json::from_str(header["__metadata__"]["configs"].as_str().unwrap()).unwrap();
+    configs[model].to_string()
+}
+
+fn variant_weights(model: &str) -> PathBuf {
+    let f = common::load_fixture("encoder_variants_tiny.safetensors");
+    let prefix = format!("{model}.weights.");
+    let w: HashMap<String, Tensor> =
+        f.iter().filter_map(|(k, v)| k.strip_prefix(&prefix).map(|k| (k.to_string(), v.clone()))).collect();
+    let path = tmp_dir("variants").join(format!("{model}.safetensors"));
+    candle_core::safetensors::save(&w, &path).unwrap();
+    path
+}
+
+/// Other shapes and options than the HunyuanVideo-like fixtures: multi-query attention with an
+/// explicit head_dim and biases, CLIP's legacy argmax pooling with erf GELU and a batch whose
+/// rows end at different positions, SigLIP with a patch remainder and no head; batch 2 each.
+#[test]
+fn other_configs_match_transformers() {
+    let f = common::load_fixture("encoder_variants_tiny.safetensors");
+
+    let cfg = LlamaConfig::from_json(&variant_config("llama_b")).unwrap();
+    assert_eq!((cfg.num_key_value_heads, cfg.head_dim, cfg.attention_bias, cfg.rope_theta), (1, 16, true, 1e4));
+    let m = load(&variant_weights("llama_b"), |vb| Llama::new(vb, &cfg)).unwrap();
+    let ids = common::get(&f, "llama_b.in.input_ids");
+    for (i, h) in m.hidden_states(ids).unwrap().iter().enumerate() {
+        report(&format!("llama_b hidden_states.{i}"), h, common::get(&f, &format!("llama_b.out.hidden_states.{i}")));
+    }
+
+    let cfg = ClipTextConfig::from_json(&variant_config("clip_b")).unwrap();
+    assert_eq!(cfg.eos_token_id, 2);
+    let m = load(&variant_weights("clip_b"), |vb| ClipTextModel::new(vb, &cfg)).unwrap();
+    let out = m.forward(common::get(&f, "clip_b.in.input_ids")).unwrap();
+    report("clip_b pooler_output", &out.pooler_output, common::get(&f, "clip_b.out.pooler_output"));
+    report("clip_b last_hidden_state", &out.last_hidden_state, common::get(&f, "clip_b.out.last_hidden_state"));
+
+    let cfg = SiglipVisionConfig::from_json(&variant_config("siglip_b")).unwrap();
+    assert_eq!((cfg.grid(), cfg.vision_use_head), (4, false));
+    let m = load(&variant_weights("siglip_b"), |vb| SiglipVisionModel::new(vb, &cfg)).unwrap();
+    let last = m.forward(common::get(&f, "siglip_b.in.pixel_values")).unwrap();
+    report("siglip_b last_hidden_state", &last, common::get(&f, "siglip_b.out.last_hidden_state"));
+    assert!(matches!(m.pooler_output(&last), Err(Error::Invalid { .. })));
+}
