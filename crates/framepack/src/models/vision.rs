@@ -8,12 +8,15 @@
 //! that strict loading accepts exactly the released names; it costs ~15 M parameters and is only
 //! run by [`SiglipVisionModel::pooler_output`].
 
-use candle_core::{DType, Module, Tensor};
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Activation, Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::preprocess::{RgbImage, siglip_pixel_values};
+use crate::weights::{self, WeightFiles};
 
 /// Hyper-parameters of a SigLIP vision tower (`SiglipVisionConfig`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -288,6 +291,12 @@ impl SiglipVisionModel {
             head: if cfg.vision_use_head { Some(PoolingHead::new(vb.pp("head"), cfg)?) } else { None },
             cfg: cfg.clone(),
         })
+    }
+
+    /// Loads `SiglipVisionModel` safetensors (exact names, head included when
+    /// `cfg.vision_use_head`) in `dtype` on `device`.
+    pub fn load<P: AsRef<Path>>(paths: &[P], cfg: &SiglipVisionConfig, dtype: DType, device: &Device) -> Result<Self> {
+        weights::load(WeightFiles::open(paths)?, dtype, device, |vb| Self::new(vb, cfg))
     }
 
     /// The model's configuration.

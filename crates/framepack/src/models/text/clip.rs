@@ -4,12 +4,15 @@
 //! Loads a transformers `CLIPTextModel` checkpoint with its exact keys (`embeddings.*`,
 //! `encoder.layers.N.*`, `final_layer_norm.*`; no `text_model.` prefix).
 
-use candle_core::{DType, Module, Tensor};
+use std::path::Path;
+
+use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear};
 use serde::Deserialize;
 
 use super::llama::causal_mask;
 use crate::error::{Error, Result};
+use crate::weights::{self, WeightFiles};
 
 /// MLP activation of a CLIP text tower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -213,9 +216,19 @@ impl ClipTextModel {
         })
     }
 
+    /// Loads `CLIPTextModel` safetensors (exact names) in `dtype` on `device`.
+    pub fn load<P: AsRef<Path>>(paths: &[P], cfg: &ClipTextConfig, dtype: DType, device: &Device) -> Result<Self> {
+        weights::load(WeightFiles::open(paths)?, dtype, device, |vb| Self::new(vb, cfg))
+    }
+
     /// The model's configuration.
     pub fn config(&self) -> &ClipTextConfig {
         &self.cfg
+    }
+
+    /// Device of the weights.
+    pub fn device(&self) -> &Device {
+        self.token_embedding.embeddings().device()
     }
 
     /// Runs the tower on (batch, seq_len) token ids (causal attention, no padding mask, as

@@ -4,11 +4,14 @@
 //! `model.` prefix, no `lm_head`) and returns hidden states of any layer: HunyuanVideo uses the
 //! residual stream after 30 of the 32 layers, without the final norm.
 
+use std::path::Path;
+
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Activation, Embedding, Linear, RmsNorm, VarBuilder, embedding, linear_b, rms_norm};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::weights::{self, WeightFiles};
 
 /// Hyper-parameters of a Llama model (the fields of its HF `config.json` that matter here).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -321,6 +324,18 @@ impl Llama {
         let norm = rms_norm(cfg.hidden_size, cfg.rms_norm_eps, vb.pp("norm"))?;
         let norm = (keep == cfg.num_hidden_layers).then_some(norm);
         Ok(Self { embed_tokens, layers, norm, cfg: cfg.clone() })
+    }
+
+    /// Loads `LlamaModel` safetensors (exact names) in `dtype` on `device`, keeping the first
+    /// `keep` layers as [`Llama::new_first_layers`] does.
+    pub fn load<P: AsRef<Path>>(
+        paths: &[P],
+        cfg: &LlamaConfig,
+        keep: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
+        weights::load(WeightFiles::open(paths)?, dtype, device, |vb| Self::new_first_layers(vb, cfg, keep))
     }
 
     /// The model's configuration.

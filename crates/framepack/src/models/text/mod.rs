@@ -14,7 +14,6 @@ use candle_core::{DType, Device, Tensor};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
-use crate::weights::{self, WeightFiles};
 use clip::{ClipTextConfig, ClipTextModel};
 use llama::{Llama, LlamaConfig};
 
@@ -254,12 +253,8 @@ impl PromptEncoder {
                 format!("{} exceeds the {} Llama layers", options.skip_last_layers, cfg.num_hidden_layers),
             )
         })?;
-        let llama = weights::load(WeightFiles::open(&files.llama_weights)?, dtype, device, |vb| {
-            Llama::new_first_layers(vb, cfg, keep)
-        })?;
-        let clip = weights::load(WeightFiles::open(&files.clip_weights)?, dtype, device, |vb| {
-            ClipTextModel::new(vb, &files.clip_config)
-        })?;
+        let llama = Llama::load(&files.llama_weights, cfg, keep, dtype, device)?;
+        let clip = ClipTextModel::load(&files.clip_weights, &files.clip_config, dtype, device)?;
         Self::new(llama, llama_tokenizer, clip, clip_tokenizer, options)
     }
 
@@ -296,7 +291,7 @@ impl PromptEncoder {
         let llama = hidden.narrow(1, self.crop_start, n - self.crop_start)?;
 
         let clip_ids = self.clip_token_ids(prompt)?;
-        let clip_ids = Tensor::from_vec(clip_ids.clone(), (1, clip_ids.len()), device)?;
+        let clip_ids = Tensor::from_vec(clip_ids.clone(), (1, clip_ids.len()), self.clip.device())?;
         let clip_pooled = self.clip.forward(&clip_ids)?.pooler_output;
         Ok(PromptFeatures { llama, clip_pooled })
     }
