@@ -502,8 +502,8 @@ fn tokenizer_and_input_errors_are_clear() {
 #[test]
 fn siglip_encode_image_is_preprocess_then_forward() {
     let cfg = SiglipVisionConfig::from_json(&fixture_config("siglip_vision_tiny.safetensors")).unwrap();
-    let model =
-        load(&fixture_weights("siglip_vision_tiny.safetensors"), |vb| SiglipVisionModel::new(vb, &cfg)).unwrap();
+    let files = [fixture_weights("siglip_vision_tiny.safetensors")];
+    let model = SiglipVisionModel::load(&files, &cfg, DType::F32, &Device::Cpu).unwrap();
     let data: Vec<u8> = (0..40 * 56 * 3).map(|i| ((i * 37 + i / 7) % 256) as u8).collect();
     let img = framepack::preprocess::RgbImage::new(56, 40, data).unwrap();
     let px = framepack::preprocess::siglip_pixel_values(&img, 32, &Device::Cpu).unwrap();
