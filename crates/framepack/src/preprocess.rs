@@ -5,6 +5,21 @@
 //! filter support widened by the downscale factor, coefficients in 22-bit fixed point, the
 //! intermediate image rounded to 8 bits), so results match PIL bit for bit. By default the
 //! passes run in the order of Pillow ≤ 12 (FramePack pins 11.1); see [`PassOrder`].
+//!
+//! ```
+//! use framepack::preprocess::{RgbImage, find_nearest_bucket, image_to_tensor, resize_and_center_crop,
+//!     siglip_pixel_values};
+//! let device = candle_core::Device::Cpu;
+//! let img = RgbImage::new(1280, 720, vec![128; 1280 * 720 * 3])?;
+//! let (h, w) = find_nearest_bucket(img.height(), img.width(), 640)?;
+//! assert_eq!((h, w), (480, 832));
+//! let frame = resize_and_center_crop(&img, w, h)?;
+//! let vae_input = image_to_tensor(&frame, &device)?; // (1, 3, 1, 480, 832) in [−1, 1]
+//! let siglip_input = siglip_pixel_values(&frame, 384, &device)?; // (1, 3, 384, 384)
+//! assert_eq!(vae_input.dims(), &[1, 3, 1, 480, 832]);
+//! assert_eq!(siglip_input.dims(), &[1, 3, 384, 384]);
+//! # Ok::<(), framepack::Error>(())
+//! ```
 
 use candle_core::{Device, Tensor};
 

@@ -1,8 +1,26 @@
 //! Text conditioning: HunyuanVideo's Llama features and CLIP-L pooled vector for a prompt.
 //!
-//! [`PromptEncoder`] holds both text encoders (~16 GB for the real Llama in bf16) and their
+//! [`PromptEncoder`] holds both text encoders (~15 GB for the real Llama in bf16) and their
 //! tokenizers. It is only needed when a prompt changes: load it, fill a [`PromptCache`], drop it,
-//! and keep the features (a few MB per prompt).
+//! and keep the features (a few MB per prompt):
+//!
+//! ```no_run
+//! # fn demo(files: framepack::models::text::PromptEncoderFiles) -> framepack::Result<()> {
+//! use framepack::models::text::{PromptCache, PromptEncoder, PromptEncoderOptions, PADDED_TEXT_LEN};
+//! let device = candle_core::Device::Cpu;
+//! let mut cache = PromptCache::new();
+//! // Loads the encoders only if a prompt is missing; they are dropped when this returns.
+//! cache.encode_missing(&["a cat runs on the grass", ""], || {
+//!     PromptEncoder::load(&files, PromptEncoderOptions::default(), candle_core::DType::BF16, &device)
+//! })?;
+//! let feats = cache.get("a cat runs on the grass").expect("encoded above");
+//! let (llama_512, mask) = feats.padded(PADDED_TEXT_LEN)?; // (1, 512, 4096), (1, 512) u8
+//! # let _ = (llama_512, mask, &feats.clip_pooled);
+//! # Ok(()) }
+//! ```
+//!
+//! Any prompt is accepted, including the empty one FramePack encodes as its default negative
+//! prompt: the template's trailing `<|eot_id|>` always remains, so L ≥ 1.
 
 pub mod clip;
 pub mod llama;
@@ -291,7 +309,8 @@ impl PromptEncoder {
         let llama = hidden.narrow(1, self.crop_start, n - self.crop_start)?;
 
         let clip_ids = self.clip_token_ids(prompt)?;
-        let clip_ids = Tensor::from_vec(clip_ids.clone(), (1, clip_ids.len()), self.clip.device())?;
+        let n = clip_ids.len();
+        let clip_ids = Tensor::from_vec(clip_ids, (1, n), self.clip.device())?;
         let clip_pooled = self.clip.forward(&clip_ids)?.pooler_output;
         Ok(PromptFeatures { llama, clip_pooled })
     }
@@ -363,8 +382,7 @@ impl PromptCache {
         prompts: &[&str],
         load: impl FnOnce() -> Result<E>,
     ) -> Result<usize> {
-        let mut missing: Vec<&str> = prompts.iter().copied().filter(|p| !self.entries.contains_key(*p)).collect();
-        missing.dedup();
+        let missing: Vec<&str> = prompts.iter().copied().filter(|p| !self.entries.contains_key(*p)).collect();
         if missing.is_empty() {
             return Ok(0);
         }
