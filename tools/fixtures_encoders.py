@@ -7,7 +7,8 @@
     siglip_preprocess_tiny.safetensors  SiglipImageProcessor (PIL): uint8 40x56 -> pixel_values 32x32
     encoder_variants_tiny.safetensors other configs of the three towers (MQA with explicit head_dim
                                       and biases; CLIP's legacy argmax pooling and erf GELU; SigLIP
-                                      with a patch remainder and no head), batch 2
+                                      with a patch remainder and no head), batch 2; a two-layer
+                                      Llama with the real head_dim, theta and 351 tokens
     preprocess_pil.safetensors        Pillow 8-bit resizes (bicubic, Lanczos) and FramePack's
                                       resize_and_center_crop on random uint8 images (both
                                       Pillow pass orders, see resize_h_first)
@@ -190,6 +191,23 @@ def variants(out_dir: str) -> None:
     for i, h in enumerate(o.hidden_states):
         t[f"llama_b.out.hidden_states.{i}"] = h
     configs["llama_b"] = cfg.to_diff_dict()
+
+    # The real head_dim (128), RoPE theta (5e5) and prompt length (95 + 256 = 351 tokens);
+    # hidden_states[1] is the first layer's output (the last entry would include the final norm).
+    cfg = LlamaConfig(vocab_size=64, hidden_size=128, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=1, num_key_value_heads=1, hidden_act="silu",
+                      max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=500000.0,
+                      attention_bias=False, mlp_bias=False, tie_word_embeddings=False)
+    cfg._attn_implementation = "eager"
+    model = LlamaModel(cfg).eval()
+    randomize_(model, 95)
+    ids = torch.randint(0, 64, (1, 351), generator=g)
+    with torch.no_grad():
+        o = model(input_ids=ids, output_hidden_states=True)
+    t.update({f"llama_c.{k}": v for k, v in weights_of(model).items()})
+    t["llama_c.in.input_ids"] = ids
+    t["llama_c.out.hidden_states.1"] = o.hidden_states[1]
+    configs["llama_c"] = cfg.to_diff_dict()
 
     cfg = CLIPTextConfig(vocab_size=120, hidden_size=24, intermediate_size=30, projection_dim=24,
                          num_hidden_layers=3, num_attention_heads=3, max_position_embeddings=12,

@@ -592,6 +592,14 @@ fn other_configs_match_transformers() {
         report(&format!("llama_b hidden_states.{i}"), h, common::get(&f, &format!("llama_b.out.hidden_states.{i}")));
     }
 
+    let cfg = LlamaConfig::from_json(&variant_config("llama_c")).unwrap();
+    assert_eq!((cfg.head_dim, cfg.rope_theta), (128, 5e5));
+    let m = load(&variant_weights("llama_c"), |vb| Llama::new(vb, &cfg)).unwrap();
+    let ids = common::get(&f, "llama_c.in.input_ids");
+    assert_eq!(ids.dims(), &[1, 351]);
+    let h = m.forward_hidden(ids, 1).unwrap();
+    report("llama_c (head_dim 128, 351 tokens) hidden_states.1", &h, common::get(&f, "llama_c.out.hidden_states.1"));
+
     let cfg = ClipTextConfig::from_json(&variant_config("clip_b")).unwrap();
     assert_eq!(cfg.eos_token_id, 2);
     let m = load(&variant_weights("clip_b"), |vb| ClipTextModel::new(vb, &cfg)).unwrap();
