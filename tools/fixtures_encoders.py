@@ -9,7 +9,7 @@
                                       and biases; CLIP's legacy argmax pooling and erf GELU; SigLIP
                                       with a patch remainder and no head), batch 2; a two-layer
                                       Llama with the real head_dim, theta and 351 tokens
-    preprocess_pil.safetensors        Pillow 8-bit resizes (bicubic, Lanczos) and FramePack's
+    preprocess_pil.safetensors        Pillow 8-bit resizes (bilinear, bicubic, Lanczos) and FramePack's
                                       resize_and_center_crop on random uint8 images (both
                                       Pillow pass orders, see resize_h_first)
 
@@ -287,7 +287,7 @@ def pil_cases(out_dir: str) -> None:
     for name, (h, w), (oh, ow) in RESIZE_CASES:
         img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
         t[f"in.{name}"] = torch.from_numpy(img)
-        for filt, code in (("bicubic", Image.BICUBIC), ("lanczos", Image.LANCZOS)):
+        for filt, code in (("bilinear", Image.BILINEAR), ("bicubic", Image.BICUBIC), ("lanczos", Image.LANCZOS)):
             out = np.array(Image.fromarray(img).resize((ow, oh), code))
             t[f"out.{filt}.{name}"] = torch.from_numpy(out)
             out = np.array(resize_h_first(Image.fromarray(img), (ow, oh), code))
@@ -298,7 +298,7 @@ def pil_cases(out_dir: str) -> None:
         out = framepack_resize_and_center_crop(img, tw, th)
         t[f"out.crop.{name}"] = torch.from_numpy(np.ascontiguousarray(out))
     save(os.path.join(out_dir, "preprocess_pil.safetensors"), t,
-         {"note": "uint8 HWC images (U8); out.{bicubic,lanczos}.<case> = Image.resize of the installed "
+         {"note": "uint8 HWC images (U8); out.{bilinear,bicubic,lanczos}.<case> = Image.resize of the installed "
                   "Pillow (13: adaptive pass order), .h_first = horizontal then vertical pass (Pillow <= 12); "
                   "out.crop.* = FramePack resize_and_center_crop with the horizontal-first order",
           "pillow": Image.__version__,

@@ -81,7 +81,9 @@ fn resizes_match_pillow() {
     let cases = ["down", "up", "mixed", "width_only", "height_only", "strong_down", "v_first", "v_first_widen"];
     for name in cases {
         let img = image_from(common::get(&f, &format!("in.{name}")));
-        for (filter, key) in [(Filter::Bicubic, "bicubic"), (Filter::Lanczos, "lanczos")] {
+        for (filter, key) in
+            [(Filter::Bilinear, "bilinear"), (Filter::Bicubic, "bicubic"), (Filter::Lanczos, "lanczos")]
+        {
             let want = image_from(common::get(&f, &format!("out.{key}.{name}")));
             let (w, h) = (want.width(), want.height());
             let d = max_diff(&resize_with_order(&img, w, h, filter, PassOrder::Adaptive).unwrap(), &want);
