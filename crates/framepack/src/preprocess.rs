@@ -375,12 +375,13 @@ pub fn image_to_tensor(img: &RgbImage, device: &Device) -> Result<Tensor> {
 }
 
 /// SigLIP's `pixel_values` for `img`: bicubic resize (aspect not kept) to `size × size` (384 for
-/// so400m-patch14-384), `x / 255`, then `(x − 0.5) / 0.5`; shape (1, 3, size, size), f32.
+/// so400m-patch14-384), `x / 255` (in f64, then f32, as transformers' `rescale`), then
+/// `(x − 0.5) / 0.5`; shape (1, 3, size, size), f32.
 pub fn siglip_pixel_values(img: &RgbImage, size: usize, device: &Device) -> Result<Tensor> {
     if size == 0 {
         return Err(Error::invalid("SigLIP image size", "must be at least 1"));
     }
     let resized = resize(img, size, size, Filter::Bicubic)?;
-    let data = planar(&resized, |v| (v as f32 * (1.0 / 255.0) - 0.5) / 0.5);
+    let data = planar(&resized, |v| ((v as f64 * (1.0 / 255.0)) as f32 - 0.5) / 0.5);
     Ok(Tensor::from_vec(data, (1, 3, size, size), device)?)
 }
