@@ -614,3 +614,37 @@ fn other_configs_match_transformers() {
     report("siglip_b last_hidden_state", &last, common::get(&f, "siglip_b.out.last_hidden_state"));
     assert!(matches!(m.pooler_output(&last), Err(Error::Invalid { .. })));
 }
+
+#[test]
+fn hunyuan_video_snapshot_layout() {
+    let root = tmp_dir("snapshot");
+    for sub in ["text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let e = PromptEncoderFiles::hunyuan_video(&root).unwrap_err();
+    assert!(e.to_string().contains("no .safetensors files"), "{e}");
+
+    std::fs::copy(
+        fixture_weights("llama_tiny.safetensors"),
+        root.join("text_encoder/model-00001-of-00001.safetensors"),
+    )
+    .unwrap();
+    std::fs::copy(fixture_weights("clip_text_tiny.safetensors"), root.join("text_encoder_2/model.safetensors"))
+        .unwrap();
+    std::fs::write(root.join("text_encoder/config.json"), fixture_config("llama_tiny.safetensors")).unwrap();
+    std::fs::write(root.join("text_encoder_2/config.json"), fixture_config("clip_text_tiny.safetensors")).unwrap();
+    let dir = tmp_dir("snapshot-tok");
+    std::fs::copy(llama_tokenizer_file(&dir, "<s>"), root.join("tokenizer/tokenizer.json")).unwrap();
+    std::fs::copy(clip_tokenizer_file(&dir), root.join("tokenizer_2/tokenizer.json")).unwrap();
+
+    let files = PromptEncoderFiles::hunyuan_video(&root).unwrap();
+    assert_eq!(files.llama_config, tiny_llama_config());
+    let enc = PromptEncoder::load(&files, PromptEncoderOptions::default(), DType::F32, &Device::Cpu).unwrap();
+    assert_eq!(enc.encode("a cat").unwrap().llama.dims(), &[1, 3, 32]);
+
+    std::fs::remove_file(root.join("text_encoder/config.json")).unwrap();
+    let files = PromptEncoderFiles::hunyuan_video(&root).unwrap();
+    assert_eq!(files.llama_config, LlamaConfig::llava_llama3_8b());
+    let e = PromptEncoder::load(&files, PromptEncoderOptions::default(), DType::F32, &Device::Cpu).err().unwrap();
+    assert!(matches!(e, Error::Weights(WeightsError::ShapeMismatch { .. })), "{e}");
+}

@@ -211,6 +211,53 @@ pub struct PromptEncoderFiles {
     pub clip_tokenizer: PathBuf,
 }
 
+fn safetensors_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let err = |reason: String| Error::invalid("text encoder weights", format!("{}: {reason}", dir.display()));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(|e| err(e.to_string()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+        .collect();
+    if files.is_empty() {
+        return Err(err("no .safetensors files".into()));
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn read_config(path: &Path) -> Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::invalid("text encoder config", format!("{}: {e}", path.display()))),
+    }
+}
+
+impl PromptEncoderFiles {
+    /// The files of a HunyuanVideo diffusers snapshot (hunyuanvideo-community/HunyuanVideo):
+    /// `text_encoder/` and `text_encoder_2/` (every `*.safetensors` shard, `config.json` if
+    /// present, else the built-in real configs), `tokenizer/tokenizer.json` and
+    /// `tokenizer_2/tokenizer.json`.
+    pub fn hunyuan_video(root: &Path) -> Result<Self> {
+        let llama_config = match read_config(&root.join("text_encoder/config.json"))? {
+            Some(json) => LlamaConfig::from_json(&json)?,
+            None => LlamaConfig::llava_llama3_8b(),
+        };
+        let clip_config = match read_config(&root.join("text_encoder_2/config.json"))? {
+            Some(json) => ClipTextConfig::from_json(&json)?,
+            None => ClipTextConfig::clip_vit_large_patch14(),
+        };
+        Ok(Self {
+            llama_config,
+            llama_weights: safetensors_in(&root.join("text_encoder"))?,
+            llama_tokenizer: root.join("tokenizer/tokenizer.json"),
+            clip_config,
+            clip_weights: safetensors_in(&root.join("text_encoder_2"))?,
+            clip_tokenizer: root.join("tokenizer_2/tokenizer.json"),
+        })
+    }
+}
+
 /// Both text encoders and their tokenizers.
 pub struct PromptEncoder {
     llama: Llama,
