@@ -11,6 +11,7 @@ pub mod generator;
 pub mod hub;
 pub mod models;
 pub mod packing;
+pub mod preprocess;
 pub mod sampling;
 #[cfg(feature = "testing")]
 pub mod testing;

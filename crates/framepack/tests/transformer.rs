@@ -2,7 +2,6 @@
 //! loading errors and shape/batch generality.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 use candle_nn::VarBuilder;
@@ -10,11 +9,9 @@ use framepack::models::transformer::{Config, Transformer, TransformerInputs};
 use framepack::weights::{self, WeightFiles};
 use framepack::{Error, WeightsError};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/");
+mod common;
 
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(FIXTURES).join(name)
-}
+use common::{errors as metrics, fixture_path as fixture, load_fixture};
 
 /// `tiny`: the reference harness's config (cases a, b, c). `odd`: a config whose sizes all differ
 /// from the released model's, made by `tools/fixtures_transformer.py` (cases d, e).
@@ -39,7 +36,7 @@ fn case_file(case: &str) -> String {
 }
 
 fn load_case(case: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(&case_file(case)), &Device::Cpu).unwrap()
+    load_fixture(&case_file(case))
 }
 
 fn case_inputs(t: &HashMap<String, Tensor>) -> TransformerInputs<'_> {
@@ -60,20 +57,6 @@ fn case_inputs(t: &HashMap<String, Tensor>) -> TransformerInputs<'_> {
         latents_history_4x: Some(g("latents_history_4x")),
         indices_latents_history_4x: Some(g("indices_latents_history_4x")),
     }
-}
-
-/// (relative L2, max abs) of `got` against `want`, in f64.
-fn metrics(got: &Tensor, want: &Tensor) -> (f64, f64) {
-    assert_eq!(got.dims(), want.dims(), "shape mismatch");
-    let g: Vec<f64> = got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let w: Vec<f64> = want.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap();
-    let (mut num, mut den, mut max) = (0f64, 0f64, 0f64);
-    for (a, b) in g.iter().zip(&w) {
-        num += (a - b) * (a - b);
-        den += b * b;
-        max = max.max((a - b).abs());
-    }
-    ((num / den.max(1e-300)).sqrt(), max)
 }
 
 /// Prints the metrics; returns them and a failure message if a tolerance is exceeded.

@@ -1,4 +1,6 @@
 //! Neural network models of FramePack, built with candle from diffusers-format weights.
 
+pub mod text;
 pub mod transformer;
 pub mod vae;
+pub mod vision;
