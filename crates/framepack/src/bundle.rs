@@ -28,8 +28,11 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::generator::{Generator, Models};
+use crate::models::text::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::text::llama::{Llama, LlamaConfig};
 use crate::models::transformer::{self, Transformer};
 use crate::models::vae::{self, AutoencoderKLHunyuanVideo};
+use crate::models::vision::{SiglipVisionConfig, SiglipVisionModel};
 use crate::weights::{self, WeightFiles};
 
 /// Where a job runs.
@@ -350,6 +353,16 @@ pub fn check_model<C: DeserializeOwned, M>(
         Ok(c) => c,
         Err(s) => return s,
     };
+    check_weights(dir, stem, &cfg, describe, build)
+}
+
+fn check_weights<C, M>(
+    dir: &Path,
+    stem: &str,
+    cfg: &C,
+    describe: impl FnOnce(&C) -> String,
+    build: impl FnOnce(&C, candle_nn::VarBuilder<'_>) -> candle_core::Result<M>,
+) -> Status {
     let files = match weight_files(dir, stem) {
         Ok(f) => f,
         Err(s) => return s,
@@ -361,17 +374,54 @@ pub fn check_model<C: DeserializeOwned, M>(
     let shapes = opened.shapes();
     let n = shapes.len();
     let label = files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
-    match weights::check_shapes(&label, shapes, |vb| build(&cfg, vb)) {
+    match weights::check_shapes(&label, shapes, |vb| build(cfg, vb)) {
         Ok(()) => Status::Present {
             summary: format!(
                 "{n} tensors in {} file(s), {}; {}",
                 files.len(),
                 human_bytes(file_size(&files)),
-                describe(&cfg)
+                describe(cfg)
             ),
         },
         Err(e) => mismatched(e.to_string()),
     }
+}
+
+/// [`check_model`] with a config parser of the model's own (`from_json`).
+pub fn check_model_json<C, M>(
+    dir: &Path,
+    stem: &str,
+    parse: impl FnOnce(&str) -> Result<C>,
+    describe: impl FnOnce(&C) -> String,
+    build: impl FnOnce(&C, candle_nn::VarBuilder<'_>) -> candle_core::Result<M>,
+) -> Status {
+    let path = dir.join("config.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return missing(format!("{} not found", path.display())),
+        Err(e) => return mismatched(format!("cannot read {}: {e}", path.display())),
+    };
+    let cfg = match parse(&text) {
+        Ok(c) => c,
+        Err(e) => return mismatched(format!("{}: invalid config: {e}", path.display())),
+    };
+    check_weights(dir, stem, &cfg, describe, build)
+}
+
+/// SigLIP's input size in `preprocessor_config.json` (`size.height`, `size.shortest_edge`,
+/// a plain `size`, or `crop_size`), if it names one.
+pub fn siglip_input_size(path: &Path) -> std::result::Result<Option<usize>, Status> {
+    let v: serde_json::Value = read_json(path)?;
+    let pick = |v: &serde_json::Value| -> Option<usize> {
+        match v {
+            serde_json::Value::Number(n) => n.as_u64().map(|n| n as usize),
+            serde_json::Value::Object(o) => {
+                ["height", "shortest_edge"].iter().find_map(|k| o.get(*k)?.as_u64()).map(|n| n as usize)
+            }
+            _ => None,
+        }
+    };
+    Ok(v.get("size").and_then(pick).or_else(|| v.get("crop_size").and_then(pick)))
 }
 
 fn check_file(path: &Path, what: &str) -> Status {
@@ -469,26 +519,55 @@ impl BundlePaths {
                 },
                 |cfg, vb| AutoencoderKLHunyuanVideo::new(vb, cfg),
             ),
-            Component::TextEncoder | Component::TextEncoder2 | Component::ImageEncoder => {
-                // Shape checks against the encoder models come with `models::{text, vision}`.
-                match (read_json::<serde_json::Value>(&dir.join("config.json")), weight_files(dir, "model")) {
-                    (Err(s), _) | (_, Err(s)) => s,
-                    (Ok(_), Ok(files)) => match WeightFiles::open(&files) {
-                        Ok(w) => Status::Present {
-                            summary: format!(
-                                "{} tensors in {} file(s), {} (names and shapes not checked)",
-                                w.shapes().len(),
-                                files.len(),
-                                human_bytes(file_size(&files))
-                            ),
-                        },
+            Component::TextEncoder => check_model_json(
+                dir,
+                "model",
+                LlamaConfig::from_json,
+                |cfg: &LlamaConfig| format!("{} layers, width {}", cfg.num_hidden_layers, cfg.hidden_size),
+                |cfg, vb| Llama::new(vb, cfg),
+            ),
+            Component::TextEncoder2 => check_model_json(
+                dir,
+                "model",
+                ClipTextConfig::from_json,
+                |cfg: &ClipTextConfig| format!("{} layers, width {}", cfg.num_hidden_layers, cfg.hidden_size),
+                |cfg, vb| ClipTextModel::new(vb, cfg),
+            ),
+            Component::ImageEncoder => check_model_json(
+                dir,
+                "model",
+                SiglipVisionConfig::from_json,
+                |cfg: &SiglipVisionConfig| {
+                    format!(
+                        "{} layers, width {}, {}² input, {} tokens",
+                        cfg.num_hidden_layers,
+                        cfg.hidden_size,
+                        cfg.image_size,
+                        cfg.num_patches()
+                    )
+                },
+                |cfg, vb| SiglipVisionModel::new(vb, cfg),
+            ),
+            Component::Tokenizer | Component::Tokenizer2 => {
+                let path = dir.join("tokenizer.json");
+                match check_file(&path, "tokenizer.json") {
+                    Status::Present { summary } => match crate::models::text::load_tokenizer(&path) {
+                        Ok(t) => Status::Present { summary: format!("{summary}, {} tokens", t.get_vocab_size(true)) },
                         Err(e) => mismatched(e.to_string()),
                     },
+                    other => other,
                 }
             }
-            Component::Tokenizer | Component::Tokenizer2 => check_file(&dir.join("tokenizer.json"), "tokenizer.json"),
             Component::FeatureExtractor => {
-                check_file(&dir.join("preprocessor_config.json"), "preprocessor_config.json")
+                let path = dir.join("preprocessor_config.json");
+                match check_file(&path, "preprocessor_config.json") {
+                    Status::Present { summary } => match siglip_input_size(&path) {
+                        Ok(Some(n)) => Status::Present { summary: format!("{summary}, {n}² input") },
+                        Ok(None) => Status::Present { summary },
+                        Err(s) => s,
+                    },
+                    other => other,
+                }
             }
         }
     }

@@ -11,6 +11,7 @@ pub mod generator;
 pub mod hub;
 pub mod models;
 pub mod packing;
+pub mod pipeline;
 pub mod preprocess;
 pub mod sampling;
 #[cfg(feature = "testing")]
@@ -19,3 +20,4 @@ pub mod weights;
 
 pub use error::{Error, Result, WeightsError};
 pub use generator::{CancelToken, Generator, Job, Section, Settings};
+pub use pipeline::{Pipeline, Request};

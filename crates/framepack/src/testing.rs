@@ -181,16 +181,146 @@ pub fn save_sharded(tensors: &HashMap<String, Tensor>, dir: &Path, stem: &str, s
     )
 }
 
+/// Words of the tiny tokenizers (anything else is `<unk>`).
+pub const TINY_WORDS: [&str; 24] = [
+    "a", "cat", "dog", "runs", "jumps", "sits", "on", "the", "grass", "in", "garden", "video", "system", "user",
+    "describe", "objects", "camera", "moves", "slowly", "man", "dances", "light", "red", "blue",
+];
+
+/// A WordLevel `tokenizer.json` over [`TINY_WORDS`] (whitespace/punctuation split): ids 0 `<unk>`,
+/// 1 `bos`, then the special tokens, then the words; `eos` (if any) is appended to every encoding
+/// and gets the id `eos_id`.
+pub fn tiny_tokenizer_json(bos: &str, specials: &[&str], eos: Option<(&str, u32)>, lowercase: bool) -> String {
+    let mut vocab = serde_json::Map::new();
+    let mut added = Vec::new();
+    let special = |content: &str, id: u32| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    vocab.insert("<unk>".into(), 0.into());
+    vocab.insert(bos.into(), 1.into());
+    added.push(special(bos, 1));
+    let mut next = 2u32;
+    for sp in specials {
+        vocab.insert((*sp).into(), next.into());
+        added.push(special(sp, next));
+        next += 1;
+    }
+    for w in TINY_WORDS {
+        vocab.insert(w.into(), next.into());
+        next += 1;
+    }
+    let mut single = vec![
+        serde_json::json!({"SpecialToken": {"id": bos, "type_id": 0}}),
+        serde_json::json!({"Sequence": {"id": "A", "type_id": 0}}),
+    ];
+    let mut special_tokens = serde_json::Map::new();
+    special_tokens.insert(bos.into(), serde_json::json!({"id": bos, "ids": [1], "tokens": [bos]}));
+    if let Some((e, id)) = eos {
+        vocab.insert(e.into(), id.into());
+        added.push(special(e, id));
+        single.push(serde_json::json!({"SpecialToken": {"id": e, "type_id": 0}}));
+        special_tokens.insert(e.into(), serde_json::json!({"id": e, "ids": [id], "tokens": [e]}));
+    }
+    let mut pair = single.clone();
+    pair.push(serde_json::json!({"Sequence": {"id": "B", "type_id": 1}}));
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": if lowercase { serde_json::json!({"type": "Lowercase"}) } else { serde_json::Value::Null },
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": {"type": "TemplateProcessing", "single": single, "pair": pair, "special_tokens": special_tokens},
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    })
+    .to_string()
+}
+
+/// Tiny Llama `config.json`: width 16 (the tiny transformer's text width), 3 layers (FramePack
+/// uses the output of all but the last 2), 2 query heads and 1 key/value head of 8.
+pub fn tiny_llama_config_json() -> String {
+    serde_json::json!({
+        "architectures": ["LlamaModel"], "model_type": "llama", "vocab_size": 64, "hidden_size": 16,
+        "intermediate_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 1,
+        "head_dim": 8, "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "hidden_act": "silu",
+        "attention_bias": false, "mlp_bias": false
+    })
+    .to_string()
+}
+
+/// Tiny CLIP text `config.json`: width 8 (the tiny transformer's pooled width), one layer.
+pub fn tiny_clip_config_json() -> String {
+    serde_json::json!({
+        "architectures": ["CLIPTextModel"], "model_type": "clip_text_model", "vocab_size": 64, "hidden_size": 8,
+        "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "max_position_embeddings": 77, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "eos_token_id": 2
+    })
+    .to_string()
+}
+
+/// Tiny SigLIP vision `config.json`: width 8 (the tiny transformer's image width), one layer,
+/// 28² input in 14² patches (4 tokens), no pooling head.
+pub fn tiny_siglip_config_json() -> String {
+    serde_json::json!({
+        "architectures": ["SiglipVisionModel"], "model_type": "siglip_vision_model", "hidden_size": 8,
+        "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2, "num_channels": 3,
+        "image_size": 28, "patch_size": 14, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
+        "vision_use_head": false
+    })
+    .to_string()
+}
+
+fn tiny_preprocessor_json() -> String {
+    serde_json::json!({
+        "image_processor_type": "SiglipImageProcessor", "do_resize": true, "size": {"height": 28, "width": 28},
+        "resample": 3, "do_rescale": true, "rescale_factor": 0.00392156862745098, "do_normalize": true,
+        "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]
+    })
+    .to_string()
+}
+
 /// Writes a tiny random bundle in the released layout into `root`: the transformer at the root
-/// (two shards + index + config), `vae/`. Returns the paths.
+/// (two shards + index + config), `vae/`, `text_encoder/` (two shards + index), `tokenizer/`,
+/// `text_encoder_2/`, `tokenizer_2/`, `image_encoder/` and `feature_extractor/`. Every model is
+/// random ([`random_weights`]); the widths fit together so the whole pipeline runs.
 pub fn write_tiny_bundle(root: &Path, seed: u64) -> Result<crate::bundle::BundlePaths> {
+    use crate::models::text::clip::{ClipTextConfig, ClipTextModel};
+    use crate::models::text::llama::{Llama, LlamaConfig};
+    use crate::models::vision::{SiglipVisionConfig, SiglipVisionModel};
+
     let tcfg = tiny_transformer_config();
     let tw = random_weights(seed, 1.0, |vb| Transformer::new(vb, &tcfg))?;
     save_sharded(&tw, root, "diffusion_pytorch_model", 2)?;
     write_text(&root.join("config.json"), &serde_json::to_string_pretty(&tcfg).expect("json"))?;
+
     let vcfg = tiny_vae_config();
     let vw = random_weights(seed + 1, 1.0, |vb| AutoencoderKLHunyuanVideo::new(vb, &vcfg))?;
     save_safetensors(&vw, &root.join("vae/diffusion_pytorch_model.safetensors"))?;
     write_text(&root.join("vae/config.json"), &vae_config_json(&vcfg))?;
+
+    let llama_json = tiny_llama_config_json();
+    let llama_cfg = LlamaConfig::from_json(&llama_json)?;
+    let lw = random_weights(seed + 2, 1.0, |vb| Llama::new(vb, &llama_cfg))?;
+    save_sharded(&lw, &root.join("text_encoder"), "model", 2)?;
+    write_text(&root.join("text_encoder/config.json"), &llama_json)?;
+    let specials = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"];
+    write_text(&root.join("tokenizer/tokenizer.json"), &tiny_tokenizer_json("<s>", &specials, None, true))?;
+
+    let clip_json = tiny_clip_config_json();
+    let clip_cfg = ClipTextConfig::from_json(&clip_json)?;
+    let cw = random_weights(seed + 3, 1.0, |vb| ClipTextModel::new(vb, &clip_cfg))?;
+    save_safetensors(&cw, &root.join("text_encoder_2/model.safetensors"))?;
+    write_text(&root.join("text_encoder_2/config.json"), &clip_json)?;
+    let clip_tok = tiny_tokenizer_json("<|startoftext|>", &[], Some(("<|endoftext|>", 63)), true);
+    write_text(&root.join("tokenizer_2/tokenizer.json"), &clip_tok)?;
+
+    let siglip_json = tiny_siglip_config_json();
+    let siglip_cfg = SiglipVisionConfig::from_json(&siglip_json)?;
+    let sw = random_weights(seed + 4, 1.0, |vb| SiglipVisionModel::new(vb, &siglip_cfg))?;
+    save_safetensors(&sw, &root.join("image_encoder/model.safetensors"))?;
+    write_text(&root.join("image_encoder/config.json"), &siglip_json)?;
+    write_text(&root.join("feature_extractor/preprocessor_config.json"), &tiny_preprocessor_json())?;
     Ok(crate::bundle::BundlePaths::from_dir(root))
 }

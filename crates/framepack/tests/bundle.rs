@@ -24,9 +24,10 @@ fn tiny_bundle_is_reported_and_loads() {
     assert_eq!(paths, BundlePaths::from_dir(&dir));
     let report = paths.inspect();
     println!("{report}");
-    for c in [Component::Transformer, Component::Vae] {
+    for c in Component::ALL {
         assert!(matches!(report.get(c).status, Status::Present { .. }), "{c}: {:?}", report.get(c).status);
     }
+    assert!(report.is_complete());
     report.require(&[Component::Transformer, Component::Vae]).unwrap();
 
     let generator = paths.load_generator(&Device::Cpu, DType::F32).unwrap();
@@ -51,14 +52,18 @@ fn missing_and_mismatched_parts_are_named() {
     let dir = temp_dir("bundle-bad");
     let paths = testing::write_tiny_bundle(&dir, 12).unwrap();
 
-    // Nothing of the encoders exists in this bundle: each is reported missing with its folder.
+    assert!(paths.inspect().is_complete(), "{}", paths.inspect());
+    // Without the text encoder and the image encoder's weights, each is reported with its path.
+    std::fs::remove_dir_all(dir.join("text_encoder")).unwrap();
+    std::fs::remove_file(dir.join("image_encoder/model.safetensors")).unwrap();
     let report = paths.inspect();
     match &report.get(Component::TextEncoder).status {
         Status::Missing { what } => assert!(what.contains("text_encoder"), "{what}"),
         s => panic!("{s:?}"),
     }
     let err = report.require(&[Component::Transformer, Component::ImageEncoder]).unwrap_err().to_string();
-    assert!(err.contains("image_encoder") && err.contains("missing"), "{err}");
+    assert!(err.contains("image_encoder") && err.contains("missing") && err.contains("model.safetensors"), "{err}");
+    assert!(!report.is_complete());
 
     // A shard named by the index is gone.
     let shard = dir.join("diffusion_pytorch_model-00002-of-00002.safetensors");

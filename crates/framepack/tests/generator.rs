@@ -257,7 +257,9 @@ fn bad_inputs_are_clear_errors() {
     assert!(bad(c, s.clone()).starts_with("image embeds"));
     let mut c = conditioning(32, 32);
     c.end_image = Some(testing::test_image(32, 16, 1).unwrap());
-    assert!(bad(c, s.clone()).starts_with("end image"));
+    let inverted = Settings { schedule: Schedule::InvertedAntiDrifting, ..s.clone() };
+    assert!(bad(c.clone(), inverted).contains("differs from the start image"));
+    assert!(bad(c, s.clone()).contains("no context after the window"));
     let mut c = conditioning(32, 32);
     c.text[0].llama = randn(1, &[1, 5, 15]);
     assert!(bad(c, s.clone()).starts_with("prompt features"));

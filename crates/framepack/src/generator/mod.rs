@@ -299,6 +299,13 @@ impl Generator {
             ));
         }
         let end_image = match &conditioning.end_image {
+            Some(_) if schedule.future.is_empty() => {
+                return Err(Error::invalid(
+                    "end image",
+                    "this schedule has no context after the window, so an end frame would be ignored \
+                     (use the inverted schedule, or symmetric)",
+                ));
+            }
             Some(e) => {
                 let e = image_5d(e, "end image")?;
                 if e.dims() != start_image.dims() {
