@@ -41,6 +41,7 @@ fn settings(schedule: Schedule, seconds: f64, window: usize) -> Settings {
 fn run(g: &Generator, cond: Conditioning, s: Settings) -> Vec<Frame> {
     let job = g.start(cond, s).unwrap();
     let (total, order, n) = (job.total_frames(), job.plan().order, job.plan().sections);
+    let job_window = job.plan().window;
     let mut video: Vec<Option<Frame>> = vec![None; total];
     let mut ranges = Vec::new();
     for (i, section) in job.enumerate() {
@@ -48,6 +49,17 @@ fn run(g: &Generator, cond: Conditioning, s: Settings) -> Vec<Frame> {
         assert_eq!(section.index, i);
         assert_eq!(section.is_last, i + 1 == n);
         assert_eq!(section.frames.len(), section.frame_range.len());
+        assert_eq!(section.provisional.len(), section.provisional_range.len());
+        // Provisional frames sit right next to the final ones, on the ungenerated side.
+        if section.is_last {
+            assert!(section.provisional.is_empty());
+        } else {
+            assert_eq!(section.provisional.len(), 4 * job_window - 3);
+            match order {
+                SectionOrder::Forward => assert_eq!(section.provisional_range.start, section.frame_range.end),
+                SectionOrder::Inverted => assert_eq!(section.provisional_range.end, section.frame_range.start),
+            }
+        }
         for (k, f) in section.frame_range.clone().zip(section.frames) {
             assert!(video[k].is_none(), "frame {k} produced twice");
             video[k] = Some(f);

@@ -232,6 +232,12 @@ pub struct Section {
     pub frame_range: Range<usize>,
     /// The decoded frames that no later section changes any more, in play order.
     pub frames: Vec<Frame>,
+    /// Frames decoded so far that the next section will still cross-fade (the `4W − 3` frames
+    /// next to the ungenerated part of the video), in play order; empty for the last section.
+    /// Show them as a preview; [`Section::frames`] of later sections replace them.
+    pub provisional: Vec<Frame>,
+    /// Where [`Section::provisional`] lies in the finished video.
+    pub provisional_range: Range<usize>,
     /// Whether this is the last section of the job.
     pub is_last: bool,
     /// Model calls TeaCache skipped in this section (0 without TeaCache).
@@ -689,6 +695,15 @@ impl Job {
             SectionOrder::Inverted => total - self.emitted - n..total - self.emitted,
         };
         self.emitted += n;
+        let provisional = match self.decoder.as_ref().and_then(|d| d.pixels().provisional()) {
+            Some(p) => to_frames(p)?,
+            None => Vec::new(),
+        };
+        let p = provisional.len();
+        let provisional_range = match self.plan.order {
+            SectionOrder::Forward => self.emitted..self.emitted + p,
+            SectionOrder::Inverted => total - self.emitted - p..total - self.emitted,
+        };
         if is_last && self.emitted != total {
             return Err(Error::invalid(
                 "video",
@@ -702,6 +717,8 @@ impl Job {
             latent_tensor: new,
             frame_range,
             frames,
+            provisional,
+            provisional_range,
             is_last,
             teacache_skipped,
         })
