@@ -1,5 +1,6 @@
 //! Neural network models of FramePack, built with candle from diffusers-format weights.
 
+pub(crate) mod attention;
 pub mod text;
 pub mod transformer;
 pub mod vae;

@@ -15,6 +15,7 @@ use candle_nn::{Activation, Embedding, LayerNorm, Linear, VarBuilder, embedding,
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::models::attention::{attention, merge_heads, split_heads};
 use crate::preprocess::{RgbImage, siglip_pixel_values};
 use crate::weights::{self, WeightFiles};
 
@@ -122,22 +123,6 @@ impl SiglipVisionConfig {
 }
 
 /// Softmax attention without mask over (b, heads, t, d) tensors, softmax in f32.
-fn attend(q: &Tensor, k: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
-    let d = q.dim(3)?;
-    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.to_dtype(DType::F32)?;
-    candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?.matmul(v)
-}
-
-fn split_heads(x: Tensor, n_heads: usize) -> candle_core::Result<Tensor> {
-    let (b, t, c) = x.dims3()?;
-    x.reshape((b, t, n_heads, c / n_heads))?.transpose(1, 2)?.contiguous()
-}
-
-fn merge_heads(x: Tensor) -> candle_core::Result<Tensor> {
-    let (b, h, t, d) = x.dims4()?;
-    x.transpose(1, 2)?.reshape((b, t, h * d))
-}
-
 struct Attention {
     q_proj: Linear,
     k_proj: Linear,
@@ -161,10 +146,10 @@ impl Attention {
 
 impl Module for Attention {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let q = split_heads(self.q_proj.forward(x)?, self.n_heads)?;
-        let k = split_heads(self.k_proj.forward(x)?, self.n_heads)?;
-        let v = split_heads(self.v_proj.forward(x)?, self.n_heads)?;
-        self.out_proj.forward(&merge_heads(attend(&q, &k, &v)?)?)
+        let q = split_heads(&self.q_proj.forward(x)?, self.n_heads)?;
+        let k = split_heads(&self.k_proj.forward(x)?, self.n_heads)?;
+        let v = split_heads(&self.v_proj.forward(x)?, self.n_heads)?;
+        self.out_proj.forward(&merge_heads(&attention(&q, &k, &v, None)?)?)
     }
 }
 
@@ -250,10 +235,10 @@ impl PoolingHead {
             Linear::new(w, Some(bias)).forward(y)
         };
         let probe = self.probe.broadcast_as((b, 1, h))?.contiguous()?;
-        let q = split_heads(proj(0, &probe)?, self.n_heads)?;
-        let k = split_heads(proj(1, x)?, self.n_heads)?;
-        let v = split_heads(proj(2, x)?, self.n_heads)?;
-        let pooled = self.out_proj.forward(&merge_heads(attend(&q, &k, &v)?)?)?;
+        let q = split_heads(&proj(0, &probe)?, self.n_heads)?;
+        let k = split_heads(&proj(1, x)?, self.n_heads)?;
+        let v = split_heads(&proj(2, x)?, self.n_heads)?;
+        let pooled = self.out_proj.forward(&merge_heads(&attention(&q, &k, &v, None)?)?)?;
         let out = (&pooled + self.mlp.forward(&self.layernorm.forward(&pooled)?)?)?;
         out.squeeze(1)
     }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use super::llama::causal_mask;
 use crate::error::{Error, Result};
+use crate::models::attention::{attention, merge_heads, split_heads};
 use crate::weights::{self, WeightFiles};
 
 /// MLP activation of a CLIP text tower.
@@ -140,15 +141,10 @@ impl Attention {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let (b, t, c) = x.dims3()?;
-        let d = c / self.n_heads;
-        let heads = |y: Tensor| y.reshape((b, t, self.n_heads, d))?.transpose(1, 2)?.contiguous();
-        let q = heads(self.q_proj.forward(x)?)?;
-        let k = heads(self.k_proj.forward(x)?)?;
-        let v = heads(self.v_proj.forward(x)?)?;
-        let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.to_dtype(DType::F32)?.broadcast_add(mask)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        self.out_proj.forward(&probs.matmul(&v)?.transpose(1, 2)?.reshape((b, t, c))?)
+        let q = split_heads(&self.q_proj.forward(x)?, self.n_heads)?;
+        let k = split_heads(&self.k_proj.forward(x)?, self.n_heads)?;
+        let v = split_heads(&self.v_proj.forward(x)?, self.n_heads)?;
+        self.out_proj.forward(&merge_heads(&attention(&q, &k, &v, Some(mask))?)?)
     }
 }
 
