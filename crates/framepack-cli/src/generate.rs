@@ -66,7 +66,9 @@ pub struct GenerateArgs {
     /// the same image as `--image` makes loops).
     #[arg(long, value_name = "FILE")]
     end_image: Option<PathBuf>,
-    /// The weights folder (see `framepack generate --help` above and `framepack info`).
+    /// The weights folder (layout above; check it with `framepack info`). In a build with the
+    /// `hf-hub` feature, `hub:original` or `hub:f1` downloads the released repositories instead
+    /// (into the Hugging Face cache).
     #[arg(long, value_name = "DIR")]
     weights: PathBuf,
     /// Output: a folder of PNG frames, or a file ending in .gif or .mp4 (H.264).
@@ -105,11 +107,37 @@ fn fmt_duration(d: Duration) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// The bundle a `--weights` argument names: a folder, or `hub:original` / `hub:f1`.
+pub fn bundle_paths(weights: &Path) -> framepack::Result<BundlePaths> {
+    if let Some(which) = weights.to_str().and_then(|s| s.strip_prefix("hub:")) {
+        return hub(which);
+    }
+    if !weights.is_dir() {
+        return Err(invalid("weights", format!("folder {} not found", weights.display())));
+    }
+    Ok(BundlePaths::from_dir(weights))
+}
+
+#[cfg(feature = "hf-hub")]
+fn hub(which: &str) -> framepack::Result<BundlePaths> {
+    let repo = match which {
+        "original" | "inverted" => framepack::hub::ORIGINAL,
+        "f1" | "geometric" => framepack::hub::F1,
+        other => {
+            return Err(invalid("weights", format!("unknown hub model `{other}` (expected hub:original or hub:f1)")));
+        }
+    };
+    framepack::hub::fetch(repo)
+}
+
+#[cfg(not(feature = "hf-hub"))]
+fn hub(_: &str) -> framepack::Result<BundlePaths> {
+    Err(invalid("weights", "this build cannot download weights (rebuild with the `hf-hub` feature) — give a folder"))
+}
+
 pub fn run(args: GenerateArgs) -> framepack::Result<()> {
     let started = Instant::now();
-    if !args.weights.is_dir() {
-        return Err(invalid("weights", format!("folder {} not found", args.weights.display())));
-    }
+    let paths = bundle_paths(&args.weights)?;
     let dtype = match &args.dtype {
         Some(d) => parse_dtype(d)?,
         None if args.device == DeviceChoice::Cpu => candle_core::DType::F32,
@@ -146,7 +174,6 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
     });
     let spinner = multi.add(ProgressBar::new_spinner().with_message(format!("loading {}", args.weights.display())));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let paths = BundlePaths::from_dir(&args.weights);
     let mut pipeline = Pipeline::load(&paths, &device, dtype)?;
     spinner.set_message("encoding prompt and image");
     let request = Request {

@@ -28,7 +28,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Check a weights folder: what is present, missing or mismatched, without loading it.
     Info {
-        /// The weights folder (see `generate --help`).
+        /// The weights folder (see `generate --help`; `hub:original` / `hub:f1` with the `hf-hub`
+        /// feature).
         #[arg(long, value_name = "DIR")]
         weights: PathBuf,
     },
@@ -125,13 +126,7 @@ fn plan(
 }
 
 fn info(weights: PathBuf) -> framepack::Result<()> {
-    let paths = framepack::bundle::BundlePaths::from_dir(&weights);
-    if !weights.is_dir() {
-        return Err(framepack::Error::Invalid {
-            what: "weights",
-            reason: format!("folder {} not found", weights.display()),
-        });
-    }
+    let paths = generate::bundle_paths(&weights)?;
     let report = paths.inspect();
     print!("{report}");
     let problems =
