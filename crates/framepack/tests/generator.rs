@@ -284,3 +284,33 @@ fn bad_inputs_are_clear_errors() {
     };
     assert!(bad(conditioning(32, 32), Settings { schedule: Schedule::Custom(custom), ..s }).starts_with("schedule"));
 }
+
+#[test]
+fn cancel_from_another_thread_while_sampling() {
+    let g = generator();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, usize)>();
+    let job = g
+        .start(conditioning(32, 32), Settings { steps: 50, ..settings(Schedule::Geometric, 4.8, 9) })
+        .unwrap()
+        .on_progress(move |p| {
+            let _ = tx.send((p.section, p.step));
+            // Slow the steps down so the other thread's cancel lands mid-section.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        });
+    let token = job.cancel_token();
+    let worker = std::thread::spawn(move || job.collect::<Vec<_>>());
+    // Wait for the third step, then cancel.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        seen.push(rx.recv().unwrap());
+    }
+    token.cancel();
+    let cancelled_after = seen.len();
+    let results = worker.join().unwrap();
+    let more: Vec<_> = rx.try_iter().collect();
+    // The step in flight when the token flipped may still report; nothing after it.
+    assert!(more.len() <= 1, "{} steps reported after cancel", more.len());
+    assert!(cancelled_after + more.len() < 4 * 50);
+    assert!(matches!(results.last(), Some(Err(framepack::Error::Cancelled))));
+    assert!(results.iter().rev().skip(1).all(|r| r.is_ok()));
+}
