@@ -217,18 +217,23 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
         .map_err(|e| invalid("out", e.to_string()))?;
     for section in job {
         let section = section?;
+        let provisional = if section.provisional.is_empty() {
+            String::new()
+        } else {
+            format!(", {} provisional {:?}", section.provisional.len(), section.provisional_range)
+        };
+        let teacache = if args.teacache.is_some() {
+            format!(", TeaCache skipped {}/{} steps", section.teacache_skipped, settings.steps)
+        } else {
+            String::new()
+        };
         let line = format!(
-            "section {}/{}: latents {:?} -> frames {:?} ({} frames{})",
+            "section {}/{}: latents {:?}, {} final frames {:?}{provisional}{teacache}",
             section.index + 1,
             section.sections,
             section.latents,
-            section.frame_range,
             section.frames.len(),
-            if args.teacache.is_some() {
-                format!(", TeaCache skipped {}/{} steps", section.teacache_skipped, settings.steps)
-            } else {
-                String::new()
-            }
+            section.frame_range,
         );
         multi.suspend(|| println!("{line}"));
         writer.push(section).map_err(|e| invalid("out", e.to_string()))?;
