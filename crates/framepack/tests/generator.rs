@@ -314,3 +314,16 @@ fn cancel_from_another_thread_while_sampling() {
     assert!(matches!(results.last(), Some(Err(framepack::Error::Cancelled))));
     assert!(results.iter().rev().skip(1).all(|r| r.is_ok()));
 }
+
+#[test]
+fn sampled_image_latents_are_seeded() {
+    use framepack::generator::ImageLatent;
+    let g = generator();
+    let s = settings(Schedule::Geometric, 1.2, 9);
+    let mean = run(&g, conditioning(32, 32), s.clone());
+    let sampled = Settings { image_latent: ImageLatent::Sample, ..s };
+    let a = run(&g, conditioning(32, 32), sampled.clone());
+    assert!(a == run(&g, conditioning(32, 32), sampled.clone()));
+    assert!(a != mean);
+    assert!(a != run(&g, conditioning(32, 32), Settings { seed: 99, ..sampled }));
+}
