@@ -207,6 +207,10 @@ impl Config {
 ///
 /// Both framewise modes change results (GroupNorm statistics and the mid-block attention span
 /// a whole chunk), which is why FramePack's outputs depend on them.
+///
+/// Decodes switch to spatial tiling when the latent frame is wider or taller than
+/// `sample_min / 8` (diffusers 0.42; 0.33.1, which FramePack pins, compares with `stride / 8`,
+/// which only matters for latent sizes 25–32 with spatial tiling on).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tiling {
     /// Temporal tiling of encodes.
