@@ -57,7 +57,9 @@ fn parse_args() -> Result<Args, String> {
             "--no-framewise" => a.framewise = false,
             "--full" => a.full = true,
             "-h" | "--help" => {
-                println!("options: --frames 9,18 --size 64 --tile 256 --no-spatial --no-framewise --full --unit-frames 5 --unit-size 32");
+                println!(
+                    "options: --frames 9,18 --size 64 --tile 256 --no-spatial --no-framewise --full --unit-frames 5 --unit-size 32"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown option {other}")),

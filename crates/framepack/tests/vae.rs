@@ -26,8 +26,13 @@ fn tiny_config() -> Config {
 }
 
 fn tiny_vae() -> AutoencoderKLHunyuanVideo {
-    AutoencoderKLHunyuanVideo::load(&[fixture("vae_tiny_weights.safetensors")], &tiny_config(), DType::F32, &Device::Cpu)
-        .expect("load tiny vae")
+    AutoencoderKLHunyuanVideo::load(
+        &[fixture("vae_tiny_weights.safetensors")],
+        &tiny_config(),
+        DType::F32,
+        &Device::Cpu,
+    )
+    .expect("load tiny vae")
 }
 
 /// Returns (rel-L2, max-abs) of `got` against `want`, computed in f64.
@@ -197,7 +202,13 @@ fn random_vae(cfg: &Config, seed: u64) -> AutoencoderKLHunyuanVideo {
             .map(|k| {
                 let h = (seed ^ (i as u64) << 32 ^ k as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                 let u = ((h >> 11) as f64 / (1u64 << 53) as f64) * 2.0 - 1.0;
-                if shape.len() > 1 { (u * (3.0 / fan_in).sqrt()) as f32 } else if name.ends_with("weight") { 1.0 + 0.1 * u as f32 } else { 0.1 * u as f32 }
+                if shape.len() > 1 {
+                    (u * (3.0 / fan_in).sqrt()) as f32
+                } else if name.ends_with("weight") {
+                    1.0 + 0.1 * u as f32
+                } else {
+                    0.1 * u as f32
+                }
             })
             .collect();
         ws.insert(name.clone(), Tensor::from_vec(vals, shape.as_slice(), &Device::Cpu).unwrap());
@@ -364,7 +375,11 @@ fn spatial_tiling_inside_framewise_decode_matches_per_tile_semantics() {
     let vae = tiny_vae();
     let t = tensors("vae_tiny_vid21.safetensors");
     let tiled = vae.clone().with_tiling(Tiling::spatial()).unwrap();
-    check("vid21 framewise decode with (inactive) spatial tiling", &tiled.decode(&t["in.z"]).unwrap(), &t["out.decoded_z_framewise"]);
+    check(
+        "vid21 framewise decode with (inactive) spatial tiling",
+        &tiled.decode(&t["in.z"]).unwrap(),
+        &t["out.decoded_z_framewise"],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -429,7 +444,9 @@ fn framepack_reference(order: SectionOrder, w: usize, sections: &[Tensor]) -> Te
                 let n = s.dim(2).unwrap() + w;
                 let total = h.dim(2).unwrap();
                 match order {
-                    SectionOrder::NewFirst => soft_append(&fake_decode(&h.narrow(2, 0, n).unwrap()).unwrap(), p, ov).unwrap(),
+                    SectionOrder::NewFirst => {
+                        soft_append(&fake_decode(&h.narrow(2, 0, n).unwrap()).unwrap(), p, ov).unwrap()
+                    }
                     SectionOrder::HistoryFirst => {
                         soft_append(p, &fake_decode(&h.narrow(2, total - n, n).unwrap()).unwrap(), ov).unwrap()
                     }
@@ -566,8 +583,9 @@ fn parity_tiny_b_other_config() {
     let cfg: Config =
         serde_json::from_str(&std::fs::read_to_string(fixture("vae_tiny_b_config.json")).unwrap()).unwrap();
     assert_eq!((cfg.block_out_channels.len(), cfg.norm_num_groups, cfg.spatial_compression_ratio), (3, 3, 4));
-    let vae = AutoencoderKLHunyuanVideo::load(&[fixture("vae_tiny_b_weights.safetensors")], &cfg, DType::F32, &Device::Cpu)
-        .unwrap();
+    let vae =
+        AutoencoderKLHunyuanVideo::load(&[fixture("vae_tiny_b_weights.safetensors")], &cfg, DType::F32, &Device::Cpu)
+            .unwrap();
     let t = tensors("vae_tiny_b.safetensors");
     let dist = vae.encode(&t["in.sample"]).unwrap();
     check("vae_tiny_b out.moments", dist.moments(), &t["out.moments"]);

@@ -62,10 +62,11 @@ impl CausalConv3d {
             candle_core::bail!("causal conv expects {} channels, got {c}", self.in_channels);
         }
         let k = self.kernel;
-        if self.stride_t == 1 && self.stride_hw == 1 {
-            if let Some(y) = super::cpu::causal_conv3d(x, &self.weight, &self.bias, k)? {
-                return Ok(y);
-            }
+        if self.stride_t == 1
+            && self.stride_hw == 1
+            && let Some(y) = super::cpu::causal_conv3d(x, &self.weight, &self.bias, k)?
+        {
+            return Ok(y);
         }
         self.forward_conv2d(x)
     }
@@ -95,9 +96,7 @@ impl CausalConv3d {
         let mut t0 = 0;
         while t0 < t_out {
             let n = chunk.min(t_out - t0);
-            let taps = (0..k)
-                .map(|j| self.tap(&xt, t0, n, j))
-                .collect::<Result<Vec<_>>>()?;
+            let taps = (0..k).map(|j| self.tap(&xt, t0, n, j)).collect::<Result<Vec<_>>>()?;
             let stacked = if k == 1 { taps[0].clone() } else { Tensor::stack(&taps, 3)? };
             let stacked = stacked.reshape((b * n, c * k, hp, wp))?;
             let y = stacked.conv2d(&weight, 0, self.stride_hw, 1, 1)?.broadcast_add(&bias)?;
@@ -294,7 +293,14 @@ pub(crate) struct DownBlock {
 }
 
 impl DownBlock {
-    fn new(vb: VarBuilder, in_c: usize, out_c: usize, layers: usize, groups: usize, stride: (usize, usize)) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        in_c: usize,
+        out_c: usize,
+        layers: usize,
+        groups: usize,
+        stride: (usize, usize),
+    ) -> Result<Self> {
         let resnets = (0..layers)
             .map(|i| ResnetBlock::new(vb.pp("resnets").pp(i), if i == 0 { in_c } else { out_c }, out_c, groups))
             .collect::<Result<Vec<_>>>()?;
@@ -363,7 +369,14 @@ pub(crate) struct UpBlock {
 }
 
 impl UpBlock {
-    fn new(vb: VarBuilder, in_c: usize, out_c: usize, layers: usize, groups: usize, factor: (usize, usize)) -> Result<Self> {
+    fn new(
+        vb: VarBuilder,
+        in_c: usize,
+        out_c: usize,
+        layers: usize,
+        groups: usize,
+        factor: (usize, usize),
+    ) -> Result<Self> {
         let resnets = (0..layers)
             .map(|i| ResnetBlock::new(vb.pp("resnets").pp(i), if i == 0 { in_c } else { out_c }, out_c, groups))
             .collect::<Result<Vec<_>>>()?;
@@ -496,7 +509,6 @@ impl PointwiseConv3d {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -505,10 +517,13 @@ mod tests {
     #[test]
     fn fast_and_generic_causal_conv_agree() -> Result<()> {
         let dev = Device::Cpu;
-        for (k, b, c, o, t, h, w) in [(3, 2, 5, 7, 4, 6, 5), (3, 1, 3, 2, 1, 3, 4), (1, 2, 4, 3, 3, 2, 2), (3, 1, 2, 3, 6, 1, 1)] {
+        for (k, b, c, o, t, h, w) in
+            [(3, 2, 5, 7, 4, 6, 5), (3, 1, 3, 2, 1, 3, 4), (1, 2, 4, 3, 3, 2, 2), (3, 1, 2, 3, 6, 1, 1)]
+        {
             let weight = Tensor::randn(0f32, 0.3, (o, c, k, k, k), &dev)?;
             let bias = Tensor::randn(0f32, 0.1, o, &dev)?;
-            let conv = CausalConv3d { weight, bias, in_channels: c, out_channels: o, kernel: k, stride_t: 1, stride_hw: 1 };
+            let conv =
+                CausalConv3d { weight, bias, in_channels: c, out_channels: o, kernel: k, stride_t: 1, stride_hw: 1 };
             let x = Tensor::randn(0f32, 1.0, (b, c, t, h, w), &dev)?;
             let fast = conv.forward(&x)?;
             let generic = conv.forward_conv2d(&x)?;

@@ -38,7 +38,7 @@ pub(crate) fn causal_conv3d(x: &Tensor, weight: &Tensor, bias: &Tensor, k: usize
     }
     let (b, c, t, h, w) = x.dims5()?;
     let o = weight.dim(0)?;
-    if weight.dims() != [o, c, k, k, k] || k % 2 == 0 {
+    if weight.dims() != [o, c, k, k, k] || k.is_multiple_of(2) {
         candle_core::bail!("conv3d: weight {:?} does not fit input {:?}", weight.dims(), x.dims());
     }
     let p = k / 2;
@@ -166,7 +166,7 @@ pub(crate) fn group_norm(
         return Ok(None);
     }
     let dims = x.dims().to_vec();
-    if dims.len() < 3 || dims[1] % groups != 0 {
+    if groups == 0 || dims.len() < 3 || !dims[1].is_multiple_of(groups) {
         candle_core::bail!("group norm: {groups} groups do not fit shape {dims:?}");
     }
     let c = dims[1];

@@ -424,12 +424,15 @@ impl AutoencoderKLHunyuanVideo {
     fn check_input(&self, x: &Tensor, channels: usize, what: &'static str) -> Result<()> {
         let dims = x.dims();
         if dims.len() != 5 {
-            return Err(Error::invalid(what, format!("expected (batch, channels, frames, height, width), got shape {dims:?}")));
+            return Err(Error::invalid(
+                what,
+                format!("expected (batch, channels, frames, height, width), got shape {dims:?}"),
+            ));
         }
         if dims[1] != channels {
             return Err(Error::invalid(what, format!("expected {channels} channels, got shape {dims:?}")));
         }
-        if dims.iter().any(|&d| d == 0) {
+        if dims.contains(&0) {
             return Err(Error::invalid(what, format!("empty tensor of shape {dims:?}")));
         }
         Ok(())

@@ -32,9 +32,7 @@ fn linspace_one_to_zero(n: usize) -> Vec<f32> {
     let (start, end) = (1f32, 0f32);
     let step = (end - start) / (n - 1) as f32;
     let half = n / 2;
-    (0..n)
-        .map(|i| if i < half { start + step * i as f32 } else { end - step * (n - 1 - i) as f32 })
-        .collect()
+    (0..n).map(|i| if i < half { start + step * i as f32 } else { end - step * (n - 1 - i) as f32 }).collect()
 }
 
 /// FramePack's `soft_append_bcthw`: `a[:−ov] ++ (w·a[−ov:] + (1 − w)·b[:ov]) ++ b[ov:]` along
