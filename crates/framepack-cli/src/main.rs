@@ -1,1 +1,124 @@
-fn main() {}
+//! `framepack`: FramePack video generation from the terminal.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use framepack::packing::{Kernel, Schedule, SectionPlan, Slot};
+
+/// FramePack video generation (packed-context next-section diffusion).
+#[derive(Parser)]
+#[command(name = "framepack", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show how a video is cut into sections: generation order, where each section lands,
+    /// the RoPE indices and history slots of its packed context, and the token counts.
+    Plan {
+        /// Video length in seconds (30 fps).
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Context schedule: geometric (F1), inverted (original), first-frame, symmetric.
+        #[arg(long, default_value = "geometric")]
+        schedule: Schedule,
+        /// Latent frames per section (FramePack uses 9).
+        #[arg(long, default_value_t = 9)]
+        window: usize,
+        /// Video width in pixels (a multiple of 16).
+        #[arg(long, default_value_t = 608)]
+        width: usize,
+        /// Video height in pixels (a multiple of 16).
+        #[arg(long, default_value_t = 640)]
+        height: usize,
+        /// Also print the schedule as RON (for a preset file).
+        #[arg(long)]
+        ron: bool,
+    },
+}
+
+fn slot_name(s: &Slot) -> String {
+    match s {
+        Slot::Start => "start".into(),
+        Slot::Latent(p) => p.to_string(),
+        Slot::End => "end".into(),
+        Slot::Zero => "-".into(),
+    }
+}
+
+fn plan(
+    seconds: f64,
+    schedule: Schedule,
+    window: usize,
+    width: usize,
+    height: usize,
+    ron: bool,
+) -> framepack::Result<()> {
+    if width % 16 != 0 || height % 16 != 0 {
+        return Err(framepack::Error::Invalid {
+            what: "size",
+            reason: format!("width and height must be multiples of 16 pixels, got {width}x{height}"),
+        });
+    }
+    let schedule = schedule.resolve();
+    let plan = SectionPlan::from_seconds(seconds, window, schedule.order)?;
+    let tokens = schedule.context_tokens(window, height / 8, width / 8)?;
+    println!(
+        "{} section(s) of {} latents ({} frames sampled each), {:?} order; {} frames = {:.2} s at 30 fps",
+        plan.sections,
+        window,
+        plan.frames_per_section(),
+        plan.order,
+        plan.total_frames(),
+        plan.duration_seconds()
+    );
+    let groups: Vec<String> = tokens.groups.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+    println!(
+        "tokens per section: noisy {} + context {} ({}) = {}",
+        tokens.noisy,
+        tokens.context(),
+        groups.join(", "),
+        tokens.total()
+    );
+    for info in plan.sections() {
+        let layout = schedule.layout(&plan, info.index)?;
+        println!(
+            "section {} (padding {}): latents {:?} -> frames {:?}, RoPE {}..={}",
+            info.index + 1,
+            info.padding,
+            info.latents,
+            info.frames,
+            layout.indices_latents[0],
+            layout.indices_latents[window - 1]
+        );
+        for g in &layout.groups {
+            let label = if g.kernel == Kernel::X1 { "clean".to_string() } else { format!("{}", g.kernel) };
+            let slots: Vec<String> = g.slots.iter().map(slot_name).collect();
+            println!("    {label:>10}: indices {:?} <- [{}]", g.indices, slots.join(" "));
+        }
+    }
+    if ron {
+        let text = ron::ser::to_string_pretty(&schedule, ron::ser::PrettyConfig::default())
+            .map_err(|e| framepack::Error::Invalid { what: "schedule", reason: e.to_string() })?;
+        println!("{text}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Plan { seconds, schedule, window, width, height, ron } => {
+            plan(seconds, schedule, window, width, height, ron)
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -16,6 +16,9 @@ pub enum Error {
     /// Model weights are missing, corrupt or do not fit the model.
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// Generation was cancelled by the caller.
+    #[error("cancelled")]
+    Cancelled,
     /// A tensor operation failed.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),

@@ -71,7 +71,10 @@ impl WeightFiles {
 enum Source {
     Files(WeightFiles),
     /// Shape-only tensors: nothing is read or allocated.
-    Shapes { label: String, shapes: BTreeMap<String, Vec<usize>> },
+    Shapes {
+        label: String,
+        shapes: BTreeMap<String, Vec<usize>>,
+    },
     /// Any request is answered with a shape-only tensor and recorded.
     Record,
 }
@@ -127,23 +130,27 @@ impl CheckedBackend {
                         actual: actual.clone(),
                     }));
                 }
-                st.get(name)
-                    .and_then(|v| v.load(dev))
-                    .and_then(|t| t.to_dtype(dtype))
-                    .map_err(|e| {
-                        self.fail(WeightsError::Load {
-                            name: name.into(),
-                            file: path.display().to_string(),
-                            reason: e.to_string(),
-                        })
+                st.get(name).and_then(|v| v.load(dev)).and_then(|t| t.to_dtype(dtype)).map_err(|e| {
+                    self.fail(WeightsError::Load {
+                        name: name.into(),
+                        file: path.display().to_string(),
+                        reason: e.to_string(),
                     })
+                })
             }
         }
     }
 }
 
 impl SimpleBackend for CheckedBackend {
-    fn get(&self, s: Shape, name: &str, _h: candle_nn::Init, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
         let t = self.lookup(&s, name, dtype, dev)?;
         self.used.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), s.dims().to_vec());
         Ok(t)
@@ -157,11 +164,7 @@ impl SimpleBackend for CheckedBackend {
         };
         match shape {
             Some(s) => self.get(Shape::from(s), name, candle_nn::Init::Const(0.), dtype, dev),
-            None => Err(self.fail(WeightsError::Missing {
-                name: name.into(),
-                expected: vec![],
-                files: self.label(),
-            })),
+            None => Err(self.fail(WeightsError::Missing { name: name.into(), expected: vec![], files: self.label() })),
         }
     }
 
@@ -263,4 +266,3 @@ pub fn requested_shapes<M>(
 ) -> Result<BTreeMap<String, Vec<usize>>> {
     run(Source::Record, DType::F32, &Device::Cpu, build).map(|(_, used)| used)
 }
-
