@@ -10,14 +10,12 @@ use framepack::models::vae::{
 };
 use framepack::{Error, WeightsError, weights};
 
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+mod common;
+
+use common::{assert_close, errors as diff, fixture_path, load_fixture as tensors};
 
 fn fixture(name: &str) -> String {
-    format!("{FIXTURES}/{name}")
-}
-
-fn tensors(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name), &Device::Cpu).expect("fixture").into_iter().collect()
+    fixture_path(name).display().to_string()
 }
 
 fn tiny_config() -> Config {
@@ -35,25 +33,10 @@ fn tiny_vae() -> AutoencoderKLHunyuanVideo {
     .expect("load tiny vae")
 }
 
-/// Returns (rel-L2, max-abs) of `got` against `want`, computed in f64.
-fn diff(got: &Tensor, want: &Tensor) -> (f64, f64) {
-    assert_eq!(got.dims(), want.dims(), "shape mismatch");
-    let g = got.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let w = want.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap();
-    let (mut num, mut den, mut max) = (0f64, 0f64, 0f64);
-    for (a, b) in g.iter().zip(&w) {
-        num += (a - b) * (a - b);
-        den += b * b;
-        max = max.max((a - b).abs());
-    }
-    ((num / den.max(1e-300)).sqrt(), max)
-}
-
-/// Parity gate: rel-L2 ≤ 1e-5 and max-abs ≤ 1e-4 (f32 port vs diffusers f32 and near-f64).
+/// The project's f32 parity gates (rel-L2 ≤ 1e-5, max-abs ≤ 1e-4), with the numbers printed.
 fn check(label: &str, got: &Tensor, want: &Tensor) {
-    let (rel, max) = diff(got, want);
+    let (rel, max) = assert_close(label, got, want);
     println!("PARITY {label:<58} rel-L2 {rel:.3e}  max-abs {max:.3e}");
-    assert!(rel <= 1e-5 && max <= 1e-4, "{label}: rel-L2 {rel:.3e}, max-abs {max:.3e}");
 }
 
 fn check_encode_decode(fx: &str, vae: &AutoencoderKLHunyuanVideo) {
