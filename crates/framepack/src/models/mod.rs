@@ -3,4 +3,5 @@
 pub(crate) mod attention;
 pub mod text;
 pub mod transformer;
+pub mod vae;
 pub mod vision;
