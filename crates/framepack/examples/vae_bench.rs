@@ -9,9 +9,10 @@
 //! A FramePack section decodes `2W = 18` latents (9 on the first section) at 64×64 latents
 //! (512×512 px). With the default tiling that is a grid of decodes of at most 5 latents × 32×32
 //! latents (one "unit" tile, 17 frames × 256² px). The benchmark always times one unit tile, then
-//! estimates each requested section from the tile grid the tiled decoder runs (cost ∝ decoded
-//! frames × pixels, which holds for the convolutions that dominate). `--full` also runs the
-//! whole section decodes and reports measured time and peak memory next to the estimate.
+//! estimates each requested section from the tile grid the tiled decoder runs, scaling the unit's
+//! time by the FLOPs of every tile (convolutions + mid-block attention, counted analytically).
+//! `--full` also runs the whole section decodes and reports measured time and peak memory next
+//! to the estimate.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -57,7 +58,9 @@ fn parse_args() -> Result<Args, String> {
             "--no-framewise" => a.framewise = false,
             "--full" => a.full = true,
             "-h" | "--help" => {
-                println!("options: --frames 9,18 --size 64 --tile 256 --no-spatial --no-framewise --full --unit-frames 5 --unit-size 32");
+                println!(
+                    "options: --frames 9,18 --size 64 --tile 256 --no-spatial --no-framewise --full --unit-frames 5 --unit-size 32"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown option {other}")),
@@ -126,8 +129,36 @@ fn tile_grid(t: usize, s: usize, tiling: &Tiling) -> Vec<(usize, usize, usize)> 
     out
 }
 
-fn cost(n: usize, h: usize, w: usize) -> f64 {
-    ((4 * n - 3) * h * w) as f64
+/// Multiply-add FLOPs (×2) of the real decoder on `t` latents of `h×w`: convolutions, the
+/// mid-block attention (block-causal, so frame `f` attends to `f + 1` frames) and its linears.
+fn decoder_flops(t: usize, h: usize, w: usize) -> f64 {
+    let conv = |cin: usize, cout: usize, k: usize, (t, h, w): (usize, usize, usize)| {
+        2.0 * (k * k * k * cin * cout * t * h * w) as f64
+    };
+    let mut dims = (t, h, w);
+    let mut f = conv(16, 16, 1, dims) + conv(16, 512, 3, dims);
+    let hw = (h * w) as f64;
+    let attn = 4.0 * 512.0 * hw * hw * (t * (t + 1) / 2) as f64 + 4.0 * 2.0 * (t as f64 * hw) * 512.0 * 512.0;
+    f += 4.0 * conv(512, 512, 3, dims) + attn;
+    let chans = [512, 512, 256, 128];
+    let factors = [(2, 2), (2, 2), (1, 2), (1, 1)];
+    let mut prev = 512;
+    for (i, &c) in chans.iter().enumerate() {
+        for r in 0..3 {
+            let cin = if r == 0 { prev } else { c };
+            f += conv(cin, c, 3, dims) + conv(c, c, 3, dims);
+            if cin != c {
+                f += conv(cin, c, 1, dims);
+            }
+        }
+        let (ft, fs) = factors[i];
+        if (ft, fs) != (1, 1) {
+            dims = (1 + (dims.0 - 1) * ft, dims.1 * fs, dims.2 * fs);
+            f += conv(c, c, 3, dims);
+        }
+        prev = c;
+    }
+    f + conv(128, 3, 3, dims)
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -167,13 +198,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.dims()
     );
     drop(out);
-    let unit_cost = cost(args.unit_frames, args.unit_size, args.unit_size);
+    let unit_flops = decoder_flops(args.unit_frames, args.unit_size, args.unit_size);
+    println!("unit tile: {:.1} TFLOP, {:.1} GFLOP/s", unit_flops / 1e12, unit_flops / unit_s / 1e9);
 
     vae.set_tiling(tiling)?;
     let mut rows = Vec::new();
     for &frames in &args.frames {
         let grid = tile_grid(frames, args.size, &tiling);
-        let est = grid.iter().map(|&(n, h, w)| cost(n, h, w)).sum::<f64>() / unit_cost * unit_s;
+        let flops = grid.iter().map(|&(n, h, w)| decoder_flops(n, h, w)).sum::<f64>();
+        let est = flops / unit_flops * unit_s;
         let (measured, peak) = if args.full {
             let z = Tensor::randn(0f32, 1.0, (1, 16, frames, args.size, args.size), &dev)?;
             reset_peak();
@@ -186,31 +219,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             (None, None)
         };
-        rows.push((frames, grid.len(), est, measured, peak));
+        rows.push((frames, grid.len(), flops, est, measured, peak));
     }
 
     println!();
     println!(
-        "| latents | frames out | size px | tiling | tile decodes | est. time (from unit) | measured time | peak mem over weights |"
+        "| latents | frames out | size px | tiling | tile decodes | TFLOP | est. time (FLOP-scaled from unit) | measured time | peak mem over weights |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {} (unit) | {} | {} | none | 1 | – | {unit_s:.1} s | {unit_peak:.2} GiB |",
+        "| {} (unit) | {} | {} | none | 1 | {:.1} | – | {unit_s:.1} s | {unit_peak:.2} GiB |",
         args.unit_frames,
         4 * args.unit_frames - 3,
-        args.unit_size * 8
+        args.unit_size * 8,
+        unit_flops / 1e12
     );
     let mode = format!(
         "{}{}",
         if args.framewise { "framewise" } else { "" },
         if args.spatial { format!(" + spatial {}px", args.tile) } else { String::new() }
     );
-    for (frames, tiles, est, measured, peak) in rows {
+    for (frames, tiles, flops, est, measured, peak) in rows {
         let fmt = |v: Option<f64>, unit: &str| v.map_or("not run".to_string(), |v| format!("{v:.1} {unit}"));
         println!(
-            "| {frames} | {} | {} | {mode} | {tiles} | {:.0} s ({:.1} min) | {} | {} |",
+            "| {frames} | {} | {} | {mode} | {tiles} | {:.1} | {:.0} s ({:.1} min) | {} | {} |",
             4 * frames - 3,
             args.size * 8,
+            flops / 1e12,
             est,
             est / 60.0,
             fmt(measured, "s"),

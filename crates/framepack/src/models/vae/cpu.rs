@@ -1,104 +1,135 @@
-//! CPU f32 fast paths: the stride-1 causal Conv3d without im2col, GroupNorm fused with SiLU,
-//! and the causal replicate padding. Each returns `None` when it does not apply (other device
+//! CPU f32 fast paths: the stride-1 causal Conv3d without im2col and GroupNorm fused with
+//! SiLU. Each returns `None` when it does not apply (other device
 //! or dtype), and the caller then uses the generic candle ops.
 //!
-//! Convolution:
-//! For one input channel, the padded volume `(T', H', W')` is a flat array, and an output voxel
-//! `(t, y, x)` reads the taps at flat offsets `t·H'W' + y·W' + x + (j·H'W' + a·W' + b)`. So each
-//! of the `k³` taps is one GEMM `(O × C) · (C × N)` whose right-hand side is the padded input
+//! Convolution: for one input channel, a replicate-padded frame `(H', W')` is a flat array and
+//! output pixel `(y, x)` reads its taps at flat offsets `y·W' + x + (a·W' + b)`. So each of the
+//! `k³` taps is one GEMM `(O × C) · (C × N)` whose right-hand side is a padded input frame
 //! shifted by a constant offset (row stride = the channel stride, column stride 1), accumulated
-//! into an output laid out on the padded grid. The `k − 1` extra rows and columns per frame are
-//! computed and cropped afterwards. GEMMs come from the `gemm` crate (which candle uses too).
+//! into an output frame on the padded grid whose `k − 1` extra columns (and rows) are dropped
+//! when it is copied out. Only the `k` padded input frames the current output frame needs are
+//! kept (a ring buffer), so the memory is input + output + `k` frames. GEMMs come from the
+//! `gemm` crate (which candle uses too).
 
 use candle_core::{DType, Device, Result, Storage, Tensor};
 use rayon::prelude::*;
 
-/// Returns `None` when the fast path does not apply (not CPU, not f32).
-///
-/// `xp` is the padded input `(B, C, T', H', W')`, `weight` `(O, C, k, k, k)`, `bias` `(O)`.
-pub(crate) fn conv3d_stride1(xp: &Tensor, weight: &Tensor, bias: &Tensor, k: usize) -> Result<Option<Tensor>> {
-    if !matches!(xp.device(), Device::Cpu) || xp.dtype() != DType::F32 || weight.dtype() != DType::F32 {
+/// Replicate-pads frame `f` of `src` `(C, T, H, W)` by `p` pixels into `dst` `(C, H + 2p, W + 2p)`.
+fn pad_frame(src: &[f32], dst: &mut [f32], (c, t, h, w): (usize, usize, usize, usize), f: usize, p: usize) {
+    let (hp, wp) = (h + 2 * p, w + 2 * p);
+    dst.par_chunks_mut(hp * wp).take(c).enumerate().for_each(|(ci, d)| {
+        let s = &src[(ci * t + f) * h * w..(ci * t + f + 1) * h * w];
+        for (yi, row) in d.chunks_mut(wp).enumerate() {
+            let sy = yi.saturating_sub(p).min(h - 1);
+            let s_row = &s[sy * w..(sy + 1) * w];
+            row[..p].fill(s_row[0]);
+            row[p..p + w].copy_from_slice(s_row);
+            row[p + w..].fill(s_row[w - 1]);
+        }
+    });
+}
+
+/// Stride-1 causal Conv3d of `x` `(B, C, T, H, W)` with `weight` `(O, C, k, k, k)` and `bias`
+/// `(O)`: replicate padding of `k − 1` frames in front and `k / 2` pixels around, output
+/// `(B, O, T, H, W)`. `None` when not on the CPU in f32.
+pub(crate) fn causal_conv3d(x: &Tensor, weight: &Tensor, bias: &Tensor, k: usize) -> Result<Option<Tensor>> {
+    if !cpu_f32(x) || !cpu_f32(weight) || !cpu_f32(bias) {
         return Ok(None);
     }
-    let (b, c, tp, hp, wp) = xp.dims5()?;
+    let (b, c, t, h, w) = x.dims5()?;
     let o = weight.dim(0)?;
-    if weight.dims() != [o, c, k, k, k] || tp < k || hp < k || wp < k {
-        candle_core::bail!("conv3d: weight {:?} does not fit input {:?}", weight.dims(), xp.dims());
+    if weight.dims() != [o, c, k, k, k] || k.is_multiple_of(2) {
+        candle_core::bail!("conv3d: weight {:?} does not fit input {:?}", weight.dims(), x.dims());
     }
-    let (t_out, h_out, w_out) = (tp - k + 1, hp - k + 1, wp - k + 1);
-    let xp = xp.contiguous()?;
+    let p = k / 2;
+    let (hp, wp) = (h + 2 * p, w + 2 * p);
+    let frame_in = c * hp * wp;
+    let bias = bias.to_vec1::<f32>()?;
     let weight = weight.contiguous()?;
-    let bias = bias.to_dtype(DType::F32)?.to_vec1::<f32>()?;
-
-    let frame = hp * wp;
-    let chan_in = tp * frame;
-    let chan_out = t_out * frame;
-    let mut dst = vec![0f32; b * o * chan_out];
-    for (i, chunk) in dst.chunks_mut(chan_out).enumerate() {
-        chunk.fill(bias[i % o]);
-    }
-    let n = (t_out - 1) * frame + (h_out - 1) * wp + w_out;
-
-    let (xs, xl) = xp.storage_and_layout();
     let (ws, wl) = weight.storage_and_layout();
-    let (Storage::Cpu(xs), Storage::Cpu(ws)) = (&*xs, &*ws) else {
+    let Storage::Cpu(ws) = &*ws else {
         return Ok(None);
     };
-    let x = &xs.as_slice::<f32>()?[xl.start_offset()..];
-    let w = &ws.as_slice::<f32>()?[wl.start_offset()..];
-    if x.len() < b * c * chan_in || w.len() < o * c * k * k * k {
-        candle_core::bail!("conv3d: storage smaller than its layout");
-    }
+    let wdata = &ws.as_slice::<f32>()?[wl.start_offset()..];
     let k3 = k * k * k;
+    if wdata.len() < o * c * k3 {
+        candle_core::bail!("conv3d: weight storage smaller than its layout");
+    }
     let threads = candle_core::utils::get_num_threads();
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
-    for bi in 0..b {
-        let x_b = &x[bi * c * chan_in..(bi + 1) * c * chan_in];
-        let d_b = &mut dst[bi * o * chan_out..(bi + 1) * o * chan_out];
-        for j in 0..k {
-            for a in 0..k {
-                for bb in 0..k {
-                    let tap = (j * k + a) * k + bb;
-                    let shift = j * frame + a * wp + bb;
-                    // The last column read is (c − 1)·chan_in + shift + n − 1 < c·chan_in, and the
-                    // last written (o − 1)·chan_out + n − 1 < o·chan_out: both slices are in range.
-                    debug_assert!((c - 1) * chan_in + shift + n <= x_b.len());
-                    debug_assert!((o - 1) * chan_out + n <= d_b.len());
-                    // SAFETY: bounds as above; lhs/rhs/dst do not alias (distinct allocations);
-                    // gemm reads `m × k` lhs, `k × n` rhs and writes `m × n` dst with the strides given.
-                    unsafe {
-                        gemm::gemm(
-                            o,
-                            n,
-                            c,
-                            d_b.as_mut_ptr(),
-                            1,
-                            chan_out as isize,
-                            true,
-                            w.as_ptr().add(tap),
-                            k3 as isize,
-                            (c * k3) as isize,
-                            x_b.as_ptr().add(shift),
-                            1,
-                            chan_in as isize,
-                            1f32,
-                            1f32,
-                            false,
-                            false,
-                            false,
-                            par,
-                        );
+    // Output columns on the padded grid: the last one read is (h − 1)·W' + (w − 1) + shift.
+    let n = (h - 1) * wp + w;
+
+    let out = with_f32(x, |src| {
+        let mut out = vec![0f32; b * o * t * h * w];
+        let mut ring = vec![0f32; k * frame_in];
+        let mut scratch = vec![0f32; o * hp * wp];
+        for bi in 0..b {
+            let src_b = &src[bi * c * t * h * w..(bi + 1) * c * t * h * w];
+            let out_b = &mut out[bi * o * t * h * w..(bi + 1) * o * t * h * w];
+            // Padded frame `pf` (0..T + k − 1) sits in ring slot pf % k.
+            let mut held = vec![usize::MAX; k];
+            for ti in 0..t {
+                for j in 0..k {
+                    let pf = ti + j;
+                    let slot = pf % k;
+                    if held[slot] != pf {
+                        let sf = pf.saturating_sub(k - 1);
+                        pad_frame(src_b, &mut ring[slot * frame_in..(slot + 1) * frame_in], (c, t, h, w), sf, p);
+                        held[slot] = pf;
                     }
                 }
+                for (oi, chunk) in scratch.chunks_mut(hp * wp).enumerate() {
+                    chunk.fill(bias[oi]);
+                }
+                for j in 0..k {
+                    let slot_ptr = ring[((ti + j) % k) * frame_in..].as_ptr();
+                    for a in 0..k {
+                        for bb in 0..k {
+                            let tap = (j * k + a) * k + bb;
+                            let shift = a * wp + bb;
+                            debug_assert!((c - 1) * hp * wp + shift + n <= frame_in);
+                            // SAFETY: rhs reads rows ci·H'W' + shift + [0, n) for ci < C, all inside
+                            // the ring slot ((C − 1)·H'W' + shift + n ≤ C·H'W'); lhs reads weight
+                            // entries oi·C·k³ + ci·k³ + tap < O·C·k³; dst writes oi·H'W' + [0, n)
+                            // inside `scratch`; the three buffers are distinct allocations.
+                            unsafe {
+                                gemm::gemm(
+                                    o,
+                                    n,
+                                    c,
+                                    scratch.as_mut_ptr(),
+                                    1,
+                                    (hp * wp) as isize,
+                                    true,
+                                    wdata.as_ptr().add(tap),
+                                    k3 as isize,
+                                    (c * k3) as isize,
+                                    slot_ptr.add(shift),
+                                    1,
+                                    (hp * wp) as isize,
+                                    1f32,
+                                    1f32,
+                                    false,
+                                    false,
+                                    false,
+                                    par,
+                                );
+                            }
+                        }
+                    }
+                }
+                out_b.par_chunks_mut(t * h * w).zip(scratch.par_chunks(hp * wp)).for_each(|(dst, s)| {
+                    let dst = &mut dst[ti * h * w..(ti + 1) * h * w];
+                    for (y, row) in dst.chunks_mut(w).enumerate() {
+                        row.copy_from_slice(&s[y * wp..y * wp + w]);
+                    }
+                });
             }
         }
-    }
-    let out = Tensor::from_vec(dst, (b, o, t_out, hp, wp), xp.device())?;
-    if h_out == hp && w_out == wp {
-        Ok(Some(out))
-    } else {
-        Ok(Some(out.narrow(3, 0, h_out)?.narrow(4, 0, w_out)?.contiguous()?))
-    }
+        Ok(out)
+    })?;
+    out.map(|o_| Tensor::from_vec(o_, (b, o, t, h, w), x.device())).transpose()
 }
 
 fn cpu_f32(x: &Tensor) -> bool {
@@ -135,7 +166,7 @@ pub(crate) fn group_norm(
         return Ok(None);
     }
     let dims = x.dims().to_vec();
-    if dims.len() < 3 || dims[1] % groups != 0 {
+    if groups == 0 || dims.len() < 3 || !dims[1].is_multiple_of(groups) {
         candle_core::bail!("group norm: {groups} groups do not fit shape {dims:?}");
     }
     let c = dims[1];
@@ -174,31 +205,4 @@ pub(crate) fn group_norm(
         Ok(out)
     })?;
     out.map(|o| Tensor::from_vec(o, dims, x.device())).transpose()
-}
-
-/// Replicate padding of `(B, C, T, H, W)`: `k − 1` frames in front, `k / 2` pixels on each side.
-pub(crate) fn causal_pad(x: &Tensor, k: usize) -> Result<Option<Tensor>> {
-    if !cpu_f32(x) {
-        return Ok(None);
-    }
-    let (b, c, t, h, w) = x.dims5()?;
-    let p = k / 2;
-    let (tp, hp, wp) = (t + k - 1, h + 2 * p, w + 2 * p);
-    let out = with_f32(x, |src| {
-        let mut out = vec![0f32; b * c * tp * hp * wp];
-        out.par_chunks_mut(tp * hp * wp).zip(src.par_chunks(t * h * w)).for_each(|(dst, src)| {
-            for (ti, frame) in dst.chunks_mut(hp * wp).enumerate() {
-                let st = ti.saturating_sub(k - 1);
-                for (yi, row) in frame.chunks_mut(wp).enumerate() {
-                    let sy = yi.saturating_sub(p).min(h - 1);
-                    let s_row = &src[(st * h + sy) * w..(st * h + sy + 1) * w];
-                    row[..p].fill(s_row[0]);
-                    row[p..p + w].copy_from_slice(s_row);
-                    row[p + w..].fill(s_row[w - 1]);
-                }
-            }
-        });
-        Ok(out)
-    })?;
-    out.map(|o| Tensor::from_vec(o, (b, c, tp, hp, wp), x.device())).transpose()
 }

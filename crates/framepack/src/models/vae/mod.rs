@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::weights::{self, WeightFiles};
 use blocks::{Decoder, Encoder, PointwiseConv3d};
 
-pub use section::{PixelHistory, SectionDecoder, SectionOrder, soft_append};
+pub use section::{PixelHistory, SectionDecoder, soft_append};
 
 /// Latent scaling factor of the HunyuanVideo VAE (`z_model = z_vae · 0.476986`).
 pub const SCALING_FACTOR: f64 = 0.476986;
@@ -207,6 +207,10 @@ impl Config {
 ///
 /// Both framewise modes change results (GroupNorm statistics and the mid-block attention span
 /// a whole chunk), which is why FramePack's outputs depend on them.
+///
+/// Decodes switch to spatial tiling when the latent frame is wider or taller than
+/// `sample_min / 8` (diffusers 0.42; 0.33.1, which FramePack pins, compares with `stride / 8`,
+/// which only matters for latent sizes 25–32 with spatial tiling on).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tiling {
     /// Temporal tiling of encodes.
@@ -420,12 +424,15 @@ impl AutoencoderKLHunyuanVideo {
     fn check_input(&self, x: &Tensor, channels: usize, what: &'static str) -> Result<()> {
         let dims = x.dims();
         if dims.len() != 5 {
-            return Err(Error::invalid(what, format!("expected (batch, channels, frames, height, width), got shape {dims:?}")));
+            return Err(Error::invalid(
+                what,
+                format!("expected (batch, channels, frames, height, width), got shape {dims:?}"),
+            ));
         }
         if dims[1] != channels {
             return Err(Error::invalid(what, format!("expected {channels} channels, got shape {dims:?}")));
         }
-        if dims.iter().any(|&d| d == 0) {
+        if dims.contains(&0) {
             return Err(Error::invalid(what, format!("empty tensor of shape {dims:?}")));
         }
         Ok(())

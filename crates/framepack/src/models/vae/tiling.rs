@@ -3,7 +3,7 @@
 //! overwrite the later tile in place, so an already blended tile is what the next one blends
 //! with).
 
-use candle_core::{Tensor, Result as CResult};
+use candle_core::{Result as CResult, Tensor};
 
 use super::AutoencoderKLHunyuanVideo;
 use crate::error::Result;
@@ -145,9 +145,8 @@ impl AutoencoderKLHunyuanVideo {
         for i in (0..h).step_by(tl.sample_stride_height) {
             let mut row = Vec::new();
             for j in (0..w).step_by(tl.sample_stride_width) {
-                let tile = x
-                    .narrow(3, i, tl.sample_min_height.min(h - i))?
-                    .narrow(4, j, tl.sample_min_width.min(w - j))?;
+                let tile =
+                    x.narrow(3, i, tl.sample_min_height.min(h - i))?.narrow(4, j, tl.sample_min_width.min(w - j))?;
                 row.push(self.encode_plain(&tile)?);
             }
             rows.push(row);
@@ -171,10 +170,7 @@ impl AutoencoderKLHunyuanVideo {
             }
             rows.push(row);
         }
-        let extent = (
-            tl.sample_min_height - tl.sample_stride_height,
-            tl.sample_min_width - tl.sample_stride_width,
-        );
+        let extent = (tl.sample_min_height - tl.sample_stride_height, tl.sample_min_width - tl.sample_stride_width);
         let joined = join_spatial(rows, extent, (tl.sample_stride_height, tl.sample_stride_width))?;
         Ok(head(&head(&joined, 3, h * s)?, 4, w * s)?)
     }
