@@ -44,7 +44,7 @@ pub use prompts::{PromptSchedule, TimedPrompt};
 
 use crate::error::{Error, Result};
 use crate::models::transformer::{TeaCache, Transformer, TransformerInputs};
-use crate::models::vae::{self, AutoencoderKLHunyuanVideo, SectionDecoder};
+use crate::models::vae::{AutoencoderKLHunyuanVideo, SectionDecoder};
 use crate::packing::{ContextSchedule, Kernel, Schedule, SectionOrder, SectionPlan, Slot};
 use crate::sampling::{Sampler, Step, model_guidance, model_timestep, section_sigmas};
 
@@ -368,10 +368,6 @@ impl Generator {
         }
         let dev = self.device().clone();
         let latent_hw = (h / vcfg.spatial_compression_ratio, w / vcfg.spatial_compression_ratio);
-        let vae_order = match plan.order {
-            SectionOrder::Forward => vae::SectionOrder::HistoryFirst,
-            SectionOrder::Inverted => vae::SectionOrder::NewFirst,
-        };
         let text = conditioning
             .text
             .iter()
@@ -387,7 +383,7 @@ impl Generator {
         Ok(Job {
             models: self.models.clone(),
             rng: NoiseRng::new(settings.seed),
-            decoder: Some(SectionDecoder::new(vae_order, plan.window)?),
+            decoder: Some(SectionDecoder::new(plan.order, plan.window)?),
             latents: vec![None; plan.total_latents()],
             image_embeds: conditioning.image_embeds.as_ref().map(|e| e.to_device(&dev)).transpose()?,
             guidance: Tensor::new(&[model_guidance(settings.guidance)], &dev)?,
