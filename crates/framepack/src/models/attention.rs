@@ -1,7 +1,8 @@
 //! Multi-head attention pieces shared by the models: head splitting and scaled dot-product
 //! attention with f32 scores, chunked over queries so the score block stays bounded.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Module, Result, Tensor};
+use candle_nn::{Linear, VarBuilder, linear};
 
 /// Largest attention score block (elements) computed at once; longer query sets are chunked.
 const MAX_SCORE_ELEMS: usize = 1 << 26;
@@ -49,6 +50,36 @@ fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, 
         start += len;
     }
     Tensor::cat(&outs, 2)
+}
+
+/// Multi-head self-attention with `q_proj`/`k_proj`/`v_proj`/`out_proj` (CLIP and SigLIP
+/// encoder layers).
+pub(crate) struct SelfAttention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    out_proj: Linear,
+    heads: usize,
+}
+
+impl SelfAttention {
+    pub(crate) fn new(vb: VarBuilder<'_>, hidden: usize, heads: usize) -> Result<Self> {
+        Ok(Self {
+            q_proj: linear(hidden, hidden, vb.pp("q_proj"))?,
+            k_proj: linear(hidden, hidden, vb.pp("k_proj"))?,
+            v_proj: linear(hidden, hidden, vb.pp("v_proj"))?,
+            out_proj: linear(hidden, hidden, vb.pp("out_proj"))?,
+            heads,
+        })
+    }
+
+    /// `x`: `(B, L, D)`; `bias`: as for [`attention`].
+    pub(crate) fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+        let q = split_heads(&self.q_proj.forward(x)?, self.heads)?;
+        let k = split_heads(&self.k_proj.forward(x)?, self.heads)?;
+        let v = split_heads(&self.v_proj.forward(x)?, self.heads)?;
+        self.out_proj.forward(&merge_heads(&attention(&q, &k, &v, bias)?)?)
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use candle_nn::{Activation, Embedding, LayerNorm, Linear, VarBuilder, embedding,
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::models::attention::{attention, merge_heads, split_heads};
+use crate::models::attention::{SelfAttention, attention, merge_heads, split_heads};
 use crate::preprocess::{RgbImage, siglip_pixel_values};
 use crate::weights::{self, WeightFiles};
 
@@ -122,37 +122,6 @@ impl SiglipVisionConfig {
     }
 }
 
-/// Softmax attention without mask over (b, heads, t, d) tensors, softmax in f32.
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    n_heads: usize,
-}
-
-impl Attention {
-    fn new(vb: VarBuilder<'_>, cfg: &SiglipVisionConfig) -> candle_core::Result<Self> {
-        let h = cfg.hidden_size;
-        Ok(Self {
-            q_proj: linear(h, h, vb.pp("q_proj"))?,
-            k_proj: linear(h, h, vb.pp("k_proj"))?,
-            v_proj: linear(h, h, vb.pp("v_proj"))?,
-            out_proj: linear(h, h, vb.pp("out_proj"))?,
-            n_heads: cfg.num_attention_heads,
-        })
-    }
-}
-
-impl Module for Attention {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let q = split_heads(&self.q_proj.forward(x)?, self.n_heads)?;
-        let k = split_heads(&self.k_proj.forward(x)?, self.n_heads)?;
-        let v = split_heads(&self.v_proj.forward(x)?, self.n_heads)?;
-        self.out_proj.forward(&merge_heads(&attention(&q, &k, &v, None)?)?)
-    }
-}
-
 struct Mlp {
     fc1: Linear,
     fc2: Linear,
@@ -177,7 +146,7 @@ impl Module for Mlp {
 
 struct EncoderLayer {
     layer_norm1: LayerNorm,
-    self_attn: Attention,
+    self_attn: SelfAttention,
     layer_norm2: LayerNorm,
     mlp: Mlp,
 }
@@ -187,7 +156,7 @@ impl EncoderLayer {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
             layer_norm1: layer_norm(h, eps, vb.pp("layer_norm1"))?,
-            self_attn: Attention::new(vb.pp("self_attn"), cfg)?,
+            self_attn: SelfAttention::new(vb.pp("self_attn"), cfg.hidden_size, cfg.num_attention_heads)?,
             layer_norm2: layer_norm(h, eps, vb.pp("layer_norm2"))?,
             mlp: Mlp::new(vb.pp("mlp"), cfg)?,
         })
@@ -196,7 +165,7 @@ impl EncoderLayer {
 
 impl Module for EncoderLayer {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?)?)?;
+        let h = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, None)?)?;
         &h + self.mlp.forward(&self.layer_norm2.forward(&h)?)?
     }
 }

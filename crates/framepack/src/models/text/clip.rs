@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::llama::causal_mask;
 use crate::error::{Error, Result};
-use crate::models::attention::{attention, merge_heads, split_heads};
+use crate::models::attention::SelfAttention;
 use crate::weights::{self, WeightFiles};
 
 /// MLP activation of a CLIP text tower.
@@ -120,37 +120,9 @@ impl ClipTextConfig {
     }
 }
 
-struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    out_proj: Linear,
-    n_heads: usize,
-}
-
-impl Attention {
-    fn new(vb: VarBuilder<'_>, cfg: &ClipTextConfig) -> candle_core::Result<Self> {
-        let h = cfg.hidden_size;
-        Ok(Self {
-            q_proj: linear(h, h, vb.pp("q_proj"))?,
-            k_proj: linear(h, h, vb.pp("k_proj"))?,
-            v_proj: linear(h, h, vb.pp("v_proj"))?,
-            out_proj: linear(h, h, vb.pp("out_proj"))?,
-            n_heads: cfg.num_attention_heads,
-        })
-    }
-
-    fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let q = split_heads(&self.q_proj.forward(x)?, self.n_heads)?;
-        let k = split_heads(&self.k_proj.forward(x)?, self.n_heads)?;
-        let v = split_heads(&self.v_proj.forward(x)?, self.n_heads)?;
-        self.out_proj.forward(&merge_heads(&attention(&q, &k, &v, Some(mask))?)?)
-    }
-}
-
 struct EncoderLayer {
     layer_norm1: LayerNorm,
-    self_attn: Attention,
+    self_attn: SelfAttention,
     layer_norm2: LayerNorm,
     fc1: Linear,
     fc2: Linear,
@@ -162,7 +134,7 @@ impl EncoderLayer {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         Ok(Self {
             layer_norm1: layer_norm(h, eps, vb.pp("layer_norm1"))?,
-            self_attn: Attention::new(vb.pp("self_attn"), cfg)?,
+            self_attn: SelfAttention::new(vb.pp("self_attn"), cfg.hidden_size, cfg.num_attention_heads)?,
             layer_norm2: layer_norm(h, eps, vb.pp("layer_norm2"))?,
             fc1: linear(h, cfg.intermediate_size, vb.pp("mlp").pp("fc1"))?,
             fc2: linear(cfg.intermediate_size, h, vb.pp("mlp").pp("fc2"))?,
@@ -171,7 +143,7 @@ impl EncoderLayer {
     }
 
     fn forward(&self, x: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
-        let h = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, mask)?)?;
+        let h = (x + self.self_attn.forward(&self.layer_norm1.forward(x)?, Some(mask))?)?;
         let m = self.fc2.forward(&self.act.forward(&self.fc1.forward(&self.layer_norm2.forward(&h)?)?)?)?;
         h + m
     }
