@@ -13,6 +13,12 @@
 //! default and changes the result, so it is part of the model's semantics; spatial tiling is off
 //! by default and only bounds memory. [`section`] holds FramePack's per-section decoding with the
 //! linear cross-fade between sections.
+//!
+//! On the CPU in f32 the stride-1 causal convolutions (all but the encoder's three downsamplers)
+//! run as shifted GEMMs without im2col and GroupNorm is fused with SiLU; other devices and dtypes
+//! use candle's conv2d and ops. The real decoder costs about 25 MFLOP per output pixel and frame
+//! (≈ 0.2 PFLOP for a 9-latent, 512×512 section), so on a CPU it is a matter of many minutes to
+//! hours; `examples/vae_bench.rs` measures it.
 
 mod blocks;
 mod cpu;
