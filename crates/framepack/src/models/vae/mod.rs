@@ -16,9 +16,10 @@
 //!
 //! On the CPU in f32 the stride-1 causal convolutions (all but the encoder's three downsamplers)
 //! run as shifted GEMMs without im2col and GroupNorm is fused with SiLU; other devices and dtypes
-//! use candle's conv2d and ops. The real decoder costs about 25 MFLOP per output pixel and frame
-//! (≈ 0.2 PFLOP for a 9-latent, 512×512 section), so on a CPU it is a matter of many minutes to
-//! hours; `examples/vae_bench.rs` measures it.
+//! use candle's conv2d and ops. The real decoder costs about 24 MFLOP per output pixel and frame:
+//! ≈ 0.2 PFLOP for a 9-latent, 512×512 section in one pass, ≈ 0.42 PFLOP with the default
+//! framewise tiling plus 256 px spatial tiles (overlaps are decoded twice). On a 2-core CPU that
+//! is hours; `examples/vae_bench.rs` measures it.
 
 mod blocks;
 mod cpu;
