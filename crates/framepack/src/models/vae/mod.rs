@@ -375,8 +375,13 @@ pub struct AutoencoderKLHunyuanVideo {
 impl AutoencoderKLHunyuanVideo {
     /// Builds the model from a var builder with diffusers' parameter names
     /// (`encoder.*`, `decoder.*`, `quant_conv.*`, `post_quant_conv.*`). Default [`Tiling`].
+    ///
+    /// On the CPU the dtype must be F32, F64 or F16: candle has no CPU matmul for BF16.
     pub fn new(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
         cfg.validate().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        if vb.device().is_cpu() && vb.dtype() == DType::BF16 {
+            candle_core::bail!("the VAE cannot run in bf16 on the CPU (candle has no CPU bf16 matmul); use f32 or f16");
+        }
         let l = cfg.latent_channels;
         Ok(Self {
             encoder: Encoder::new(vb.pp("encoder"), cfg)?,
@@ -392,6 +397,9 @@ impl AutoencoderKLHunyuanVideo {
     /// right shape, no unused tensors).
     pub fn load<P: AsRef<Path>>(paths: &[P], cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
         cfg.validate()?;
+        if device.is_cpu() && dtype == DType::BF16 {
+            return Err(Error::invalid("vae dtype", "bf16 has no CPU matmul in candle; use f32 or f16 on the CPU"));
+        }
         weights::load(WeightFiles::open(paths)?, dtype, device, |vb| Self::new(vb, cfg))
     }
 
