@@ -4,7 +4,7 @@
 //! ```text
 //! cargo run --release -p framepack --example vae_bench -- [--frames 9,18] [--size 64]
 //!     [--tile 256] [--no-spatial] [--no-framewise] [--full] [--unit-frames 5] [--unit-size 32]
-//!     [--estimate-size 64]
+//!     [--estimate-size 64] [--encode-size 512]
 //! ```
 //!
 //! A FramePack section decodes `2W = 18` latents (9 on the first section) at 64×64 latents
@@ -14,7 +14,8 @@
 //! time by the FLOPs of every tile (convolutions + mid-block attention, counted analytically).
 //! `--full` also runs the whole section decodes and reports measured time and peak memory next
 //! to the estimate. When `--size` differs from `--estimate-size`, estimate-only rows for FramePack's
-//! 9 and 18 latents at `--estimate-size` are added.
+//! 9 and 18 latents at `--estimate-size` are added. `--encode-size N` also times the encode of one
+//! N×N image (FramePack's start frame), untiled.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -34,6 +35,7 @@ struct Args {
     unit_frames: usize,
     unit_size: usize,
     estimate_size: usize,
+    encode_size: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -47,6 +49,7 @@ fn parse_args() -> Result<Args, String> {
         unit_frames: 5,
         unit_size: 32,
         estimate_size: 64,
+        encode_size: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -59,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
             "--unit-frames" => a.unit_frames = num(value()?)?,
             "--unit-size" => a.unit_size = num(value()?)?,
             "--estimate-size" => a.estimate_size = num(value()?)?,
+            "--encode-size" => a.encode_size = num(value()?)?,
             "--no-spatial" => a.spatial = false,
             "--no-framewise" => a.framewise = false,
             "--full" => a.full = true,
@@ -186,6 +190,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sample_stride_width: args.tile * 3 / 4,
         ..Tiling::default()
     };
+
+    if args.encode_size > 0 {
+        vae.set_tiling(Tiling::direct())?;
+        let x = Tensor::randn(0f32, 0.5, (1, 3, 1, args.encode_size, args.encode_size), &dev)?.tanh()?;
+        reset_peak();
+        let base = rss_gib();
+        let t = Instant::now();
+        let z = vae.encode(&x)?.mean()?;
+        println!(
+            "encode 1 frame {0}×{0} px → {1:?} in {2:.1}s, peak +{3:.2} GiB over the weights",
+            args.encode_size,
+            z.dims(),
+            t.elapsed().as_secs_f64(),
+            peak_gib() - base
+        );
+    }
 
     // One unit tile, decoded without tiling.
     vae.set_tiling(Tiling::direct())?;
