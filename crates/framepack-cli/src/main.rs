@@ -1,9 +1,13 @@
 //! `framepack`: FramePack video generation from the terminal.
 
+mod generate;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use framepack::packing::{Kernel, Schedule, SectionPlan, Slot};
+use generate::GenerateArgs;
 
 /// FramePack video generation (packed-context next-section diffusion).
 #[derive(Parser)]
@@ -15,6 +19,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate a video from a start image and a prompt.
+    ///
+    /// The weights folder is laid out like the released repositories: the FramePack
+    /// transformer (config.json + safetensors shards + index) at its root or in transformer/,
+    /// and vae/, text_encoder/, tokenizer/, text_encoder_2/, tokenizer_2/, image_encoder/,
+    /// feature_extractor/. Run `framepack info --weights DIR` to check one.
+    Generate(GenerateArgs),
+    /// Check a weights folder: what is present, missing or mismatched, without loading it.
+    Info {
+        /// The weights folder (see `generate --help`; `hub:original` / `hub:f1` with the `hf-hub`
+        /// feature).
+        #[arg(long, value_name = "DIR")]
+        weights: PathBuf,
+    },
     /// Show how a video is cut into sections: generation order, where each section lands,
     /// the RoPE indices and history slots of its packed context, and the token counts.
     Plan {
@@ -107,12 +125,49 @@ fn plan(
     Ok(())
 }
 
+fn info(weights: PathBuf) -> framepack::Result<()> {
+    let paths = generate::bundle_paths(&weights)?;
+    let report = paths.inspect();
+    print!("{report}");
+    let problems =
+        report.components.iter().filter(|r| !matches!(r.status, framepack::bundle::Status::Present { .. })).count();
+    if problems == 0 {
+        println!("complete: every component is present and matches its config");
+        Ok(())
+    } else {
+        report.require(&framepack::bundle::Component::ALL).map_err(|e| match e {
+            framepack::Error::Invalid { reason, .. } => framepack::Error::Invalid {
+                what: "weights",
+                reason: format!("{problems} component(s) missing or mismatched; first: {reason}"),
+            },
+            e => e,
+        })
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if e.use_stderr() => {
+            // One line: clap's message without the usage block, continuation lines joined.
+            let text = e.to_string();
+            let message = text.split("\n\n").next().unwrap_or_default();
+            let line = message.split_whitespace().collect::<Vec<_>>().join(" ");
+            let line = if line.is_empty() { "error: bad arguments".to_string() } else { line };
+            eprintln!("{line} (see --help)");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     let result = match cli.command {
         Command::Plan { seconds, schedule, window, width, height, ron } => {
             plan(seconds, schedule, window, width, height, ron)
         }
+        Command::Info { weights } => info(weights),
+        Command::Generate(args) => generate::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

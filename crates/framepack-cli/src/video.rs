@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use openh264::encoder::{Encoder, EncoderConfig, FrameRate, QpRange, RateControlMode};
+use openh264::encoder::{BitRate, Encoder, EncoderConfig, FrameRate, QpRange, RateControlMode};
 use openh264::formats::{RgbSliceU8, YUVBuffer};
 use openh264::{OpenH264API, Timestamp, nal_units};
 
@@ -211,11 +211,13 @@ impl Mp4Sink {
         if TIMESCALE % fps != 0 {
             return Err(VideoError::Unsupported(format!("MP4 frame rate must divide {TIMESCALE}, got {fps}")));
         }
-        // High quality, close to FramePack's CRF 16: quality rate control with a low QP ceiling.
+        // High quality, close to FramePack's CRF 16: quality rate control with a low QP ceiling
+        // and a bitrate budget (4 bits per pixel) the encoder never has to skip frames for.
+        let bps = (size.width as u64 * size.height as u64 * fps as u64 * 4).min(u32::MAX as u64) as u32;
         let config = EncoderConfig::new()
             .rate_control_mode(RateControlMode::Quality)
+            .bitrate(BitRate::from_bps(bps))
             .qp(QpRange::new(10, 24))
-            .skip_frames(false)
             .max_frame_rate(FrameRate::from_hz(fps as f32));
         let encoder = Encoder::with_api_config(OpenH264API::from_source(), config).map_err(mp4_err)?;
         let file = create_file(path)?;
@@ -256,6 +258,9 @@ impl FrameSink for Mp4Sink {
                     sample.extend_from_slice(body);
                 }
             }
+        }
+        if sample.is_empty() {
+            return Err(mp4_err(format!("the encoder produced no picture for frame {index}")));
         }
         let muxer = self.muxer.as_mut().expect("muxer lives until finish");
         if index == 0 {

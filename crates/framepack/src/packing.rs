@@ -105,10 +105,12 @@ impl Level {
 /// Order in which sections are generated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum SectionOrder {
-    /// First section first: sections arrive in play order (streaming). F1.
+    /// First section first: sections arrive in play order (streaming), each decoded section is
+    /// cross-faded *after* the frames so far. F1.
     Forward,
     /// Last section first, walking back toward the start frame, with the gap between the
-    /// start frame and the window capped (FramePack's latent paddings). The original model.
+    /// start frame and the window capped (FramePack's latent paddings); each decoded section is
+    /// cross-faded *before* the frames so far. The original model.
     Inverted,
 }
 

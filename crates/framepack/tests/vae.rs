@@ -5,9 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use framepack::models::vae::{
-    AutoencoderKLHunyuanVideo, Config, PixelHistory, SectionDecoder, SectionOrder, Tiling, soft_append,
-};
+use framepack::models::vae::{AutoencoderKLHunyuanVideo, Config, PixelHistory, SectionDecoder, Tiling, soft_append};
+use framepack::packing::SectionOrder;
 use framepack::{Error, WeightsError, weights};
 
 mod common;
@@ -417,8 +416,8 @@ fn framepack_reference(order: SectionOrder, w: usize, sections: &[Tensor]) -> Te
     for s in sections {
         history = Some(match (&history, order) {
             (None, _) => s.clone(),
-            (Some(h), SectionOrder::NewFirst) => Tensor::cat(&[s, h], 2).unwrap(),
-            (Some(h), SectionOrder::HistoryFirst) => Tensor::cat(&[h, s], 2).unwrap(),
+            (Some(h), SectionOrder::Inverted) => Tensor::cat(&[s, h], 2).unwrap(),
+            (Some(h), SectionOrder::Forward) => Tensor::cat(&[h, s], 2).unwrap(),
         });
         let h = history.as_ref().unwrap();
         pixels = Some(match &pixels {
@@ -427,10 +426,10 @@ fn framepack_reference(order: SectionOrder, w: usize, sections: &[Tensor]) -> Te
                 let n = s.dim(2).unwrap() + w;
                 let total = h.dim(2).unwrap();
                 match order {
-                    SectionOrder::NewFirst => {
+                    SectionOrder::Inverted => {
                         soft_append(&fake_decode(&h.narrow(2, 0, n).unwrap()).unwrap(), p, ov).unwrap()
                     }
-                    SectionOrder::HistoryFirst => {
+                    SectionOrder::Forward => {
                         soft_append(p, &fake_decode(&h.narrow(2, total - n, n).unwrap()).unwrap(), ov).unwrap()
                     }
                 }
@@ -450,16 +449,16 @@ fn run_sections(order: SectionOrder, w: usize, sections: &[Tensor]) -> (Vec<usiz
         counts.push(done.as_ref().map_or(0, |d| d.dim(2).unwrap()));
         if let Some(d) = done {
             match order {
-                SectionOrder::NewFirst => out.insert(0, d),
-                SectionOrder::HistoryFirst => out.push(d),
+                SectionOrder::Inverted => out.insert(0, d),
+                SectionOrder::Forward => out.push(d),
             }
         }
     }
     let rest = dec.finish().unwrap();
     counts.push(rest.dim(2).unwrap());
     match order {
-        SectionOrder::NewFirst => out.insert(0, rest),
-        SectionOrder::HistoryFirst => out.push(rest),
+        SectionOrder::Inverted => out.insert(0, rest),
+        SectionOrder::Forward => out.push(rest),
     }
     (counts, Tensor::cat(&out, 2).unwrap())
 }
@@ -469,10 +468,10 @@ fn original_order_sections_w9() {
     // 5 s at W = 9: n = 4 sections; the last one carries the start latent in front (10 latents).
     let w = 9;
     let sections = vec![latents(9, 100.0), latents(9, 200.0), latents(9, 300.0), latents(10, 400.0)];
-    let (counts, video) = run_sections(SectionOrder::NewFirst, w, &sections);
+    let (counts, video) = run_sections(SectionOrder::Inverted, w, &sections);
     assert_eq!(counts, vec![0, 36, 36, 40, 33]);
     assert_eq!(video.dim(2).unwrap(), 145); // 36n + 1
-    let reference = framepack_reference(SectionOrder::NewFirst, w, &sections);
+    let reference = framepack_reference(SectionOrder::Inverted, w, &sections);
     assert_eq!(diff(&video, &reference).1, 0.0);
 }
 
@@ -481,17 +480,17 @@ fn f1_order_sections_w9() {
     // F1: the first push is [start latent, 9 new] = 10 latents → 37 frames.
     let w = 9;
     let sections = vec![latents(10, 0.0), latents(9, 100.0), latents(9, 200.0), latents(9, 300.0)];
-    let (counts, video) = run_sections(SectionOrder::HistoryFirst, w, &sections);
+    let (counts, video) = run_sections(SectionOrder::Forward, w, &sections);
     assert_eq!(counts, vec![4, 36, 36, 36, 33]);
     assert_eq!(video.dim(2).unwrap(), 145);
-    let reference = framepack_reference(SectionOrder::HistoryFirst, w, &sections);
+    let reference = framepack_reference(SectionOrder::Forward, w, &sections);
     assert_eq!(diff(&video, &reference).1, 0.0);
 }
 
 #[test]
 fn sections_general_window() {
     for w in [1usize, 2, 3, 5] {
-        for order in [SectionOrder::NewFirst, SectionOrder::HistoryFirst] {
+        for order in [SectionOrder::Inverted, SectionOrder::Forward] {
             let sections: Vec<Tensor> = (0..5).map(|i| latents(w + (i % 2), 10.0 * i as f32)).collect();
             let (counts, video) = run_sections(order, w, &sections);
             let reference = framepack_reference(order, w, &sections);
@@ -505,14 +504,14 @@ fn sections_general_window() {
 
 #[test]
 fn section_errors() {
-    assert!(SectionDecoder::new(SectionOrder::NewFirst, 0).is_err());
-    let mut dec = SectionDecoder::new(SectionOrder::HistoryFirst, 4).unwrap();
+    assert!(SectionDecoder::new(SectionOrder::Inverted, 0).is_err());
+    let mut dec = SectionDecoder::new(SectionOrder::Forward, 4).unwrap();
     dec.push(&latents(2, 0.0), fake_decode).unwrap();
     assert!(dec.push(&latents(4, 0.0), fake_decode).is_err(), "first section shorter than W");
-    let mut dec = SectionDecoder::new(SectionOrder::HistoryFirst, 2).unwrap();
+    let mut dec = SectionDecoder::new(SectionOrder::Forward, 2).unwrap();
     let wrong = |z: &Tensor| Ok(z.clone());
     assert!(dec.push(&latents(3, 0.0), wrong).is_err(), "decoder with the wrong frame count");
-    let mut px = PixelHistory::new(SectionOrder::NewFirst, 5);
+    let mut px = PixelHistory::new(SectionOrder::Inverted, 5);
     assert!(px.push(&Tensor::zeros((1, 1, 3, 1), DType::F32, &Device::Cpu).unwrap()).is_err());
 }
 
@@ -521,7 +520,7 @@ fn section_decoding_with_the_tiny_vae() {
     let vae = tiny_vae();
     let w = 2;
     let z = Tensor::randn(0f32, 1.0, (1, 16, 6, 2, 2), &Device::Cpu).unwrap();
-    let mut dec = SectionDecoder::new(SectionOrder::HistoryFirst, w).unwrap();
+    let mut dec = SectionDecoder::new(SectionOrder::Forward, w).unwrap();
     let mut total = 0;
     for (start, len) in [(0, 2), (2, 2), (4, 2)] {
         let done = dec.push(&z.narrow(2, start, len).unwrap(), |l| vae.decode(l)).unwrap();

@@ -1,4 +1,7 @@
 //! Neural network models of FramePack, built with candle from diffusers-format weights.
 
+pub(crate) mod attention;
+pub mod text;
 pub mod transformer;
 pub mod vae;
+pub mod vision;

@@ -4,9 +4,9 @@
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 
+use crate::models::attention::{attention, merge_heads, split_heads};
+
 const NORM_EPS: f32 = 1e-6;
-/// Largest attention score block (elements) computed at once; longer query sets are chunked.
-const MAX_SCORE_ELEMS: usize = 1 << 26;
 
 /// Channels of the timestep/guidance sinusoid.
 pub(crate) const SINUSOID_DIM: usize = 256;
@@ -212,53 +212,11 @@ pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Ten
 }
 
 /// `(B, L, H·Dh)` → `(B, H, L, Dh)`, contiguous.
-fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
-    let (b, l, d) = x.dims3()?;
-    x.reshape((b, l, heads, d / heads))?.transpose(1, 2)?.contiguous()
-}
-
 /// Per-head RMSNorm in f32 (statistics and scale), returned as f32 `(B, H, L, Dh)`.
 fn norm_heads(x: &Tensor, heads: usize, weight: &Tensor) -> Result<Tensor> {
     let (b, l, d) = x.dims3()?;
     let x = x.reshape((b, l, heads, d / heads))?.to_dtype(DType::F32)?.contiguous()?;
     candle_nn::ops::rms_norm(&x, weight, NORM_EPS)?.transpose(1, 2)?.contiguous()
-}
-
-/// `(B, H, L, Dh)` → `(B, L, H·Dh)`.
-fn merge_heads(x: &Tensor) -> Result<Tensor> {
-    let (b, h, l, dh) = x.dims4()?;
-    x.transpose(1, 2)?.reshape((b, l, h * dh))
-}
-
-/// Scaled dot-product attention. `q`, `k`: `(B, H, Lq|Lk, Dh)` (scores and softmax in f32),
-/// `v`: `(B, H, Lk, Dh)`; `bias`: additive f32 mask broadcastable to `(B, 1, Lq, Lk)`.
-/// Returns `(B, H, Lq, Dh)` in `v`'s dtype. Long query sets are processed in chunks.
-pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-    attention_chunked(q, k, v, bias, MAX_SCORE_ELEMS)
-}
-
-fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, max_elems: usize) -> Result<Tensor> {
-    let (b, h, lq, dh) = q.dims4()?;
-    let lk = k.dim(2)?;
-    let scale = 1.0 / (dh as f64).sqrt();
-    let q = q.to_dtype(DType::F32)?;
-    let kt = k.to_dtype(DType::F32)?.t()?;
-    let chunk = (max_elems / (b * h * lk).max(1)).clamp(1, lq.max(1));
-    let mut outs: Vec<Tensor> = Vec::with_capacity(lq.div_ceil(chunk));
-    let mut start = 0;
-    while start < lq {
-        let len = chunk.min(lq - start);
-        let qc = q.narrow(2, start, len)?;
-        let mut scores = (qc.matmul(&kt)? * scale)?;
-        if let Some(bias) = bias {
-            let bias = if bias.dim(2)? == 1 { bias.clone() } else { bias.narrow(2, start, len)? };
-            scores = scores.broadcast_add(&bias)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
-        outs.push(probs.matmul(v)?);
-        start += len;
-    }
-    Tensor::cat(&outs, 2)
 }
 
 /// Rotary `(cos, sin)` tables covering `[image | context]`: the packed image tokens' tables
@@ -364,6 +322,12 @@ impl DualBlock {
             ln: PlainLayerNorm::new(dim, vb.dtype(), vb.device())?,
             heads,
         })
+    }
+
+    /// The AdaLN-modulated image tokens `norm1(x, temb)` that open the block (TeaCache's signal).
+    pub fn modulated_input(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
+        let m = modulation(&self.norm1, temb, 6)?;
+        modulate(&self.ln.forward(x)?, &m[0], &m[1])
     }
 
     /// Image tokens `x` `(B, N, D)`, context `c` `(B, M, D)`, `temb` `(B, D)`.
@@ -548,26 +512,5 @@ mod tests {
             let exact = (exponent as f64).exp() as f32;
             assert!((bits as i64 - exact.to_bits() as i64).abs() <= 1, "k = {k}");
         }
-    }
-
-    #[test]
-    fn chunked_attention_equals_one_block() -> Result<()> {
-        let dev = candle_core::Device::Cpu;
-        let q = Tensor::randn(0f32, 1., (2, 3, 7, 8), &dev)?;
-        let k = Tensor::randn(0f32, 1., (2, 3, 9, 8), &dev)?;
-        let v = Tensor::randn(0f32, 1., (2, 3, 9, 8), &dev)?;
-        let mut mask = vec![0f32; 2 * 7 * 9];
-        mask[7 * 9 + 5..7 * 9 + 9].fill(f32::NEG_INFINITY);
-        let per_query = Tensor::from_vec(mask, (2, 1, 7, 9), &dev)?;
-        let per_key = per_query.narrow(2, 6, 1)?;
-        for bias in [None, Some(&per_query), Some(&per_key)] {
-            let whole = attention_chunked(&q, &k, &v, bias, usize::MAX)?;
-            for max_elems in [1, 2 * 3 * 9 * 2, 2 * 3 * 9 * 3] {
-                let chunked = attention_chunked(&q, &k, &v, bias, max_elems)?;
-                let diff = (chunked - &whole)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
-                assert!(diff < 1e-6, "max_elems {max_elems}: {diff}");
-            }
-        }
-        Ok(())
     }
 }

@@ -35,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::weights::{self, WeightFiles};
 use blocks::{Decoder, Encoder, PointwiseConv3d};
 
-pub use section::{PixelHistory, SectionDecoder, SectionOrder, soft_append};
+pub use section::{PixelHistory, SectionDecoder, soft_append};
 
 /// Latent scaling factor of the HunyuanVideo VAE (`z_model = z_vae · 0.476986`).
 pub const SCALING_FACTOR: f64 = 0.476986;

@@ -10,18 +10,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
-
-/// How a new section is placed relative to the frames decoded so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SectionOrder {
-    /// Original FramePack (inverted anti-drifting sampling): every new section lies *before*
-    /// the decoded frames in time; `pixels = soft_append(new, pixels)`. Frames are handed out
-    /// back to front: every batch precedes all batches handed out earlier.
-    NewFirst,
-    /// FramePack-F1: every new section lies *after* the decoded frames;
-    /// `pixels = soft_append(pixels, new)`. Frames are handed out front to back.
-    HistoryFirst,
-}
+use crate::packing::SectionOrder;
 
 /// The blend weights `torch.linspace(1, 0, n)` in f32 (same formula as PyTorch: the first half
 /// counts up from the start, the second half down from the end).
@@ -115,14 +104,14 @@ impl PixelHistory {
         let ov = self.overlap;
         let merged = match (&self.provisional, self.order) {
             (None, _) => section.clone(),
-            (Some(p), SectionOrder::HistoryFirst) => soft_append(p, section, ov)?,
-            (Some(p), SectionOrder::NewFirst) => soft_append(section, p, ov)?,
+            (Some(p), SectionOrder::Forward) => soft_append(p, section, ov)?,
+            (Some(p), SectionOrder::Inverted) => soft_append(section, p, ov)?,
         };
         let len = merged.dim(2)?;
         let keep = ov.min(len);
         let (done, provisional) = match self.order {
-            SectionOrder::HistoryFirst => (merged.narrow(2, 0, len - keep)?, merged.narrow(2, len - keep, keep)?),
-            SectionOrder::NewFirst => (merged.narrow(2, keep, len - keep)?, merged.narrow(2, 0, keep)?),
+            SectionOrder::Forward => (merged.narrow(2, 0, len - keep)?, merged.narrow(2, len - keep, keep)?),
+            SectionOrder::Inverted => (merged.narrow(2, keep, len - keep)?, merged.narrow(2, 0, keep)?),
         };
         self.provisional = Some(provisional);
         if len == keep {
@@ -141,9 +130,9 @@ impl PixelHistory {
 /// Decodes FramePack sections as the demos do and hands out finished frames.
 ///
 /// Push each section's new latents in time order:
-/// - [`SectionOrder::NewFirst`] (original model): the sampled latents; on the last section the
+/// - [`SectionOrder::Inverted`] (original model): the sampled latents; on the last section the
 ///   start latent is prepended first (FramePack's `is_last_section` step).
-/// - [`SectionOrder::HistoryFirst`] (F1): on the first section `[start latent, new latents]`
+/// - [`SectionOrder::Forward`] (F1): on the first section `[start latent, new latents]`
 ///   (F1's history starts with the start latent), afterwards only the new latents.
 ///
 /// The first push decodes everything pushed; later pushes decode the new latents together with
@@ -209,8 +198,8 @@ impl SectionDecoder {
                     ));
                 }
                 match order {
-                    SectionOrder::NewFirst => Tensor::cat(&[new_latents, ctx], 2)?,
-                    SectionOrder::HistoryFirst => Tensor::cat(&[ctx, new_latents], 2)?,
+                    SectionOrder::Inverted => Tensor::cat(&[new_latents, ctx], 2)?,
+                    SectionOrder::Forward => Tensor::cat(&[ctx, new_latents], 2)?,
                 }
             }
         };
@@ -226,8 +215,8 @@ impl SectionDecoder {
         let out = self.pixels.push(&decoded)?;
         let keep = w.min(t);
         self.context = Some(match order {
-            SectionOrder::NewFirst => to_decode.narrow(2, 0, keep)?,
-            SectionOrder::HistoryFirst => to_decode.narrow(2, t - keep, keep)?,
+            SectionOrder::Inverted => to_decode.narrow(2, 0, keep)?,
+            SectionOrder::Forward => to_decode.narrow(2, t - keep, keep)?,
         });
         Ok(out)
     }

@@ -1,0 +1,253 @@
+//! `framepack generate`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use framepack::Error;
+use framepack::bundle::{BundlePaths, DeviceChoice, parse_dtype};
+use framepack::generator::Settings;
+use framepack::packing::{FPS, Schedule};
+use framepack::pipeline::{Pipeline, Request};
+use framepack::preprocess::RgbImage;
+use framepack::sampling::Sampler;
+use framepack_cli::output::OrderedWriter;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Sampler choice on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum SamplerArg {
+    /// UniPC (bh1, order 3), FramePack's sampler.
+    Unipc,
+    /// First-order Euler.
+    Euler,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Start frame (PNG or JPEG). It is matched to the nearest bucket of the resolution class,
+    /// resized and center-cropped.
+    #[arg(long, value_name = "FILE")]
+    image: PathBuf,
+    /// What happens in the video. Timestamps change the prompt over time, e.g.
+    /// "[0s: a cat sits] [2s-4s: the cat jumps] in a garden"; text outside brackets is used
+    /// wherever no tag applies. A section uses the prompt active when it starts.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Video length in seconds at 30 fps, rounded to whole sections of 4·window frames
+    /// (5 s gives 4 sections = 145 frames).
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Seed of the noise; the same request and seed give the same video on the CPU.
+    #[arg(long, default_value_t = framepack::generator::DEFAULT_SEED)]
+    seed: u64,
+    /// Sampler steps per section (FramePack: 25).
+    #[arg(long, default_value_t = 25)]
+    steps: usize,
+    /// Distilled guidance scale (FramePack: 10).
+    #[arg(long, default_value_t = 10.0)]
+    guidance: f64,
+    /// Context schedule: `inverted` (the original FramePackI2V_HY model: the end of the video is
+    /// generated first), `geometric` (the F1 model: forward, frames are written as they come),
+    /// `first-frame` or `symmetric`. Use the one the checkpoint was trained for.
+    #[arg(long, default_value = "inverted")]
+    schedule: Schedule,
+    /// Latent frames per section (FramePack: 9, i.e. 36 video frames).
+    #[arg(long, default_value_t = 9)]
+    window: usize,
+    /// Resolution class of the size buckets (FramePack: 640, e.g. 640×608 for a square image).
+    #[arg(long, default_value_t = 640)]
+    resolution: usize,
+    /// TeaCache: skip transformer passes whose input barely changed. `--teacache` alone uses
+    /// FramePack's threshold 0.15 (≈2× faster, slightly worse details); give a value to change it.
+    #[arg(long, value_name = "THRESHOLD", num_args = 0..=1, default_missing_value = "0.15")]
+    teacache: Option<f64>,
+    /// Optional end frame: the video is steered to finish on it (best with `--schedule inverted`;
+    /// the same image as `--image` makes loops).
+    #[arg(long, value_name = "FILE")]
+    end_image: Option<PathBuf>,
+    /// The weights folder (layout above; check it with `framepack info`). In a build with the
+    /// `hf-hub` feature, `hub:original` or `hub:f1` downloads the released repositories instead
+    /// (into the Hugging Face cache).
+    #[arg(long, value_name = "DIR")]
+    weights: PathBuf,
+    /// Output: a folder of PNG frames, or a file ending in .gif or .mp4 (H.264).
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
+    /// Device: cpu, cuda[:N] or metal[:N] (GPU backends need a build with the cuda/metal feature).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceChoice,
+    /// Weight and activation dtype: f32, bf16 or f16. Default: f32 on the CPU, bf16 on a GPU.
+    #[arg(long, value_name = "DTYPE")]
+    dtype: Option<String>,
+    /// Sampler.
+    #[arg(long, value_enum, default_value = "unipc")]
+    sampler: SamplerArg,
+    /// No progress bars (the per-section lines are still printed).
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
+    Error::Invalid { what, reason: reason.into() }
+}
+
+fn load_image(path: &Path, what: &'static str) -> framepack::Result<RgbImage> {
+    let img = image::open(path).map_err(|e| invalid(what, format!("cannot read {}: {e}", path.display())))?;
+    let rgb = img.to_rgb8();
+    RgbImage::new(rgb.width() as usize, rgb.height() as usize, rgb.into_raw())
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ")
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+}
+
+/// The bundle a `--weights` argument names: a folder, or `hub:original` / `hub:f1`.
+pub fn bundle_paths(weights: &Path) -> framepack::Result<BundlePaths> {
+    if let Some(which) = weights.to_str().and_then(|s| s.strip_prefix("hub:")) {
+        return hub(which);
+    }
+    if !weights.is_dir() {
+        return Err(invalid("weights", format!("folder {} not found", weights.display())));
+    }
+    Ok(BundlePaths::from_dir(weights))
+}
+
+#[cfg(feature = "hf-hub")]
+fn hub(which: &str) -> framepack::Result<BundlePaths> {
+    let repo = match which {
+        "original" | "inverted" => framepack::hub::ORIGINAL,
+        "f1" | "geometric" => framepack::hub::F1,
+        other => {
+            return Err(invalid("weights", format!("unknown hub model `{other}` (expected hub:original or hub:f1)")));
+        }
+    };
+    framepack::hub::fetch(repo)
+}
+
+#[cfg(not(feature = "hf-hub"))]
+fn hub(_: &str) -> framepack::Result<BundlePaths> {
+    Err(invalid("weights", "this build cannot download weights (rebuild with the `hf-hub` feature) — give a folder"))
+}
+
+pub fn run(args: GenerateArgs) -> framepack::Result<()> {
+    let started = Instant::now();
+    let paths = bundle_paths(&args.weights)?;
+    let dtype = match &args.dtype {
+        Some(d) => parse_dtype(d)?,
+        None if args.device == DeviceChoice::Cpu => candle_core::DType::F32,
+        None => candle_core::DType::BF16,
+    };
+    let settings = Settings {
+        seconds: args.seconds,
+        seed: args.seed,
+        steps: args.steps,
+        guidance: args.guidance,
+        schedule: args.schedule.clone(),
+        window: args.window,
+        sampler: match args.sampler {
+            SamplerArg::Unipc => Sampler::UniPc,
+            SamplerArg::Euler => Sampler::Euler,
+        },
+        teacache: args.teacache,
+        ..Settings::default()
+    };
+    let (_, plan) = settings.plan()?;
+    framepack::generator::PromptSchedule::parse(&args.prompt)?;
+    let image = load_image(&args.image, "image")?;
+    let end_image = args.end_image.as_deref().map(|p| load_image(p, "end image")).transpose()?;
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| invalid("out", format!("cannot create {}: {e}", parent.display())))?;
+    }
+    let device = args.device.open()?;
+
+    let multi = MultiProgress::with_draw_target(if args.quiet {
+        ProgressDrawTarget::hidden()
+    } else {
+        ProgressDrawTarget::stderr()
+    });
+    let spinner = multi.add(ProgressBar::new_spinner().with_message(format!("loading {}", args.weights.display())));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let mut pipeline = Pipeline::load(&paths, &device, dtype)?;
+    spinner.set_message("encoding prompt and image");
+    let request = Request {
+        image,
+        end_image,
+        prompt: args.prompt.clone(),
+        resolution: args.resolution,
+        settings: settings.clone(),
+    };
+    let job = pipeline.start(&request)?;
+    spinner.finish_and_clear();
+    let (width, height) = job.frame_size();
+    let total = job.total_frames();
+    println!(
+        "{} section(s) of {} latents, {:?} order, {width}x{height}: {total} frames = {:.2} s at 30 fps",
+        plan.sections,
+        plan.window,
+        plan.order,
+        plan.duration_seconds()
+    );
+
+    let sections_bar = multi.add(ProgressBar::new(plan.sections as u64));
+    sections_bar.set_style(style("sections [{bar:30}] {pos}/{len}  {msg}"));
+    let steps_bar = multi.add(ProgressBar::new((plan.sections * settings.steps) as u64));
+    steps_bar.set_style(style("steps    [{bar:30}] {pos}/{len}  {msg}"));
+    let bar = steps_bar.clone();
+    let job = job.on_progress(move |p| {
+        bar.set_position((p.section * p.total_steps + p.step) as u64);
+        bar.set_message(format!(
+            "section {}/{} step {}/{}  elapsed {}  ETA {}",
+            p.section + 1,
+            p.sections,
+            p.step,
+            p.total_steps,
+            fmt_duration(p.elapsed),
+            fmt_duration(p.eta)
+        ));
+    });
+
+    let mut writer = OrderedWriter::create(&args.out, width, height, FPS as u32, total)
+        .map_err(|e| invalid("out", e.to_string()))?;
+    for section in job {
+        let section = section?;
+        let provisional = if section.provisional.is_empty() {
+            String::new()
+        } else {
+            format!(", {} provisional {:?}", section.provisional.len(), section.provisional_range)
+        };
+        let teacache = if args.teacache.is_some() {
+            format!(", TeaCache skipped {}/{} steps", section.teacache_skipped, settings.steps)
+        } else {
+            String::new()
+        };
+        let line = format!(
+            "section {}/{}: latents {:?}, {} final frames {:?}{provisional}{teacache}",
+            section.index + 1,
+            section.sections,
+            section.latents,
+            section.frames.len(),
+            section.frame_range,
+        );
+        multi.suspend(|| println!("{line}"));
+        writer.push(section).map_err(|e| invalid("out", e.to_string()))?;
+        sections_bar.inc(1);
+        sections_bar.set_message(format!("{} frames written", writer.written()));
+    }
+    writer.finish().map_err(|e| invalid("out", e.to_string()))?;
+    steps_bar.finish_and_clear();
+    sections_bar.finish_and_clear();
+    println!(
+        "wrote {total} frames ({width}x{height}, {:.2} s) to {} in {:.1} s",
+        total as f64 / FPS,
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,612 @@
+//! A complete FramePack setup on disk, laid out like the released repositories:
+//!
+//! ```text
+//! DIR/                        (or DIR/transformer/)  lllyasviel/FramePackI2V_HY (or the F1 model)
+//!   config.json
+//!   diffusion_pytorch_model.safetensors.index.json + diffusion_pytorch_model-0000k-of-0000n.safetensors
+//!     (or one diffusion_pytorch_model.safetensors)
+//!   vae/config.json, vae/diffusion_pytorch_model.safetensors      hunyuanvideo-community/HunyuanVideo
+//!   text_encoder/config.json, model(.safetensors.index.json | .safetensors), tokenizer/tokenizer.json
+//!   text_encoder_2/config.json, model.safetensors, tokenizer_2/tokenizer.json
+//!   image_encoder/config.json, model.safetensors, feature_extractor/preprocessor_config.json
+//!                                                                 lllyasviel/flux_redux_bfl
+//! ```
+//!
+//! [`BundlePaths`] names every component's folder (all inside one root by default; any of them
+//! can point elsewhere, e.g. into a Hugging Face cache). [`BundlePaths::inspect`] reports for
+//! every component whether it is present, missing (which file) or mismatched (which tensor or
+//! config field), reading only configs and safetensors headers. [`BundlePaths::load_models`]
+//! loads the transformer and the VAE with strict checks for a [`Generator`].
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use candle_core::{DType, Device};
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+use crate::generator::{Generator, Models};
+use crate::models::text::clip::{ClipTextConfig, ClipTextModel};
+use crate::models::text::llama::{Llama, LlamaConfig};
+use crate::models::transformer::{self, Transformer};
+use crate::models::vae::{self, AutoencoderKLHunyuanVideo};
+use crate::models::vision::{SiglipVisionConfig, SiglipVisionModel};
+use crate::weights::{self, WeightFiles};
+
+/// Where a job runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceChoice {
+    /// The CPU (always available).
+    #[default]
+    Cpu,
+    /// A CUDA GPU by ordinal (needs the `cuda` feature).
+    Cuda(usize),
+    /// A Metal GPU by ordinal (needs the `metal` feature).
+    Metal(usize),
+}
+
+impl DeviceChoice {
+    /// Opens the device; a clear error when this build lacks the backend.
+    pub fn open(self) -> Result<Device> {
+        let unavailable = |what: &str, feature: &str, e: candle_core::Error| {
+            Error::invalid(
+                "device",
+                format!("cannot open {what} (is this build compiled with the `{feature}` feature?): {e}"),
+            )
+        };
+        match self {
+            DeviceChoice::Cpu => Ok(Device::Cpu),
+            DeviceChoice::Cuda(i) => {
+                Device::new_cuda(i).map_err(|e| unavailable(&format!("CUDA device {i}"), "cuda", e))
+            }
+            DeviceChoice::Metal(i) => {
+                Device::new_metal(i).map_err(|e| unavailable(&format!("Metal device {i}"), "metal", e))
+            }
+        }
+    }
+}
+
+impl FromStr for DeviceChoice {
+    type Err = Error;
+    /// `cpu`, `cuda`, `cuda:N`, `metal`, `metal:N`.
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        let (kind, index) = match s.split_once(':') {
+            Some((k, i)) => (
+                k.to_string(),
+                i.parse::<usize>().map_err(|_| {
+                    Error::invalid("device", format!("bad device index in `{s}` (expected e.g. cuda:0)"))
+                })?,
+            ),
+            None => (s.clone(), 0),
+        };
+        match kind.as_str() {
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" | "gpu" => Ok(DeviceChoice::Cuda(index)),
+            "metal" | "mps" => Ok(DeviceChoice::Metal(index)),
+            _ => Err(Error::invalid("device", format!("unknown device `{s}` (expected cpu, cuda[:N] or metal[:N])"))),
+        }
+    }
+}
+
+/// Parses `f32`, `f16`, `bf16`.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" | "fp32" => Ok(DType::F32),
+        "f16" | "float16" | "fp16" | "half" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(Error::invalid("dtype", format!("unknown dtype `{other}` (expected f32, f16 or bf16)"))),
+    }
+}
+
+/// One part of a bundle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Component {
+    /// The packed transformer (root or `transformer/`).
+    Transformer,
+    /// `vae/`.
+    Vae,
+    /// `text_encoder/` (Llama).
+    TextEncoder,
+    /// `tokenizer/` (Llama).
+    Tokenizer,
+    /// `text_encoder_2/` (CLIP-L text).
+    TextEncoder2,
+    /// `tokenizer_2/` (CLIP).
+    Tokenizer2,
+    /// `image_encoder/` (SigLIP).
+    ImageEncoder,
+    /// `feature_extractor/` (SigLIP preprocessing).
+    FeatureExtractor,
+}
+
+impl Component {
+    /// Every component, in report order.
+    pub const ALL: [Component; 8] = [
+        Component::Transformer,
+        Component::Vae,
+        Component::TextEncoder,
+        Component::Tokenizer,
+        Component::TextEncoder2,
+        Component::Tokenizer2,
+        Component::ImageEncoder,
+        Component::FeatureExtractor,
+    ];
+
+    /// The folder name in the released layout.
+    pub fn folder(self) -> &'static str {
+        match self {
+            Component::Transformer => "transformer",
+            Component::Vae => "vae",
+            Component::TextEncoder => "text_encoder",
+            Component::Tokenizer => "tokenizer",
+            Component::TextEncoder2 => "text_encoder_2",
+            Component::Tokenizer2 => "tokenizer_2",
+            Component::ImageEncoder => "image_encoder",
+            Component::FeatureExtractor => "feature_extractor",
+        }
+    }
+
+    /// What it is, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Component::Transformer => "packed HunyuanVideo transformer",
+            Component::Vae => "HunyuanVideo VAE",
+            Component::TextEncoder => "Llama text encoder",
+            Component::Tokenizer => "Llama tokenizer",
+            Component::TextEncoder2 => "CLIP-L text encoder",
+            Component::Tokenizer2 => "CLIP tokenizer",
+            Component::ImageEncoder => "SigLIP image encoder",
+            Component::FeatureExtractor => "SigLIP preprocessor config",
+        }
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.folder())
+    }
+}
+
+/// The folder of every component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundlePaths {
+    /// Transformer folder (config + shards).
+    pub transformer: PathBuf,
+    /// VAE folder.
+    pub vae: PathBuf,
+    /// Llama folder.
+    pub text_encoder: PathBuf,
+    /// Llama tokenizer folder.
+    pub tokenizer: PathBuf,
+    /// CLIP text folder.
+    pub text_encoder_2: PathBuf,
+    /// CLIP tokenizer folder.
+    pub tokenizer_2: PathBuf,
+    /// SigLIP folder.
+    pub image_encoder: PathBuf,
+    /// SigLIP preprocessor folder.
+    pub feature_extractor: PathBuf,
+}
+
+/// The state of one component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Every file is there and matches the model its config describes.
+    Present {
+        /// Short facts (tensor count, size, key config values).
+        summary: String,
+    },
+    /// A file or folder is missing.
+    Missing {
+        /// What is missing.
+        what: String,
+    },
+    /// Files exist but do not fit (bad config, missing/extra/mis-shaped tensors, corrupt file).
+    Mismatched {
+        /// The first problem found.
+        reason: String,
+    },
+}
+
+/// What [`BundlePaths::inspect`] found for one component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ComponentReport {
+    /// The component.
+    pub component: Component,
+    /// Its folder.
+    pub dir: PathBuf,
+    /// Present, missing or mismatched.
+    pub status: Status,
+}
+
+/// What [`BundlePaths::inspect`] found for every component.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BundleReport {
+    /// One entry per [`Component::ALL`].
+    pub components: Vec<ComponentReport>,
+}
+
+impl BundleReport {
+    /// The report of one component.
+    pub fn get(&self, c: Component) -> &ComponentReport {
+        self.components.iter().find(|r| r.component == c).expect("every component is reported")
+    }
+
+    /// Whether every component is present and matches.
+    pub fn is_complete(&self) -> bool {
+        self.components.iter().all(|r| matches!(r.status, Status::Present { .. }))
+    }
+
+    /// Fails with the first problem among `needed`, in one line.
+    pub fn require(&self, needed: &[Component]) -> Result<()> {
+        for c in needed {
+            let r = self.get(*c);
+            match &r.status {
+                Status::Present { .. } => {}
+                Status::Missing { what } => {
+                    return Err(Error::invalid("model bundle", format!("{} ({}) is missing: {what}", c, c.describe())));
+                }
+                Status::Mismatched { reason } => {
+                    return Err(Error::invalid(
+                        "model bundle",
+                        format!("{} ({}) does not fit: {reason}", c, c.describe()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for BundleReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for r in &self.components {
+            let (tag, text) = match &r.status {
+                Status::Present { summary } => ("ok", summary.as_str()),
+                Status::Missing { what } => ("MISSING", what.as_str()),
+                Status::Mismatched { reason } => ("MISMATCH", reason.as_str()),
+            };
+            writeln!(f, "{:<18} {:<9} {} — {}", r.component.folder(), tag, r.component.describe(), text)?;
+            if matches!(r.status, Status::Present { .. }) {
+                writeln!(f, "{:<18} {:<9} {}", "", "", r.dir.display())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn missing(what: impl Into<String>) -> Status {
+    Status::Missing { what: what.into() }
+}
+
+fn mismatched(reason: impl Into<String>) -> Status {
+    Status::Mismatched { reason: reason.into() }
+}
+
+/// Reads and parses a JSON config file.
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> std::result::Result<T, Status> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            missing(format!("{} not found", path.display()))
+        } else {
+            mismatched(format!("cannot read {}: {e}", path.display()))
+        }
+    })?;
+    serde_json::from_str(&text).map_err(|e| mismatched(format!("{}: invalid config: {e}", path.display())))
+}
+
+/// The safetensors files of a model folder: the shards an index names
+/// (`<stem>.safetensors.index.json`), else `<stem>.safetensors`.
+pub fn weight_files(dir: &Path, stem: &str) -> std::result::Result<Vec<PathBuf>, Status> {
+    if !dir.is_dir() {
+        return Err(missing(format!("folder {} not found", dir.display())));
+    }
+    let index = dir.join(format!("{stem}.safetensors.index.json"));
+    if index.is_file() {
+        #[derive(serde::Deserialize)]
+        struct Index {
+            weight_map: std::collections::BTreeMap<String, String>,
+        }
+        let idx: Index = read_json(&index)?;
+        let files: BTreeSet<&String> = idx.weight_map.values().collect();
+        if files.is_empty() {
+            return Err(mismatched(format!("{} lists no tensors", index.display())));
+        }
+        let paths: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
+        if let Some(p) = paths.iter().find(|p| !p.is_file()) {
+            return Err(missing(format!("shard {} (named by {}) not found", p.display(), index.display())));
+        }
+        return Ok(paths);
+    }
+    let single = dir.join(format!("{stem}.safetensors"));
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    Err(missing(format!("no {stem}.safetensors or {stem}.safetensors.index.json in {}", dir.display())))
+}
+
+fn file_size(paths: &[PathBuf]) -> u64 {
+    paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / (1u64 << 10) as f64),
+        n => format!("{n} B"),
+    }
+}
+
+/// Checks a model folder: config, weight files, and every tensor name and shape against the
+/// model the config describes (headers only).
+pub fn check_model<C: DeserializeOwned, M>(
+    dir: &Path,
+    stem: &str,
+    describe: impl FnOnce(&C) -> String,
+    build: impl FnOnce(&C, candle_nn::VarBuilder<'_>) -> candle_core::Result<M>,
+) -> Status {
+    let cfg: C = match read_json(&dir.join("config.json")) {
+        Ok(c) => c,
+        Err(s) => return s,
+    };
+    check_weights(dir, stem, &cfg, describe, build)
+}
+
+fn check_weights<C, M>(
+    dir: &Path,
+    stem: &str,
+    cfg: &C,
+    describe: impl FnOnce(&C) -> String,
+    build: impl FnOnce(&C, candle_nn::VarBuilder<'_>) -> candle_core::Result<M>,
+) -> Status {
+    let files = match weight_files(dir, stem) {
+        Ok(f) => f,
+        Err(s) => return s,
+    };
+    let opened = match WeightFiles::open(&files) {
+        Ok(o) => o,
+        Err(e) => return mismatched(e.to_string()),
+    };
+    let shapes = opened.shapes();
+    let n = shapes.len();
+    let label = files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ");
+    match weights::check_shapes(&label, shapes, |vb| build(cfg, vb)) {
+        Ok(()) => Status::Present {
+            summary: format!(
+                "{n} tensors in {} file(s), {}; {}",
+                files.len(),
+                human_bytes(file_size(&files)),
+                describe(cfg)
+            ),
+        },
+        Err(e) => mismatched(e.to_string()),
+    }
+}
+
+/// [`check_model`] with a config parser of the model's own (`from_json`).
+pub fn check_model_json<C, M>(
+    dir: &Path,
+    stem: &str,
+    parse: impl FnOnce(&str) -> Result<C>,
+    describe: impl FnOnce(&C) -> String,
+    build: impl FnOnce(&C, candle_nn::VarBuilder<'_>) -> candle_core::Result<M>,
+) -> Status {
+    let path = dir.join("config.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return missing(format!("{} not found", path.display())),
+        Err(e) => return mismatched(format!("cannot read {}: {e}", path.display())),
+    };
+    let cfg = match parse(&text) {
+        Ok(c) => c,
+        Err(e) => return mismatched(format!("{}: invalid config: {e}", path.display())),
+    };
+    check_weights(dir, stem, &cfg, describe, build)
+}
+
+/// SigLIP's input size in `preprocessor_config.json` (`size.height`, `size.shortest_edge`,
+/// a plain `size`, or `crop_size`), if it names one.
+pub fn siglip_input_size(path: &Path) -> std::result::Result<Option<usize>, Status> {
+    let v: serde_json::Value = read_json(path)?;
+    let pick = |v: &serde_json::Value| -> Option<usize> {
+        match v {
+            serde_json::Value::Number(n) => n.as_u64().map(|n| n as usize),
+            serde_json::Value::Object(o) => {
+                ["height", "shortest_edge"].iter().find_map(|k| o.get(*k)?.as_u64()).map(|n| n as usize)
+            }
+            _ => None,
+        }
+    };
+    Ok(v.get("size").and_then(pick).or_else(|| v.get("crop_size").and_then(pick)))
+}
+
+fn check_file(path: &Path, what: &str) -> Status {
+    if path.is_file() {
+        Status::Present { summary: format!("{what} ({})", human_bytes(file_size(&[path.to_path_buf()]))) }
+    } else {
+        missing(format!("{} not found", path.display()))
+    }
+}
+
+impl BundlePaths {
+    /// The released layout inside `root`; the transformer is `root/transformer/` when that folder
+    /// exists, else `root` itself.
+    pub fn from_dir(root: impl AsRef<Path>) -> Self {
+        let root = root.as_ref();
+        let transformer = if root.join("transformer").is_dir() { root.join("transformer") } else { root.to_path_buf() };
+        Self {
+            transformer,
+            vae: root.join("vae"),
+            text_encoder: root.join("text_encoder"),
+            tokenizer: root.join("tokenizer"),
+            text_encoder_2: root.join("text_encoder_2"),
+            tokenizer_2: root.join("tokenizer_2"),
+            image_encoder: root.join("image_encoder"),
+            feature_extractor: root.join("feature_extractor"),
+        }
+    }
+
+    /// The folder of a component.
+    pub fn dir(&self, c: Component) -> &Path {
+        match c {
+            Component::Transformer => &self.transformer,
+            Component::Vae => &self.vae,
+            Component::TextEncoder => &self.text_encoder,
+            Component::Tokenizer => &self.tokenizer,
+            Component::TextEncoder2 => &self.text_encoder_2,
+            Component::Tokenizer2 => &self.tokenizer_2,
+            Component::ImageEncoder => &self.image_encoder,
+            Component::FeatureExtractor => &self.feature_extractor,
+        }
+    }
+
+    /// The transformer's config.
+    pub fn transformer_config(&self) -> Result<transformer::Config> {
+        read_json(&self.transformer.join("config.json")).map_err(status_error(Component::Transformer))
+    }
+
+    /// The VAE's config.
+    pub fn vae_config(&self) -> Result<vae::Config> {
+        read_json(&self.vae.join("config.json")).map_err(status_error(Component::Vae))
+    }
+
+    /// Checks every component (configs and safetensors headers only; nothing is loaded).
+    pub fn inspect(&self) -> BundleReport {
+        let components = Component::ALL
+            .iter()
+            .map(|&c| ComponentReport { component: c, dir: self.dir(c).to_path_buf(), status: self.inspect_one(c) })
+            .collect();
+        BundleReport { components }
+    }
+
+    fn inspect_one(&self, c: Component) -> Status {
+        let dir = self.dir(c);
+        if !dir.is_dir() {
+            return missing(format!("folder {} not found", dir.display()));
+        }
+        match c {
+            Component::Transformer => check_model(
+                dir,
+                "diffusion_pytorch_model",
+                |cfg: &transformer::Config| {
+                    format!(
+                        "{} dual + {} single blocks, width {}, history embedders {}, image projection {}",
+                        cfg.num_layers,
+                        cfg.num_single_layers,
+                        cfg.inner_dim(),
+                        if cfg.has_clean_x_embedder { "yes" } else { "NO" },
+                        if cfg.has_image_proj { "yes" } else { "no" }
+                    )
+                },
+                |cfg, vb| {
+                    if !cfg.has_clean_x_embedder {
+                        return Err(candle_core::Error::Msg(
+                            "config has has_clean_x_embedder = false: not a FramePack transformer".into(),
+                        ));
+                    }
+                    Transformer::new(vb, cfg)
+                },
+            ),
+            Component::Vae => check_model(
+                dir,
+                "diffusion_pytorch_model",
+                |cfg: &vae::Config| {
+                    format!("{} latent channels, blocks {:?}", cfg.latent_channels, cfg.block_out_channels)
+                },
+                |cfg, vb| AutoencoderKLHunyuanVideo::new(vb, cfg),
+            ),
+            Component::TextEncoder => check_model_json(
+                dir,
+                "model",
+                LlamaConfig::from_json,
+                |cfg: &LlamaConfig| format!("{} layers, width {}", cfg.num_hidden_layers, cfg.hidden_size),
+                |cfg, vb| Llama::new(vb, cfg),
+            ),
+            Component::TextEncoder2 => check_model_json(
+                dir,
+                "model",
+                ClipTextConfig::from_json,
+                |cfg: &ClipTextConfig| format!("{} layers, width {}", cfg.num_hidden_layers, cfg.hidden_size),
+                |cfg, vb| ClipTextModel::new(vb, cfg),
+            ),
+            Component::ImageEncoder => check_model_json(
+                dir,
+                "model",
+                SiglipVisionConfig::from_json,
+                |cfg: &SiglipVisionConfig| {
+                    format!(
+                        "{} layers, width {}, {}² input, {} tokens",
+                        cfg.num_hidden_layers,
+                        cfg.hidden_size,
+                        cfg.image_size,
+                        cfg.num_patches()
+                    )
+                },
+                |cfg, vb| SiglipVisionModel::new(vb, cfg),
+            ),
+            Component::Tokenizer | Component::Tokenizer2 => {
+                let path = dir.join("tokenizer.json");
+                match check_file(&path, "tokenizer.json") {
+                    Status::Present { summary } => match crate::models::text::load_tokenizer(&path) {
+                        Ok(t) => Status::Present { summary: format!("{summary}, {} tokens", t.get_vocab_size(true)) },
+                        Err(e) => mismatched(e.to_string()),
+                    },
+                    other => other,
+                }
+            }
+            Component::FeatureExtractor => {
+                let path = dir.join("preprocessor_config.json");
+                match check_file(&path, "preprocessor_config.json") {
+                    Status::Present { summary } => match siglip_input_size(&path) {
+                        Ok(Some(n)) => Status::Present { summary: format!("{summary}, {n}² input") },
+                        Ok(None) => Status::Present { summary },
+                        Err(s) => s,
+                    },
+                    other => other,
+                }
+            }
+        }
+    }
+
+    /// Loads the transformer and the VAE (strict weight checks) in `dtype` on `device`.
+    pub fn load_models(&self, device: &Device, dtype: DType) -> Result<Models> {
+        let report_one = |c: Component| BundleReport {
+            components: vec![ComponentReport {
+                component: c,
+                dir: self.dir(c).to_path_buf(),
+                status: self.inspect_one(c),
+            }],
+        };
+        report_one(Component::Transformer).require(&[Component::Transformer])?;
+        report_one(Component::Vae).require(&[Component::Vae])?;
+        let tcfg = self.transformer_config()?;
+        let tfiles =
+            weight_files(&self.transformer, "diffusion_pytorch_model").map_err(status_error(Component::Transformer))?;
+        let transformer = weights::load(WeightFiles::open(&tfiles)?, dtype, device, |vb| Transformer::new(vb, &tcfg))?;
+        let vcfg = self.vae_config()?;
+        let vfiles = weight_files(&self.vae, "diffusion_pytorch_model").map_err(status_error(Component::Vae))?;
+        let vae = AutoencoderKLHunyuanVideo::load(&vfiles, &vcfg, dtype, device)?;
+        Ok(Models { transformer, vae, vae_dtype: dtype })
+    }
+
+    /// A [`Generator`] over [`Self::load_models`].
+    pub fn load_generator(&self, device: &Device, dtype: DType) -> Result<Generator> {
+        Ok(Generator::new(self.load_models(device, dtype)?))
+    }
+}
+
+fn status_error(c: Component) -> impl Fn(Status) -> Error {
+    move |s| match s {
+        Status::Missing { what } => {
+            Error::invalid("model bundle", format!("{} ({}) is missing: {what}", c, c.describe()))
+        }
+        Status::Mismatched { reason } => {
+            Error::invalid("model bundle", format!("{} ({}) does not fit: {reason}", c, c.describe()))
+        }
+        Status::Present { summary } => Error::invalid("model bundle", format!("{c}: unexpected state ({summary})")),
+    }
+}

@@ -1,0 +1,215 @@
+//! The whole FramePack pipeline over a model bundle: image preprocessing, SigLIP, prompt
+//! encoding (cached by prompt text), and the [`Generator`].
+//!
+//! [`Pipeline::start`] takes a [`Request`] — start image, prompt (optionally timestamped,
+//! `[0s: …] [2s-4s: …]`), optional end image, resolution base and [`Settings`] — and returns a
+//! [`Job`] that yields the decoded sections. The text encoders (the Llama alone is ~16 GB in
+//! bf16) are loaded only when a prompt is not cached yet and dropped right after encoding; the
+//! SigLIP encoder is kept.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use crate::bundle::{BundlePaths, Component};
+use crate::error::{Error, Result};
+use crate::generator::{Conditioning, Generator, Job, PromptSchedule, Settings, TextConditioning};
+use crate::models::text::clip::ClipTextConfig;
+use crate::models::text::llama::LlamaConfig;
+use crate::models::text::{PromptCache, PromptEncoder, PromptEncoderFiles, PromptEncoderOptions, PromptFeatures};
+use crate::models::vision::{SiglipVisionConfig, SiglipVisionModel};
+use crate::preprocess::{self, RgbImage};
+
+/// FramePack's resolution class.
+pub const DEFAULT_RESOLUTION: usize = 640;
+
+/// One video to generate.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// The start frame (any size; it is bucketed, resized and center-cropped).
+    pub image: RgbImage,
+    /// Optional end frame (resized and cropped to the start frame's bucket).
+    pub end_image: Option<RgbImage>,
+    /// The prompt; `[0s: …] [2s-4s: …]` tags change it over time (see [`PromptSchedule`]).
+    pub prompt: String,
+    /// Resolution class of the buckets (640 in FramePack).
+    pub resolution: usize,
+    /// Length, seed, steps, schedule, TeaCache, …
+    pub settings: Settings,
+}
+
+impl Request {
+    /// A request with FramePack's defaults.
+    pub fn new(image: RgbImage, prompt: impl Into<String>) -> Self {
+        Self {
+            image,
+            end_image: None,
+            prompt: prompt.into(),
+            resolution: DEFAULT_RESOLUTION,
+            settings: Settings::default(),
+        }
+    }
+}
+
+/// The preprocessed images of a request.
+#[derive(Clone, Debug)]
+pub struct PreparedImages {
+    /// The start frame, bucketed and cropped.
+    pub start: RgbImage,
+    /// The end frame, cropped to the same size.
+    pub end: Option<RgbImage>,
+}
+
+/// Every model of a bundle, ready to generate.
+pub struct Pipeline {
+    generator: Generator,
+    vision: SiglipVisionModel,
+    text_files: PromptEncoderFiles,
+    prompt_cache: PromptCache,
+    device: Device,
+    dtype: DType,
+}
+
+fn read_text(path: &Path, c: Component) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::invalid("model bundle", format!("{c} ({}): cannot read {}: {e}", c.describe(), path.display()))
+    })
+}
+
+fn weight_paths(dir: &Path, c: Component) -> Result<Vec<std::path::PathBuf>> {
+    crate::bundle::weight_files(dir, "model").map_err(|s| {
+        let report = crate::bundle::BundleReport {
+            components: vec![crate::bundle::ComponentReport { component: c, dir: dir.to_path_buf(), status: s }],
+        };
+        report.require(&[c]).expect_err("weight_files only fails with a problem")
+    })
+}
+
+impl Pipeline {
+    /// Checks the whole bundle (one line naming the first missing or mismatched part), loads the
+    /// transformer, the VAE and SigLIP, and records where the text encoders are.
+    pub fn load(paths: &BundlePaths, device: &Device, dtype: DType) -> Result<Self> {
+        paths.inspect().require(&Component::ALL)?;
+        let generator = paths.load_generator(device, dtype)?;
+        let vcfg = SiglipVisionConfig::from_json(&read_text(
+            &paths.image_encoder.join("config.json"),
+            Component::ImageEncoder,
+        )?)?;
+        let vfiles = weight_paths(&paths.image_encoder, Component::ImageEncoder)?;
+        let vision = SiglipVisionModel::load(&vfiles, &vcfg, dtype, device)?;
+        let pre = paths.feature_extractor.join("preprocessor_config.json");
+        if let Ok(Some(size)) = crate::bundle::siglip_input_size(&pre)
+            && size != vcfg.image_size
+        {
+            return Err(Error::invalid(
+                "model bundle",
+                format!(
+                    "feature_extractor resizes to {size}² but the image encoder takes {}² ({})",
+                    vcfg.image_size,
+                    pre.display()
+                ),
+            ));
+        }
+        let text_files = PromptEncoderFiles {
+            llama_config: LlamaConfig::from_json(&read_text(
+                &paths.text_encoder.join("config.json"),
+                Component::TextEncoder,
+            )?)?,
+            llama_weights: weight_paths(&paths.text_encoder, Component::TextEncoder)?,
+            llama_tokenizer: paths.tokenizer.join("tokenizer.json"),
+            clip_config: ClipTextConfig::from_json(&read_text(
+                &paths.text_encoder_2.join("config.json"),
+                Component::TextEncoder2,
+            )?)?,
+            clip_weights: weight_paths(&paths.text_encoder_2, Component::TextEncoder2)?,
+            clip_tokenizer: paths.tokenizer_2.join("tokenizer.json"),
+        };
+        let cfg = generator.models().transformer.config();
+        if text_files.llama_config.hidden_size != cfg.text_embed_dim
+            || text_files.clip_config.hidden_size != cfg.pooled_projection_dim
+            || vcfg.hidden_size != cfg.image_proj_dim
+        {
+            return Err(Error::invalid(
+                "model bundle",
+                format!(
+                    "encoder widths (Llama {}, CLIP {}, SigLIP {}) do not match the transformer's inputs ({}, {}, {})",
+                    text_files.llama_config.hidden_size,
+                    text_files.clip_config.hidden_size,
+                    vcfg.hidden_size,
+                    cfg.text_embed_dim,
+                    cfg.pooled_projection_dim,
+                    cfg.image_proj_dim
+                ),
+            ));
+        }
+        Ok(Self { generator, vision, text_files, prompt_cache: PromptCache::new(), device: device.clone(), dtype })
+    }
+
+    /// The generator (transformer + VAE).
+    pub fn generator(&self) -> &Generator {
+        &self.generator
+    }
+
+    /// The prompt features cache (by exact prompt text).
+    pub fn prompt_cache(&mut self) -> &mut PromptCache {
+        &mut self.prompt_cache
+    }
+
+    /// Buckets, resizes and center-crops the start image (and the end image to the same size).
+    pub fn prepare_images(&self, request: &Request) -> Result<PreparedImages> {
+        let img = &request.image;
+        let (h, w) = preprocess::find_nearest_bucket(img.height(), img.width(), request.resolution)?;
+        let start = preprocess::resize_and_center_crop(img, w, h)?;
+        let end = request.end_image.as_ref().map(|e| preprocess::resize_and_center_crop(e, w, h)).transpose()?;
+        Ok(PreparedImages { start, end })
+    }
+
+    /// Encodes every prompt not cached yet (loading the text encoders only if needed) and returns
+    /// the features of `texts` in order.
+    pub fn encode_prompts(&mut self, texts: &[&str]) -> Result<Vec<PromptFeatures>> {
+        let (files, dtype, device) = (&self.text_files, self.dtype, &self.device);
+        self.prompt_cache
+            .encode_missing(texts, || PromptEncoder::load(files, PromptEncoderOptions::default(), dtype, device))?;
+        texts
+            .iter()
+            .map(|t| self.prompt_cache.get(t).cloned().ok_or_else(|| Error::invalid("prompt", "not in the cache")))
+            .collect()
+    }
+
+    /// SigLIP `last_hidden_state` of an image.
+    pub fn image_embeds(&self, image: &RgbImage) -> Result<Tensor> {
+        Ok(self.vision.encode_image(image)?.to_dtype(DType::F32)?)
+    }
+
+    /// Everything a [`Job`] needs, encoded.
+    pub fn conditioning(&mut self, request: &Request) -> Result<Conditioning> {
+        let schedule = PromptSchedule::parse(&request.prompt)?;
+        let (_, plan) = request.settings.plan()?;
+        let per_section = schedule.for_sections(&plan);
+        let texts: Vec<&str> = per_section.iter().map(String::as_str).collect();
+        let features = self.encode_prompts(&texts)?;
+        let text = features
+            .into_iter()
+            .map(|f| -> Result<TextConditioning> {
+                Ok(TextConditioning {
+                    llama: f.llama.to_dtype(DType::F32)?,
+                    pooled: f.clip_pooled.to_dtype(DType::F32)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let images = self.prepare_images(request)?;
+        let image_embeds = self.image_embeds(&images.start)?;
+        Ok(Conditioning {
+            start_image: preprocess::image_to_tensor(&images.start, &self.device)?,
+            end_image: images.end.as_ref().map(|e| preprocess::image_to_tensor(e, &self.device)).transpose()?,
+            image_embeds: Some(image_embeds),
+            text,
+        })
+    }
+
+    /// Encodes the request and starts a job.
+    pub fn start(&mut self, request: &Request) -> Result<Job> {
+        let conditioning = self.conditioning(request)?;
+        self.generator.start(conditioning, request.settings.clone())
+    }
+}

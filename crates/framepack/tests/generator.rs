@@ -1,0 +1,329 @@
+//! The generation loop end to end with a tiny random transformer and VAE: frame counts of both
+//! loops, determinism, cancellation, TeaCache, end frames, progress and input errors.
+
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, Device, Tensor};
+use framepack::Error;
+use framepack::generator::{CancelToken, Conditioning, Frame, Generator, Models, Settings, TextConditioning};
+use framepack::packing::{Schedule, SectionOrder};
+use framepack::sampling::Sampler;
+use framepack::testing;
+
+fn generator() -> Generator {
+    let dev = Device::Cpu;
+    Generator::new(Models {
+        transformer: testing::tiny_transformer(1, DType::F32, &dev).unwrap(),
+        vae: testing::tiny_vae(2, DType::F32, &dev).unwrap(),
+        vae_dtype: DType::F32,
+    })
+}
+
+fn randn(seed: u64, shape: &[usize]) -> Tensor {
+    framepack::generator::NoiseRng::new(seed).normal_tensor(shape, &Device::Cpu).unwrap()
+}
+
+fn conditioning(width: usize, height: usize) -> Conditioning {
+    Conditioning {
+        start_image: testing::test_image(width, height, 3).unwrap(),
+        end_image: None,
+        image_embeds: Some(randn(4, &[1, 4, 8])),
+        text: vec![TextConditioning { llama: randn(5, &[1, 5, 16]), pooled: randn(6, &[1, 8]) }],
+    }
+}
+
+fn settings(schedule: Schedule, seconds: f64, window: usize) -> Settings {
+    Settings { seconds, window, schedule, steps: 4, seed: 7, ..Settings::default() }
+}
+
+/// Runs a job, checks that the section frame ranges tile the video in the loop's order, and
+/// returns the frames in play order.
+fn run(g: &Generator, cond: Conditioning, s: Settings) -> Vec<Frame> {
+    let job = g.start(cond, s).unwrap();
+    let (total, order, n) = (job.total_frames(), job.plan().order, job.plan().sections);
+    let job_window = job.plan().window;
+    let mut video: Vec<Option<Frame>> = vec![None; total];
+    let mut ranges = Vec::new();
+    for (i, section) in job.enumerate() {
+        let section = section.unwrap();
+        assert_eq!(section.index, i);
+        assert_eq!(section.is_last, i + 1 == n);
+        assert_eq!(section.frames.len(), section.frame_range.len());
+        assert_eq!(section.provisional.len(), section.provisional_range.len());
+        // Provisional frames sit right next to the final ones, on the ungenerated side.
+        if section.is_last {
+            assert!(section.provisional.is_empty());
+        } else {
+            assert_eq!(section.provisional.len(), 4 * job_window - 3);
+            match order {
+                SectionOrder::Forward => assert_eq!(section.provisional_range.start, section.frame_range.end),
+                SectionOrder::Inverted => assert_eq!(section.provisional_range.end, section.frame_range.start),
+            }
+        }
+        for (k, f) in section.frame_range.clone().zip(section.frames) {
+            assert!(video[k].is_none(), "frame {k} produced twice");
+            video[k] = Some(f);
+        }
+        ranges.push(section.frame_range);
+    }
+    assert_eq!(ranges.len(), n);
+    for w in ranges.windows(2) {
+        match order {
+            SectionOrder::Forward => assert_eq!(w[0].end, w[1].start, "{ranges:?}"),
+            SectionOrder::Inverted => assert_eq!(w[1].end, w[0].start, "{ranges:?}"),
+        }
+    }
+    video.into_iter().map(|f| f.expect("every frame produced")).collect()
+}
+
+#[test]
+fn both_loops_give_36n_plus_1_frames_for_window_9() {
+    let g = generator();
+    for schedule in [Schedule::InvertedAntiDrifting, Schedule::Geometric] {
+        // 2.4 s at 30 fps = 72 frames = 2 sections of 36.
+        let video = run(&g, conditioning(32, 32), settings(schedule.clone(), 2.4, 9));
+        assert_eq!(video.len(), 36 * 2 + 1, "{schedule:?}");
+        assert!(video.iter().all(|f| (f.width, f.height, f.rgb.len()) == (32, 32, 32 * 32 * 3)));
+        // Real pictures, not a constant or saturated field: many distinct values, frames differ.
+        let mut seen = [false; 256];
+        video.iter().flat_map(|f| &f.rgb).for_each(|&b| seen[b as usize] = true);
+        assert!(seen.iter().filter(|&&s| s).count() > 32, "{schedule:?}: too few distinct pixel values");
+        assert!(video[0] != video[36] && video[36] != video[72], "{schedule:?}: frames do not change");
+    }
+}
+
+#[test]
+fn frame_counts_follow_4_times_1_plus_n_w_minus_3() {
+    let g = generator();
+    // (schedule, seconds, window) → sections = round(30·s / 4W).
+    let cases = [
+        (Schedule::InvertedAntiDrifting, 1.2, 3, 3),
+        (Schedule::Geometric, 1.2, 3, 3),
+        (Schedule::InvertedAntiDrifting, 0.5, 4, 1),
+        (Schedule::Geometric, 0.5, 4, 1),
+        (Schedule::FirstFramePriority, 0.8, 2, 3),
+        (Schedule::Symmetric, 2.0, 5, 3),
+        (Schedule::InvertedAntiDrifting, 3.6, 2, 14),
+    ];
+    for (schedule, seconds, window, sections) in cases {
+        let s = settings(schedule.clone(), seconds, window);
+        let job = g.start(conditioning(16, 32), s.clone()).unwrap();
+        assert_eq!(job.plan().sections, sections, "{schedule:?} {seconds}s W={window}");
+        let video = run(&g, conditioning(16, 32), s);
+        assert_eq!(video.len(), 4 * (1 + sections * window) - 3, "{schedule:?} {seconds}s W={window}");
+        assert!(video.iter().all(|f| (f.width, f.height) == (16, 32)));
+    }
+}
+
+#[test]
+fn same_request_and_seed_give_identical_frames() {
+    let g = generator();
+    for schedule in [Schedule::InvertedAntiDrifting, Schedule::Geometric] {
+        let s = settings(schedule, 2.4, 9);
+        let a = run(&g, conditioning(32, 16), s.clone());
+        let b = run(&generator(), conditioning(32, 16), s.clone());
+        assert!(a == b, "two runs differ");
+        let c = run(&g, conditioning(32, 16), Settings { seed: 8, ..s.clone() });
+        assert!(a != c, "another seed gives the same video");
+        let d = run(&g, conditioning(32, 16), Settings { sampler: Sampler::Euler, ..s });
+        assert!(a != d, "another sampler gives the same video");
+    }
+}
+
+#[test]
+fn cancel_stops_within_one_step() {
+    let g = generator();
+    for schedule in [Schedule::InvertedAntiDrifting, Schedule::Geometric] {
+        let calls = Arc::new(Mutex::new(Vec::new()));
+        let token = CancelToken::new();
+        let (log, t) = (calls.clone(), token.clone());
+        let mut job =
+            g.start(conditioning(32, 32), settings(schedule, 2.4, 9)).unwrap().with_cancel_token(token).on_progress(
+                move |p| {
+                    log.lock().unwrap().push((p.section, p.step));
+                    if p.section == 1 && p.step == 2 {
+                        t.cancel();
+                    }
+                },
+            );
+        let first = job.next().unwrap().unwrap();
+        assert_eq!(first.index, 0);
+        match job.next() {
+            Some(Err(Error::Cancelled)) => {}
+            other => panic!("expected Cancelled, got {:?}", other.map(|r| r.map(|s| s.index))),
+        }
+        assert!(job.next().is_none(), "a cancelled job ends");
+        // Steps 1..4 of section 0, then 1, 2 of section 1: nothing after the cancelling step.
+        assert_eq!(*calls.lock().unwrap(), vec![(0, 1), (0, 2), (0, 3), (0, 4), (1, 1), (1, 2)]);
+    }
+
+    // Cancelled from another thread before the job starts: the first section fails at once.
+    let job = g.start(conditioning(32, 32), settings(Schedule::Geometric, 2.4, 9)).unwrap();
+    let token = job.cancel_token();
+    std::thread::spawn(move || token.cancel()).join().unwrap();
+    let results: Vec<_> = job.collect();
+    assert!(matches!(results.as_slice(), [Err(Error::Cancelled)]));
+}
+
+#[test]
+fn the_job_runs_on_another_thread() {
+    let g = generator();
+    let job = g.start(conditioning(32, 32), settings(Schedule::Geometric, 1.2, 9)).unwrap();
+    let handle = std::thread::spawn(move || job.map(|s| s.map(|s| s.frames.len())).collect::<Result<Vec<_>, _>>());
+    let counts = handle.join().unwrap().unwrap();
+    assert_eq!(counts.iter().sum::<usize>(), 37);
+}
+
+#[test]
+fn progress_reports_every_step_with_a_falling_eta() {
+    let g = generator();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let job = g.start(conditioning(32, 32), settings(Schedule::InvertedAntiDrifting, 2.4, 9)).unwrap().on_progress(
+        move |p| {
+            let preview = framepack::generator::latent_preview(p.denoised).unwrap();
+            log.lock().unwrap().push((
+                p.section,
+                p.sections,
+                p.step,
+                p.total_steps,
+                p.eta,
+                p.fraction(),
+                preview.width,
+            ));
+        },
+    );
+    job.run_to_end().unwrap();
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 2 * 4);
+    for (i, &(section, sections, step, total, _, fraction, preview_w)) in seen.iter().enumerate() {
+        assert_eq!((section, sections, step, total), (i / 4, 2, i % 4 + 1, 4));
+        assert!((fraction - (i + 1) as f64 / 8.0).abs() < 1e-12);
+        assert_eq!(preview_w, 9 * 4, "9 latent frames of width 4 side by side");
+    }
+    assert_eq!(seen.last().unwrap().4, std::time::Duration::ZERO);
+}
+
+#[test]
+fn teacache_skips_steps_and_a_zero_skip_threshold_changes_nothing() {
+    let g = generator();
+    let s = Settings { steps: 8, ..settings(Schedule::Geometric, 2.4, 9) };
+    let full = run(&g, conditioning(32, 32), s.clone());
+    let never_skip = run(&g, conditioning(32, 32), Settings { teacache: Some(1e-12), ..s.clone() });
+    assert!(full == never_skip, "TeaCache that never skips must not change the result");
+    let job = g.start(conditioning(32, 32), Settings { teacache: Some(1e6), ..s.clone() }).unwrap();
+    let mut frames = 0;
+    for section in job {
+        let section = section.unwrap();
+        // First and last step always compute; a huge threshold skips every other one.
+        assert_eq!(section.teacache_skipped, 8 - 2);
+        frames += section.frames.len();
+    }
+    assert_eq!(frames, 73);
+    let skipping = run(&g, conditioning(32, 32), Settings { teacache: Some(1e6), ..s });
+    assert!(full != skipping);
+}
+
+#[test]
+fn an_end_image_changes_the_video_and_is_optional() {
+    let g = generator();
+    let s = settings(Schedule::InvertedAntiDrifting, 2.4, 9);
+    let plain = run(&g, conditioning(32, 32), s.clone());
+    let mut cond = conditioning(32, 32);
+    cond.end_image = Some(testing::test_image(32, 32, 99).unwrap());
+    let ended = run(&g, cond, s);
+    assert_eq!(plain.len(), ended.len());
+    assert!(plain != ended);
+}
+
+#[test]
+fn per_section_prompts_are_used() {
+    let g = generator();
+    let s = settings(Schedule::Geometric, 2.4, 9);
+    let base = conditioning(32, 32);
+    let other = TextConditioning { llama: randn(50, &[1, 3, 16]), pooled: randn(51, &[1, 8]) };
+    let mut two = base.clone();
+    two.text = vec![base.text[0].clone(), other];
+    let a = run(&g, base, s.clone());
+    let b = run(&g, two, s);
+    // Section 0 is the same; the second prompt changes only what section 1 touches.
+    assert!(a[..4] == b[..4], "frames finalized by section 0 must not change");
+    assert!(a != b);
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let g = generator();
+    let s = settings(Schedule::Geometric, 2.4, 9);
+    let bad = |cond: Conditioning, s: Settings| match g.start(cond, s) {
+        Err(Error::Invalid { what, reason }) => format!("{what}: {reason}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("accepted"),
+    };
+    assert!(bad(conditioning(24, 32), s.clone()).contains("multiples of 16"));
+    let mut c = conditioning(32, 32);
+    c.text = vec![c.text[0].clone(); 3];
+    assert!(bad(c, s.clone()).contains("3 encoded prompts for 2 sections"));
+    let mut c = conditioning(32, 32);
+    c.image_embeds = None;
+    assert!(bad(c, s.clone()).starts_with("image embeds"));
+    let mut c = conditioning(32, 32);
+    c.end_image = Some(testing::test_image(32, 16, 1).unwrap());
+    let inverted = Settings { schedule: Schedule::InvertedAntiDrifting, ..s.clone() };
+    assert!(bad(c.clone(), inverted).contains("differs from the start image"));
+    assert!(bad(c, s.clone()).contains("no context after the window"));
+    let mut c = conditioning(32, 32);
+    c.text[0].llama = randn(1, &[1, 5, 15]);
+    assert!(bad(c, s.clone()).starts_with("prompt features"));
+    assert!(bad(conditioning(32, 32), Settings { steps: 0, ..s.clone() }).starts_with("steps"));
+    assert!(bad(conditioning(32, 32), Settings { seconds: -1.0, ..s.clone() }).starts_with("seconds"));
+    assert!(bad(conditioning(32, 32), Settings { teacache: Some(0.0), ..s.clone() }).starts_with("teacache"));
+    let custom = framepack::packing::ContextSchedule {
+        past: vec![framepack::packing::Level::new(2, framepack::packing::Kernel::new(1, 3, 3))],
+        ..framepack::packing::ContextSchedule::geometric()
+    };
+    assert!(bad(conditioning(32, 32), Settings { schedule: Schedule::Custom(custom), ..s }).starts_with("schedule"));
+}
+
+#[test]
+fn cancel_from_another_thread_while_sampling() {
+    let g = generator();
+    let (tx, rx) = std::sync::mpsc::channel::<(usize, usize)>();
+    let job = g
+        .start(conditioning(32, 32), Settings { steps: 50, ..settings(Schedule::Geometric, 4.8, 9) })
+        .unwrap()
+        .on_progress(move |p| {
+            let _ = tx.send((p.section, p.step));
+            // Slow the steps down so the other thread's cancel lands mid-section.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        });
+    let token = job.cancel_token();
+    let worker = std::thread::spawn(move || job.collect::<Vec<_>>());
+    // Wait for the third step, then cancel.
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        seen.push(rx.recv().unwrap());
+    }
+    token.cancel();
+    let cancelled_after = seen.len();
+    let results = worker.join().unwrap();
+    let more: Vec<_> = rx.try_iter().collect();
+    // The step in flight when the token flipped may still report; nothing after it.
+    assert!(more.len() <= 1, "{} steps reported after cancel", more.len());
+    assert!(cancelled_after + more.len() < 4 * 50);
+    assert!(matches!(results.last(), Some(Err(framepack::Error::Cancelled))));
+    assert!(results.iter().rev().skip(1).all(|r| r.is_ok()));
+}
+
+#[test]
+fn sampled_image_latents_are_seeded() {
+    use framepack::generator::ImageLatent;
+    let g = generator();
+    let s = settings(Schedule::Geometric, 1.2, 9);
+    let mean = run(&g, conditioning(32, 32), s.clone());
+    let sampled = Settings { image_latent: ImageLatent::Sample, ..s };
+    let a = run(&g, conditioning(32, 32), sampled.clone());
+    assert!(a == run(&g, conditioning(32, 32), sampled.clone()));
+    assert!(a != mean);
+    assert!(a != run(&g, conditioning(32, 32), Settings { seed: 99, ..sampled }));
+}
