@@ -140,9 +140,10 @@ impl PixelHistory {
 /// FramePack) and cross-fade over `4W − 3` frames.
 ///
 /// ```no_run
-/// # use framepack::models::vae::{AutoencoderKLHunyuanVideo, SectionDecoder, SectionOrder};
+/// # use framepack::models::vae::{AutoencoderKLHunyuanVideo, SectionDecoder};
+/// # use framepack::packing::SectionOrder;
 /// # fn run(vae: &AutoencoderKLHunyuanVideo, sections: &[candle_core::Tensor]) -> framepack::Result<()> {
-/// let mut decoder = SectionDecoder::new(SectionOrder::HistoryFirst, 9)?;
+/// let mut decoder = SectionDecoder::new(SectionOrder::Forward, 9)?;
 /// for latents in sections {
 ///     // Transformer latents are scaled; the VAE decodes unscaled ones.
 ///     if let Some(frames) = decoder.push(latents, |z| vae.decode(&vae.unscale_latents(z)?))? {
