@@ -4,6 +4,7 @@
 //! ```text
 //! cargo run --release -p framepack --example vae_bench -- [--frames 9,18] [--size 64]
 //!     [--tile 256] [--no-spatial] [--no-framewise] [--full] [--unit-frames 5] [--unit-size 32]
+//!     [--estimate-size 64] [--encode-size 512]
 //! ```
 //!
 //! A FramePack section decodes `2W = 18` latents (9 on the first section) at 64×64 latents
@@ -12,7 +13,9 @@
 //! estimates each requested section from the tile grid the tiled decoder runs, scaling the unit's
 //! time by the FLOPs of every tile (convolutions + mid-block attention, counted analytically).
 //! `--full` also runs the whole section decodes and reports measured time and peak memory next
-//! to the estimate.
+//! to the estimate. When `--size` differs from `--estimate-size`, estimate-only rows for FramePack's
+//! 9 and 18 latents at `--estimate-size` are added. `--encode-size N` also times the encode of one
+//! N×N image (FramePack's start frame), untiled.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -31,6 +34,8 @@ struct Args {
     full: bool,
     unit_frames: usize,
     unit_size: usize,
+    estimate_size: usize,
+    encode_size: usize,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -43,6 +48,8 @@ fn parse_args() -> Result<Args, String> {
         full: false,
         unit_frames: 5,
         unit_size: 32,
+        estimate_size: 64,
+        encode_size: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,6 +61,8 @@ fn parse_args() -> Result<Args, String> {
             "--tile" => a.tile = num(value()?)?,
             "--unit-frames" => a.unit_frames = num(value()?)?,
             "--unit-size" => a.unit_size = num(value()?)?,
+            "--estimate-size" => a.estimate_size = num(value()?)?,
+            "--encode-size" => a.encode_size = num(value()?)?,
             "--no-spatial" => a.spatial = false,
             "--no-framewise" => a.framewise = false,
             "--full" => a.full = true,
@@ -182,6 +191,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Tiling::default()
     };
 
+    if args.encode_size > 0 {
+        vae.set_tiling(Tiling::direct())?;
+        let x = Tensor::randn(0f32, 0.5, (1, 3, 1, args.encode_size, args.encode_size), &dev)?.tanh()?;
+        reset_peak();
+        let base = rss_gib();
+        let t = Instant::now();
+        let z = vae.encode(&x)?.mean()?;
+        println!(
+            "encode 1 frame {0}×{0} px → {1:?} in {2:.1}s, peak +{3:.2} GiB over the weights",
+            args.encode_size,
+            z.dims(),
+            t.elapsed().as_secs_f64(),
+            peak_gib() - base
+        );
+    }
+
     // One unit tile, decoded without tiling.
     vae.set_tiling(Tiling::direct())?;
     let z = Tensor::randn(0f32, 1.0, (1, 16, args.unit_frames, args.unit_size, args.unit_size), &dev)?;
@@ -203,12 +228,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     vae.set_tiling(tiling)?;
     let mut rows = Vec::new();
-    for &frames in &args.frames {
-        let grid = tile_grid(frames, args.size, &tiling);
+    let mut jobs: Vec<(usize, usize, bool)> = args.frames.iter().map(|&f| (f, args.size, args.full)).collect();
+    if args.estimate_size != args.size {
+        jobs.extend([(9, args.estimate_size, false), (18, args.estimate_size, false)]);
+    }
+    for (frames, size, run) in jobs {
+        let grid = tile_grid(frames, size, &tiling);
         let flops = grid.iter().map(|&(n, h, w)| decoder_flops(n, h, w)).sum::<f64>();
         let est = flops / unit_flops * unit_s;
-        let (measured, peak) = if args.full {
-            let z = Tensor::randn(0f32, 1.0, (1, 16, frames, args.size, args.size), &dev)?;
+        let (measured, peak) = if run {
+            let z = Tensor::randn(0f32, 1.0, (1, 16, frames, size, size), &dev)?;
             reset_peak();
             let base = rss_gib();
             let t = Instant::now();
@@ -219,7 +248,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             (None, None)
         };
-        rows.push((frames, grid.len(), flops, est, measured, peak));
+        rows.push((frames, size, grid.len(), flops, est, measured, peak));
     }
 
     println!();
@@ -239,12 +268,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if args.framewise { "framewise" } else { "" },
         if args.spatial { format!(" + spatial {}px", args.tile) } else { String::new() }
     );
-    for (frames, tiles, flops, est, measured, peak) in rows {
+    for (frames, size, tiles, flops, est, measured, peak) in rows {
         let fmt = |v: Option<f64>, unit: &str| v.map_or("not run".to_string(), |v| format!("{v:.1} {unit}"));
         println!(
             "| {frames} | {} | {} | {mode} | {tiles} | {:.1} | {:.0} s ({:.1} min) | {} | {} |",
             4 * frames - 3,
-            args.size * 8,
+            size * 8,
             flops / 1e12,
             est,
             est / 60.0,

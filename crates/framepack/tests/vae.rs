@@ -607,3 +607,45 @@ fn f64_model_matches_the_f64_fixtures() {
     println!("PARITY-F64 vae_tiny_vid21 out.decoded_z_framewise_f64 rel-L2 {rel:.3e} max-abs {max:.3e}");
     assert!(rel < 1e-6 && max < 1e-6);
 }
+
+#[test]
+fn half_precision_runs_on_the_generic_path() {
+    let t = tensors("vae_tiny_vid5.safetensors");
+    let weights = [fixture("vae_tiny_weights.safetensors")];
+    let vae = AutoencoderKLHunyuanVideo::load(&weights, &tiny_config(), DType::F16, &Device::Cpu).unwrap();
+    let mean = vae.encode(&t["in.sample"].to_dtype(DType::F16).unwrap()).unwrap().mean().unwrap();
+    let dec = vae.decode(&t["out.latent_mean"].to_dtype(DType::F16).unwrap()).unwrap();
+    assert_eq!(dec.dtype(), DType::F16);
+    let (rel_e, _) = diff(&mean, &t["out.latent_mean"]);
+    let (rel_d, _) = diff(&dec, &t["out.decoded_from_mean"]);
+    println!("F16: latent rel-L2 {rel_e:.3e}, decoded rel-L2 {rel_d:.3e}");
+    assert!(rel_e < 1e-2 && rel_d < 1e-2, "{rel_e} {rel_d}");
+
+    let err = AutoencoderKLHunyuanVideo::load(&weights, &tiny_config(), DType::BF16, &Device::Cpu).unwrap_err();
+    assert!(matches!(err, Error::Invalid { .. }) && err.to_string().contains("bf16"), "{err}");
+}
+
+#[test]
+fn hub_config_json_deserializes_to_the_real_config() {
+    let json = r#"{
+        "_class_name": "AutoencoderKLHunyuanVideo",
+        "_diffusers_version": "0.32.0.dev0",
+        "act_fn": "silu",
+        "block_out_channels": [128, 256, 512, 512],
+        "down_block_types": ["HunyuanVideoDownBlock3D", "HunyuanVideoDownBlock3D", "HunyuanVideoDownBlock3D", "HunyuanVideoDownBlock3D"],
+        "in_channels": 3,
+        "latent_channels": 16,
+        "layers_per_block": 2,
+        "mid_block_add_attention": true,
+        "norm_num_groups": 32,
+        "out_channels": 3,
+        "scaling_factor": 0.476986,
+        "spatial_compression_ratio": 8,
+        "temporal_compression_ratio": 4,
+        "up_block_types": ["HunyuanVideoUpBlock3D", "HunyuanVideoUpBlock3D", "HunyuanVideoUpBlock3D", "HunyuanVideoUpBlock3D"]
+    }"#;
+    let cfg: Config = serde_json::from_str(json).unwrap();
+    assert_eq!(cfg, Config::hunyuan_video());
+    assert_eq!(serde_json::from_str::<Config>("{}").unwrap(), Config::hunyuan_video());
+    cfg.validate().unwrap();
+}

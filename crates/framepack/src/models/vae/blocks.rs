@@ -29,8 +29,10 @@ fn record(trace: &mut Trace<'_>, name: &str, t: &Tensor) {
 /// Conv3d with a cubic kernel `k`, replicate padding of `k − 1` frames in front and `k / 2`
 /// pixels on each side of H and W, and no padding inside the convolution itself.
 ///
-/// Computed as one conv2d per chunk of output frames over the `k` time taps stacked into the
-/// channel axis (weights `(O, C, k, k, k)` reshape to `(O, C·k, k, k)` for free).
+/// Stride 1 on the CPU in f32 runs the shifted-GEMM kernel of `cpu.rs`; everything else (other
+/// devices and dtypes, the strided downsamplers) runs one conv2d per chunk of output frames over
+/// the `k` time taps stacked into the channel axis (weights `(O, C, k, k, k)` reshape to
+/// `(O, C·k, k, k)` for free).
 #[derive(Debug, Clone)]
 pub(crate) struct CausalConv3d {
     weight: Tensor,

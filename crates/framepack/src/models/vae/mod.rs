@@ -13,6 +13,13 @@
 //! default and changes the result, so it is part of the model's semantics; spatial tiling is off
 //! by default and only bounds memory. [`section`] holds FramePack's per-section decoding with the
 //! linear cross-fade between sections.
+//!
+//! On the CPU in f32 the stride-1 causal convolutions (all but the encoder's three downsamplers)
+//! run as shifted GEMMs without im2col and GroupNorm is fused with SiLU; other devices and dtypes
+//! use candle's conv2d and ops. The real decoder costs about 24 MFLOP per output pixel and frame:
+//! ≈ 0.2 PFLOP for a 9-latent, 512×512 section in one pass, ≈ 0.42 PFLOP with the default
+//! framewise tiling plus 256 px spatial tiles (overlaps are decoded twice). On a 2-core CPU that
+//! is hours; `examples/vae_bench.rs` measures it.
 
 mod blocks;
 mod cpu;
@@ -368,8 +375,13 @@ pub struct AutoencoderKLHunyuanVideo {
 impl AutoencoderKLHunyuanVideo {
     /// Builds the model from a var builder with diffusers' parameter names
     /// (`encoder.*`, `decoder.*`, `quant_conv.*`, `post_quant_conv.*`). Default [`Tiling`].
+    ///
+    /// On the CPU the dtype must be F32, F64 or F16: candle has no CPU matmul for BF16.
     pub fn new(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
         cfg.validate().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+        if vb.device().is_cpu() && vb.dtype() == DType::BF16 {
+            candle_core::bail!("the VAE cannot run in bf16 on the CPU (candle has no CPU bf16 matmul); use f32 or f16");
+        }
         let l = cfg.latent_channels;
         Ok(Self {
             encoder: Encoder::new(vb.pp("encoder"), cfg)?,
@@ -385,6 +397,9 @@ impl AutoencoderKLHunyuanVideo {
     /// right shape, no unused tensors).
     pub fn load<P: AsRef<Path>>(paths: &[P], cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
         cfg.validate()?;
+        if device.is_cpu() && dtype == DType::BF16 {
+            return Err(Error::invalid("vae dtype", "bf16 has no CPU matmul in candle; use f32 or f16 on the CPU"));
+        }
         weights::load(WeightFiles::open(paths)?, dtype, device, |vb| Self::new(vb, cfg))
     }
 

@@ -138,6 +138,21 @@ impl PixelHistory {
 /// The first push decodes everything pushed; later pushes decode the new latents together with
 /// the `W` previously pushed latents next to them in time (`2W` or `2W + 1` latents in
 /// FramePack) and cross-fade over `4W − 3` frames.
+///
+/// ```no_run
+/// # use framepack::models::vae::{AutoencoderKLHunyuanVideo, SectionDecoder};
+/// # use framepack::packing::SectionOrder;
+/// # fn run(vae: &AutoencoderKLHunyuanVideo, sections: &[candle_core::Tensor]) -> framepack::Result<()> {
+/// let mut decoder = SectionDecoder::new(SectionOrder::Forward, 9)?;
+/// for latents in sections {
+///     // Transformer latents are scaled; the VAE decodes unscaled ones.
+///     if let Some(frames) = decoder.push(latents, |z| vae.decode(&vae.unscale_latents(z)?))? {
+///         // `frames`: (B, 3, n, H, W) in [-1, 1], final, in time order.
+///     }
+/// }
+/// let last_frames = decoder.finish();
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone)]
 pub struct SectionDecoder {
     window: usize,
