@@ -110,7 +110,8 @@ impl PlaybackClock {
             match self.policy {
                 BufferPolicy::Hold => self.shown = Some(self.available - 1),
                 BufferPolicy::Pause => {
-                    self.position = avail;
+                    // Sit on the last frame; the next one follows as soon as it arrives.
+                    self.position = avail - 1.0;
                     self.shown = Some(self.available - 1);
                 }
                 BufferPolicy::Loop => {
@@ -222,5 +223,68 @@ pub(crate) fn play_cutscenes(
                 player.uploaded = shown;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(clock: &mut PlaybackClock, dt: f32, n: usize) -> Vec<Option<usize>> {
+        (0..n).map(|_| clock.advance(dt)).collect()
+    }
+
+    #[test]
+    fn waits_then_plays_at_fps() {
+        let mut c = PlaybackClock::new(10.0, BufferPolicy::Pause);
+        assert_eq!(c.advance(0.1), None);
+        assert_eq!(c.state(), PlaybackState::Waiting);
+        c.set_available(5);
+        assert_eq!(run(&mut c, 0.1, 5), [Some(0), Some(1), Some(2), Some(3), Some(4)]);
+        assert_eq!(c.state(), PlaybackState::Playing);
+    }
+
+    #[test]
+    fn pause_holds_then_resumes_without_skipping() {
+        let mut c = PlaybackClock::new(10.0, BufferPolicy::Pause);
+        c.set_available(3);
+        assert_eq!(run(&mut c, 0.1, 6), [Some(0), Some(1), Some(2), Some(2), Some(2), Some(2)]);
+        assert_eq!(c.state(), PlaybackState::Buffering);
+        c.set_available(6);
+        assert_eq!(run(&mut c, 0.1, 3), [Some(3), Some(4), Some(5)]);
+    }
+
+    #[test]
+    fn hold_keeps_the_clock_running_and_skips() {
+        let mut c = PlaybackClock::new(10.0, BufferPolicy::Hold);
+        c.set_available(3);
+        assert_eq!(run(&mut c, 0.1, 6), [Some(0), Some(1), Some(2), Some(2), Some(2), Some(2)]);
+        c.set_available(10);
+        assert_eq!(c.advance(0.1), Some(6));
+    }
+
+    #[test]
+    fn loop_replays_available_frames() {
+        let mut c = PlaybackClock::new(10.0, BufferPolicy::Loop);
+        c.set_available(3);
+        assert_eq!(run(&mut c, 0.1, 7), [Some(0), Some(1), Some(2), Some(0), Some(1), Some(2), Some(0)]);
+        assert_eq!(c.state(), PlaybackState::Buffering);
+    }
+
+    #[test]
+    fn finishes_on_the_last_frame() {
+        let mut c = PlaybackClock::new(10.0, BufferPolicy::Pause);
+        c.set_available(3);
+        c.set_total(3);
+        assert_eq!(run(&mut c, 0.1, 5), [Some(0), Some(1), Some(2), Some(2), Some(2)]);
+        assert_eq!(c.state(), PlaybackState::Finished);
+    }
+
+    #[test]
+    fn empty_video_finishes() {
+        let mut c = PlaybackClock::new(10.0, BufferPolicy::Pause);
+        c.set_total(0);
+        assert_eq!(c.advance(0.1), None);
+        assert_eq!(c.state(), PlaybackState::Finished);
     }
 }

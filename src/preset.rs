@@ -156,3 +156,30 @@ impl AssetLoader for PresetLoader {
         &["preset.ron"]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_presets_parse_and_validate() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/presets");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let p = Preset::from_ron(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            p.settings().plan().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            framepack::generator::PromptSchedule::parse(&p.prompt).unwrap();
+            n += 1;
+        }
+        assert!(n >= 3);
+    }
+
+    #[test]
+    fn parse_error_has_line_and_column() {
+        let e = Preset::from_ron("(\n  seconds: 2.0,\n  steps: \"many\",\n)").unwrap_err();
+        let err = PresetLoaderError::parse("presets/bad.preset.ron", &e).to_string();
+        assert!(err.starts_with("presets/bad.preset.ron:3:"), "{err}");
+    }
+}
