@@ -6,7 +6,9 @@
 //!   [`SectionReady`], [`GenerationProgress`], [`GenerationFinished`], [`GenerationFailed`],
 //!   [`GenerationCancelled`]).
 //! - [`Preset`] assets (`*.preset.ron`) hold prompt, length, seed, steps, schedule, …
-//! - [`CutscenePlayer`] plays a job's frames into an `Image` while later sections generate.
+//! - [`CutscenePlayer`] plays a job's frames into an `Image` while later sections generate;
+//!   a `Sprite`, `ImageNode` or `StandardMaterial` on the same entity is pointed at it.
+//! - Trigger [`CaptureCutscene`] to capture a camera or the window and generate from that frame.
 //!
 //! The default model is the embedded *nano* model: a tiny bundle with random weights, written
 //! to a temporary directory when the worker starts. It exercises the whole pipeline in
@@ -14,6 +16,7 @@
 //! bundle for real videos. The engine-agnostic core is re-exported as [`framepack`].
 #![warn(missing_docs)]
 
+mod capture;
 mod messages;
 mod playback;
 mod plugin;
@@ -23,6 +26,7 @@ mod worker;
 
 pub use framepack;
 
+pub use capture::{CaptureCutscene, CaptureFailed, CaptureSource};
 pub use messages::{
     GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress, GenerationStarted, JobId,
     SectionReady,
@@ -36,8 +40,9 @@ pub use worker::{FramePack, FramePackError, FramePackWorker, GenerationRequest, 
 /// The types most games need.
 pub mod prelude {
     pub use crate::{
-        BufferPolicy, CutscenePlayer, FramePack, FramePackPlugin, FramePackSettings, FramePackSystems,
-        GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress, GenerationRequest,
-        GenerationStarted, JobId, JobTicket, ModelSource, PlaybackState, Preset, RgbaImage, SectionReady,
+        BufferPolicy, CaptureCutscene, CaptureFailed, CaptureSource, CutscenePlayer, FramePack, FramePackPlugin,
+        FramePackSettings, FramePackSystems, GenerationCancelled, GenerationFailed, GenerationFinished,
+        GenerationProgress, GenerationRequest, GenerationStarted, JobId, JobTicket, ModelSource, PlaybackState, Preset,
+        RgbaImage, SectionReady,
     };
 }

@@ -216,12 +216,12 @@ pub(crate) fn play_cutscenes(
     for mut player in &mut players {
         let player = &mut *player;
         let shown = player.clock.advance(dt);
-        if shown.is_some() && shown != player.uploaded {
-            let index = shown.expect("checked");
-            if let (Some(Some(frame)), Some(mut image)) = (player.frames.get(index), images.get_mut(&player.image)) {
-                image.data = Some(frame.clone());
-                player.uploaded = shown;
-            }
+        if let Some(index) = shown
+            && shown != player.uploaded
+            && let (Some(Some(frame)), Some(mut image)) = (player.frames.get(index), images.get_mut(&player.image))
+        {
+            image.data = Some(frame.clone());
+            player.uploaded = shown;
         }
     }
 }

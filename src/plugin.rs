@@ -3,6 +3,7 @@
 use bevy::asset::{AssetEventSystems, AssetTrackingSystems};
 use bevy::prelude::*;
 
+use crate::capture::{CaptureFailed, attach_player_images, on_capture};
 use crate::messages::*;
 use crate::playback::{CutscenePlayer, play_cutscenes};
 use crate::preset::{Preset, PresetLoader};
@@ -41,7 +42,8 @@ pub enum FramePackSystems {
     /// `PreUpdate`, after asset tracking: drains the worker's responses, writes the messages and
     /// hands frames to the [`CutscenePlayer`]s.
     Receive,
-    /// `PostUpdate`, before `AssetEventSystems`: advances playback and uploads the frame to show.
+    /// `PostUpdate`, before `AssetEventSystems`: points new players' sprites, UI images and
+    /// materials at their image, advances playback and uploads the frame to show.
     Playback,
     /// `Last`: stops the worker when the app exits.
     Shutdown,
@@ -59,10 +61,12 @@ impl Plugin for FramePackPlugin {
             .add_message::<GenerationFinished>()
             .add_message::<GenerationFailed>()
             .add_message::<GenerationCancelled>()
+            .add_message::<CaptureFailed>()
+            .add_observer(on_capture)
             .configure_sets(PreUpdate, FramePackSystems::Receive.after(AssetTrackingSystems))
             .configure_sets(PostUpdate, FramePackSystems::Playback.before(AssetEventSystems))
             .add_systems(PreUpdate, receive.in_set(FramePackSystems::Receive))
-            .add_systems(PostUpdate, play_cutscenes.in_set(FramePackSystems::Playback))
+            .add_systems(PostUpdate, (attach_player_images, play_cutscenes).chain().in_set(FramePackSystems::Playback))
             .add_systems(Last, shutdown_on_exit.in_set(FramePackSystems::Shutdown));
     }
 }

@@ -135,7 +135,12 @@ pub enum PresetLoaderError {
 impl PresetLoaderError {
     /// A parse error located in `path`.
     pub fn parse(path: impl Into<String>, e: &ron::error::SpannedError) -> Self {
-        Self::Parse { path: path.into(), line: e.span.start.line, column: e.span.start.col, message: e.code.to_string() }
+        Self::Parse {
+            path: path.into(),
+            line: e.span.start.line,
+            column: e.span.start.col,
+            message: e.code.to_string(),
+        }
     }
 }
 

@@ -139,7 +139,7 @@ pub enum FramePackError {
 }
 
 pub(crate) enum Command {
-    Generate { id: JobId, request: GenerationRequest },
+    Generate { id: JobId, request: Box<GenerationRequest> },
     Shutdown,
 }
 
@@ -303,9 +303,8 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
             }
             s.current = Some((id, token.clone()));
         }
-        let result = catch_unwind(AssertUnwindSafe(|| {
-            run_job(&settings, &mut pipeline, &mut nano, id, &request, &token, &out)
-        }));
+        let result =
+            catch_unwind(AssertUnwindSafe(|| run_job(&settings, &mut pipeline, &mut nano, id, &request, &token, &out)));
         {
             let mut s = lock(&shared);
             s.current = None;
@@ -391,13 +390,8 @@ fn run_job(
         }))
     });
     let (width, height) = job.frame_size();
-    let started = GenerationStarted {
-        job: id,
-        sections: job.plan().sections,
-        total_frames: job.total_frames(),
-        width,
-        height,
-    };
+    let started =
+        GenerationStarted { job: id, sections: job.plan().sections, total_frames: job.total_frames(), width, height };
     if !out.send(Response::Started(started)) {
         return JobEnd::GameGone;
     }
@@ -406,11 +400,8 @@ fn run_job(
             Ok(s) => s,
             Err(e) => return failed(e),
         };
-        let frames = s
-            .frames
-            .iter()
-            .map(|f| f.rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect())
-            .collect();
+        let frames =
+            s.frames.iter().map(|f| f.rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect()).collect();
         let ready = SectionReady { job: id, index: s.index, total: s.sections, frames: s.frame_range.clone() };
         if !out.send(Response::Section { ready, width, height, frames }) {
             return JobEnd::GameGone;
@@ -451,10 +442,21 @@ impl FramePackWorker {
 
 /// Starts and cancels generation jobs from a system:
 ///
-/// ```ignore
-/// fn start(mut framepack: FramePack, /* … */) {
-///     let ticket = framepack.generate(GenerationRequest::new(image, "a cat walks"))?;
+/// ```
+/// use bevy::prelude::*;
+/// use bevy_framepack::prelude::*;
+///
+/// fn start(mut framepack: FramePack, mut images: ResMut<Assets<Image>>, mut commands: Commands) {
+///     let image = RgbaImage::new(2, 2, vec![255; 16]).expect("2·2·4 bytes");
+///     match framepack.generate(GenerationRequest::new(image, "a cat walks")) {
+///         Ok(ticket) => {
+///             let player = CutscenePlayer::new(&ticket, 30.0, BufferPolicy::Pause, &mut images);
+///             commands.spawn((Sprite::default(), player));
+///         }
+///         Err(e) => error!("{e}"),
+///     }
 /// }
+/// # App::new().add_systems(Update, start);
 /// ```
 #[derive(SystemParam)]
 pub struct FramePack<'w> {
@@ -489,9 +491,15 @@ impl FramePack<'_> {
         let thread = worker.thread.as_ref().expect("started above");
         thread
             .tx
-            .send(Command::Generate { id, request })
+            .send(Command::Generate { id, request: Box::new(request) })
             .map_err(|_| FramePackError::WorkerUnavailable("the worker thread has stopped".into()))?;
-        Ok(JobTicket { id, width: w as u32, height: h as u32, total_frames: plan.total_frames(), sections: plan.sections })
+        Ok(JobTicket {
+            id,
+            width: w as u32,
+            height: h as u32,
+            total_frames: plan.total_frames(),
+            sections: plan.sections,
+        })
     }
 
     /// Cancels a queued or running job; a [`GenerationCancelled`] message follows (unless the

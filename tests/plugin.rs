@@ -150,11 +150,12 @@ fn cancel_running_and_queued_jobs() {
     let b = generate(&mut app, nano_preset(1.0, 1)).unwrap();
     assert_ne!(a.id, b.id);
     update_until(&mut app, "first section", |a| !a.world().resource::<Log>().sections.is_empty());
-    app.world_mut().run_system_once(move |mut fp: FramePack| {
-        fp.cancel(b.id);
-        fp.cancel(a.id);
-    })
-    .unwrap();
+    app.world_mut()
+        .run_system_once(move |mut fp: FramePack| {
+            fp.cancel(b.id);
+            fp.cancel(a.id);
+        })
+        .unwrap();
     update_until(&mut app, "both cancelled", |a| a.world().resource::<Log>().cancelled.len() == 2);
     let log = app.world().resource::<Log>();
     assert_eq!(log.cancelled, [a.id, b.id]);
@@ -225,7 +226,8 @@ fn asset_app(dir: &std::path::Path) -> App {
 fn presets_load_as_assets_and_malformed_ones_report_line_and_column() {
     let dir = std::env::temp_dir().join(format!("bevy_framepack_presets_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("ok.preset.ron"), "(name: \"ok\", prompt: \"a cat\", seconds: 1.0, playback: Loop)").unwrap();
+    std::fs::write(dir.join("ok.preset.ron"), "(name: \"ok\", prompt: \"a cat\", seconds: 1.0, playback: Loop)")
+        .unwrap();
     std::fs::write(dir.join("bad.preset.ron"), "(\n  name: \"bad\",\n  seconds: \"long\",\n)").unwrap();
     let mut app = asset_app(&dir);
     let server = app.world().resource::<AssetServer>().clone();
@@ -248,4 +250,42 @@ fn presets_load_as_assets_and_malformed_ones_report_line_and_column() {
     let text = e.to_string();
     assert!(text.contains("bad.preset.ron:3:"), "{text}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_new_player_is_shown_by_the_sprite_and_ui_image_on_its_entity() {
+    let mut app = app(FramePackSettings::default());
+    let ticket = generate(&mut app, nano_preset(1.0, 1)).unwrap();
+    let e = app.world_mut().spawn((Sprite::default(), ImageNode::default())).id();
+    app.update();
+    let player = app.world_mut().resource_scope(|_, mut images: Mut<Assets<Image>>| {
+        CutscenePlayer::new(&ticket, 30.0, BufferPolicy::Hold, &mut images)
+    });
+    let handle = player.image().clone();
+    app.world_mut().entity_mut(e).insert(player);
+    app.update();
+    assert_eq!(app.world().get::<Sprite>(e).unwrap().image, handle);
+    assert_eq!(app.world().get::<ImageNode>(e).unwrap().image, handle);
+}
+
+#[derive(Resource, Default)]
+struct CaptureLog(Vec<CaptureFailed>);
+
+#[test]
+fn capturing_something_that_is_not_a_camera_reports_capture_failed() {
+    let mut app = app(FramePackSettings::default());
+    app.init_resource::<CaptureLog>()
+        .add_systems(Update, |mut r: MessageReader<CaptureFailed>, mut log: ResMut<CaptureLog>| {
+            log.0.extend(r.read().cloned())
+        });
+    let not_a_camera = app.world_mut().spawn_empty().id();
+    app.world_mut().trigger(CaptureCutscene {
+        source: CaptureSource::Camera(not_a_camera),
+        preset: Handle::default(),
+        player: not_a_camera,
+    });
+    app.update();
+    let log = &app.world().resource::<CaptureLog>().0;
+    assert_eq!(log.len(), 1);
+    assert!(log[0].error.contains("is not a camera"), "{}", log[0].error);
 }
