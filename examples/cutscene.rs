@@ -87,6 +87,9 @@ fn main() {
         Some(dir) => FramePackSettings::from_dir(dir),
         None => FramePackSettings::default(),
     };
+    // With `--features egui`: the FramePack panel (preset picker, prompt, start/cancel, progress).
+    #[cfg(feature = "egui")]
+    app.add_plugins((bevy_egui::EguiPlugin::default(), FramePackPanelPlugin)).add_systems(PostStartup, panel_target);
     app.add_plugins(FramePackPlugin::with_settings(settings))
         .insert_resource(args)
         .init_resource::<Stats>()
@@ -141,6 +144,16 @@ fn setup(mut commands: Commands, args: Res<Args>, server: Res<AssetServer>, mut 
     ));
     let preset = if args.model.is_some() { "presets/door.preset.ron" } else { "presets/nano.preset.ron" };
     commands.insert_resource(Scene { camera, target, preset: server.load(preset), job: None, triggered: false });
+}
+
+/// The panel's Start button captures the game view into the in-world screen.
+#[cfg(feature = "egui")]
+fn panel_target(scene: Res<Scene>, screen: Query<Entity, With<Screen>>, mut panel: ResMut<FramePackPanel>) {
+    let source = match &scene.target {
+        Some(t) => CaptureSource::Image(t.clone()),
+        None => CaptureSource::Camera(scene.camera),
+    };
+    panel.target = screen.single().ok().map(|e| (source, e));
 }
 
 fn move_player(keys: Res<ButtonInput<KeyCode>>, time: Res<Time>, mut q: Query<&mut Transform, With<Player>>) {

@@ -8,6 +8,8 @@
 //! - [`Preset`] assets (`*.preset.ron`) hold prompt, length, seed, steps, schedule, …
 //! - [`CutscenePlayer`] plays a job's frames into an `Image` while later sections generate;
 //!   a `Sprite`, `ImageNode` or `StandardMaterial` on the same entity is pointed at it.
+//! - Feature `egui`: `FramePackPanelPlugin`, a panel with preset picker, prompt, start/cancel,
+//!   progress and a live thumbnail. Feature `hot`: presets reload when their files change.
 //! - Trigger [`CaptureCutscene`] to capture a camera or the window and generate from that frame.
 //!
 //! The default model is the embedded *nano* model: a tiny bundle with random weights, written
@@ -18,6 +20,8 @@
 
 mod capture;
 mod messages;
+#[cfg(feature = "egui")]
+mod panel;
 mod playback;
 mod plugin;
 mod preset;
@@ -31,6 +35,8 @@ pub use messages::{
     GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress, GenerationStarted, JobId,
     SectionReady,
 };
+#[cfg(feature = "egui")]
+pub use panel::{FramePackPanel, FramePackPanelPlugin};
 pub use playback::{BufferPolicy, CutscenePlayer, PlaybackClock, PlaybackState};
 pub use plugin::{FramePackPlugin, FramePackPluginWithSettings, FramePackSystems};
 pub use preset::{Preset, PresetLoader, PresetLoaderError};
@@ -45,4 +51,6 @@ pub mod prelude {
         GenerationProgress, GenerationRequest, GenerationStarted, JobId, JobTicket, ModelSource, PlaybackState, Preset,
         RgbaImage, SectionReady,
     };
+    #[cfg(feature = "egui")]
+    pub use crate::{FramePackPanel, FramePackPanelPlugin};
 }
