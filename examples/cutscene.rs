@@ -95,6 +95,10 @@ fn main() {
         .init_resource::<Stats>()
         .add_systems(Startup, setup)
         .add_systems(Update, (move_player, trigger, cancel, status, headless_script, measure).chain())
+        .add_systems(
+            PostUpdate,
+            (playback_begins.before(FramePackSystems::Playback), playback_ends.after(FramePackSystems::Playback)),
+        )
         .run();
 }
 
@@ -265,12 +269,30 @@ fn status(
     }
 }
 
-/// Frame times with and without a generation running.
+/// Frame times with and without a generation running, and the main-world cost of the
+/// playback systems on frames where a new cutscene frame was uploaded.
 #[derive(Resource, Default)]
 struct Stats {
     generating: bool,
     idle: Vec<f32>,
     busy: Vec<f32>,
+    upload: Vec<f32>,
+    playback_start: Option<(std::time::Instant, Option<usize>)>,
+}
+
+fn playback_begins(mut stats: ResMut<Stats>, screen: Query<&CutscenePlayer, With<Screen>>) {
+    let shown = screen.single().ok().and_then(|p| p.current_frame());
+    stats.playback_start = Some((std::time::Instant::now(), shown));
+}
+
+fn playback_ends(mut stats: ResMut<Stats>, screen: Query<&CutscenePlayer, With<Screen>>) {
+    let shown = screen.single().ok().and_then(|p| p.current_frame());
+    if let Some((t, before)) = stats.playback_start.take()
+        && shown.is_some()
+        && shown != before
+    {
+        stats.upload.push(t.elapsed().as_secs_f32() * 1000.0);
+    }
 }
 
 fn measure(time: Res<Time>, mut stats: ResMut<Stats>) {
@@ -335,6 +357,7 @@ fn headless_script(
         println!("saved to {}: {}", args.out.display(), saved.join(", "));
         println!("frame time without generation: {}", percentiles(&stats.idle));
         println!("frame time while generating:   {}", percentiles(&stats.busy));
+        println!("playback systems on upload frames (main world): {}", percentiles(&stats.upload));
         exit.write(AppExit::Success);
     }
 }
