@@ -142,8 +142,8 @@ fn setup(mut commands: Commands, args: Res<Args>, server: Res<AssetServer>, mut 
     commands.spawn((rect(Color::srgb(0.2, 0.2, 0.2), Vec2::new(224.0, 168.0), Vec2::new(180.0, 130.0), 0.7), Screen));
     commands.spawn((
         Text2d::new("Walk into the golden door or press C"),
-        TextFont { font_size: FontSize::Px(16.0), ..default() },
-        Transform::from_xyz(-150.0, 210.0, 1.0),
+        TextFont { font_size: FontSize::Px(14.0), ..default() },
+        Transform::from_xyz(-135.0, 210.0, 1.0),
         Status,
     ));
     let preset = if args.model.is_some() { "presets/door.preset.ron" } else { "presets/nano.preset.ron" };
@@ -186,7 +186,7 @@ fn trigger(
     keys: Res<ButtonInput<KeyCode>>,
     mut scene: ResMut<Scene>,
     player: Query<&Transform, With<Player>>,
-    screen: Query<Entity, With<Screen>>,
+    mut screen: Query<(Entity, &mut Sprite), With<Screen>>,
     mut commands: Commands,
 ) {
     let at_door = player.iter().any(|t| t.translation.truncate().distance(DOOR) < 40.0);
@@ -195,8 +195,9 @@ fn trigger(
     if !wants {
         return;
     }
-    let Ok(screen) = screen.single() else { return };
-    // A new capture replaces the screen's player.
+    let Ok((screen, mut sprite)) = screen.single_mut() else { return };
+    // A new capture replaces the screen's player; untint the placeholder so frames show as made.
+    sprite.color = Color::WHITE;
     commands.entity(screen).remove::<CutscenePlayer>();
     let source = match &scene.target {
         Some(t) => CaptureSource::Image(t.clone()),
