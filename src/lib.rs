@@ -1,9 +1,56 @@
-//! FramePack video generation for Bevy.
+//! FramePack video generation as a Bevy plugin: `app.add_plugins(FramePackPlugin)`.
 //!
-//! The plugin (`FramePackPlugin`: frame capture, background worker, streamed texture playback,
-//! RON presets) is not part of this release yet. What exists today is the engine-agnostic
-//! core, re-exported here as [`framepack`]: packing schedules, section planning and the
-//! flow-matching samplers.
+//! - [`FramePackPlugin`] with its [`FramePackSettings`] resource (model source, device, dtype).
+//! - A dedicated worker thread owns the models ([`FramePackWorker`]); start jobs with the
+//!   [`FramePack`] system parameter, follow them with messages ([`GenerationStarted`],
+//!   [`SectionReady`], [`GenerationProgress`], [`GenerationFinished`], [`GenerationFailed`],
+//!   [`GenerationCancelled`]).
+//! - [`Preset`] assets (`*.preset.ron`) hold prompt, length, seed, steps, schedule, …
+//! - [`CutscenePlayer`] plays a job's frames into an `Image` while later sections generate;
+//!   a `Sprite`, `ImageNode` or `StandardMaterial` on the same entity is pointed at it.
+//! - Feature `egui`: `FramePackPanelPlugin`, a panel with preset picker, prompt, start/cancel,
+//!   progress and a live thumbnail. Feature `hot`: presets reload when their files change.
+//! - Trigger [`CaptureCutscene`] to capture a camera or the window and generate from that frame.
+//!
+//! The default model is the embedded *nano* model: a tiny bundle with random weights, written
+//! to a temporary directory when the worker starts. It exercises the whole pipeline in
+//! seconds on a CPU but its videos are noise; point [`FramePackSettings::model`] at a real
+//! bundle for real videos. The engine-agnostic core is re-exported as [`framepack`].
 #![warn(missing_docs)]
 
+mod capture;
+mod messages;
+#[cfg(feature = "egui")]
+mod panel;
+mod playback;
+mod plugin;
+mod preset;
+mod settings;
+mod worker;
+
 pub use framepack;
+
+pub use capture::{CaptureCutscene, CaptureFailed, CaptureSource};
+pub use messages::{
+    GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress, GenerationStarted, JobId,
+    SectionReady,
+};
+#[cfg(feature = "egui")]
+pub use panel::{FramePackPanel, FramePackPanelPlugin};
+pub use playback::{BufferPolicy, CutscenePlayer, PlaybackClock, PlaybackState};
+pub use plugin::{FramePackPlugin, FramePackPluginWithSettings, FramePackSystems};
+pub use preset::{Preset, PresetLoader, PresetLoaderError};
+pub use settings::{FramePackSettings, ModelSource};
+pub use worker::{FramePack, FramePackError, FramePackWorker, GenerationRequest, JobTicket, RgbaImage};
+
+/// The types most games need.
+pub mod prelude {
+    pub use crate::{
+        BufferPolicy, CaptureCutscene, CaptureFailed, CaptureSource, CutscenePlayer, FramePack, FramePackPlugin,
+        FramePackSettings, FramePackSystems, GenerationCancelled, GenerationFailed, GenerationFinished,
+        GenerationProgress, GenerationRequest, GenerationStarted, JobId, JobTicket, ModelSource, PlaybackState, Preset,
+        RgbaImage, SectionReady,
+    };
+    #[cfg(feature = "egui")]
+    pub use crate::{FramePackPanel, FramePackPanelPlugin};
+}

@@ -1,0 +1,19 @@
+//! The smallest FramePack app: a cutscene generated from a gradient plays on a sprite while it
+//! generates. The default model is the embedded nano model (random weights: the video is noise).
+use bevy::prelude::*;
+use bevy_framepack::prelude::*;
+
+fn main() {
+    App::new().add_plugins((DefaultPlugins, FramePackPlugin)).add_systems(Startup, setup).run();
+}
+
+fn setup(mut commands: Commands, mut framepack: FramePack, mut images: ResMut<Assets<Image>>) -> Result {
+    commands.spawn(Camera2d);
+    let preset = Preset { prompt: "a cat walks".into(), seconds: 2.0, steps: 4, resolution: 64, ..default() };
+    let gradient = (0..64 * 64).flat_map(|i: u32| [(i % 64 * 4) as u8, (i / 64 * 4) as u8, 128, 255]).collect();
+    let ticket = framepack.generate(preset.request(RgbaImage::new(64, 64, gradient)?))?;
+    let player = CutscenePlayer::new(&ticket, preset.fps, preset.playback, &mut images);
+    // The player points the sprite at its image; frames stream in as sections finish.
+    commands.spawn((Sprite { custom_size: Some(Vec2::splat(384.0)), ..default() }, player));
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! Plugin settings: where the model comes from and where it runs.
+
+use std::path::PathBuf;
+
+use bevy::prelude::*;
+use candle_core::DType;
+use framepack::bundle::DeviceChoice;
+
+/// Where the worker loads its models from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The embedded nano model: a tiny bundle with deterministic *random* weights, written to a
+    /// temporary directory when the worker starts (about 1 MB, loads in well under a second).
+    /// It runs the whole pipeline at toy size; its videos are noise, not pretty pictures.
+    #[default]
+    Nano,
+    /// A FramePack model bundle in the released layout (see `framepack::bundle::BundlePaths`).
+    Directory(PathBuf),
+}
+
+/// The plugin's settings. Insert it before or after adding [`FramePackPlugin`](crate::FramePackPlugin)
+/// (the plugin only inserts the default when it is absent); it is read when the worker thread
+/// starts, at the first generation request.
+#[derive(Resource, Clone, Debug, PartialEq)]
+pub struct FramePackSettings {
+    /// The model bundle.
+    pub model: ModelSource,
+    /// The device inference runs on (CUDA and Metal need `framepack`'s `cuda`/`metal` features).
+    pub device: DeviceChoice,
+    /// The weights' dtype.
+    pub dtype: DType,
+    /// How many response messages (sections, progress, …) may wait for the game before the
+    /// worker stops and waits (back-pressure). At least 1.
+    pub response_capacity: usize,
+}
+
+impl Default for FramePackSettings {
+    fn default() -> Self {
+        Self { model: ModelSource::Nano, device: DeviceChoice::Cpu, dtype: DType::F32, response_capacity: 8 }
+    }
+}
+
+impl FramePackSettings {
+    /// Settings for a model bundle directory.
+    pub fn from_dir(dir: impl Into<PathBuf>) -> Self {
+        Self { model: ModelSource::Directory(dir.into()), ..default() }
+    }
+    /// Sets the model source.
+    pub fn with_model(mut self, model: ModelSource) -> Self {
+        self.model = model;
+        self
+    }
+    /// Sets the device.
+    pub fn with_device(mut self, device: DeviceChoice) -> Self {
+        self.device = device;
+        self
+    }
+    /// Sets the dtype.
+    pub fn with_dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+    /// Sets the response channel capacity.
+    pub fn with_response_capacity(mut self, capacity: usize) -> Self {
+        self.response_capacity = capacity;
+        self
+    }
+}

@@ -1,0 +1,517 @@
+//! The inference worker: one dedicated thread that owns the models, fed by crossbeam channels.
+//!
+//! The game sends jobs over an unbounded channel (the job queue) and drains a *bounded*
+//! response channel once per frame without ever blocking; when the game falls behind, the
+//! worker waits before sending the next section (back-pressure), and drops progress updates
+//! rather than queueing them. Cancelling flips the running job's [`CancelToken`] (checked
+//! after every sampler step) or marks a queued job to be skipped. Shutdown (on `AppExit`, or
+//! when the resource is dropped) cancels the running job and joins the thread. A panic or an
+//! error inside inference becomes a [`GenerationFailed`] message.
+
+use std::collections::HashSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bevy::ecs::system::SystemParam;
+use bevy::prelude::*;
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
+use framepack::bundle::BundlePaths;
+use framepack::pipeline::{Pipeline, Request};
+use framepack::preprocess::RgbImage;
+use framepack::{CancelToken, Settings};
+
+use crate::messages::*;
+use crate::settings::{FramePackSettings, ModelSource};
+
+/// RGBA8 pixels of a start (or end) image, row-major, tightly packed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RgbaImage {
+    width: u32,
+    height: u32,
+    rgba: Vec<u8>,
+}
+
+impl RgbaImage {
+    /// Wraps `width·height·4` bytes of RGBA8.
+    pub fn new(width: u32, height: u32, rgba: Vec<u8>) -> Result<Self, FramePackError> {
+        let expected = width as usize * height as usize * 4;
+        if width == 0 || height == 0 || rgba.len() != expected {
+            return Err(FramePackError::InvalidImage(format!(
+                "{width}x{height} RGBA needs {expected} bytes, got {}",
+                rgba.len()
+            )));
+        }
+        Ok(Self { width, height, rgba })
+    }
+
+    /// Copies the pixels of a CPU-side Bevy [`Image`] (RGBA8 or BGRA8, sRGB or not, e.g. a
+    /// screenshot; window captures come back as BGRA).
+    pub fn from_image(image: &Image) -> Result<Self, FramePackError> {
+        use bevy::render::render_resource::TextureFormat as F;
+        let size = image.texture_descriptor.size;
+        let data = image
+            .data
+            .clone()
+            .ok_or_else(|| FramePackError::InvalidImage("the image has no CPU-side pixels".into()))?;
+        let mut img = Self::new(size.width, size.height, data)?;
+        match image.texture_descriptor.format {
+            F::Rgba8Unorm | F::Rgba8UnormSrgb => {}
+            F::Bgra8Unorm | F::Bgra8UnormSrgb => img.rgba.chunks_exact_mut(4).for_each(|p| p.swap(0, 2)),
+            other => return Err(FramePackError::InvalidImage(format!("unsupported pixel format {other:?}"))),
+        }
+        Ok(img)
+    }
+
+    /// Width in pixels.
+    pub fn width(&self) -> u32 {
+        self.width
+    }
+    /// Height in pixels.
+    pub fn height(&self) -> u32 {
+        self.height
+    }
+
+    fn to_rgb(&self) -> Result<RgbImage, String> {
+        let rgb = self.rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
+        RgbImage::new(self.width as usize, self.height as usize, rgb).map_err(|e| e.to_string())
+    }
+}
+
+/// What to generate: a start image, a prompt and the job settings.
+#[derive(Clone, Debug)]
+pub struct GenerationRequest {
+    /// The start frame.
+    pub image: RgbaImage,
+    /// Optional end frame.
+    pub end_image: Option<RgbaImage>,
+    /// The prompt; `[0s: …] [2s-4s: …]` tags change it over time.
+    pub prompt: String,
+    /// Resolution class of the output buckets (640 in FramePack).
+    pub resolution: usize,
+    /// Length, seed, steps, schedule, TeaCache, …
+    pub settings: Settings,
+}
+
+impl GenerationRequest {
+    /// A request with FramePack's default settings.
+    pub fn new(image: RgbaImage, prompt: impl Into<String>) -> Self {
+        Self {
+            image,
+            end_image: None,
+            prompt: prompt.into(),
+            resolution: framepack::pipeline::DEFAULT_RESOLUTION,
+            settings: Settings::default(),
+        }
+    }
+}
+
+/// What [`FramePack::generate`] knows about a job as soon as it is queued.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobTicket {
+    /// The job.
+    pub id: JobId,
+    /// Frame width in pixels.
+    pub width: u32,
+    /// Frame height in pixels.
+    pub height: u32,
+    /// Frames of the finished video (30 fps).
+    pub total_frames: usize,
+    /// Sections the job generates.
+    pub sections: usize,
+}
+
+/// Why a request was refused before it reached the worker.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FramePackError {
+    /// The start or end image is unusable.
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+    /// The settings or the prompt are invalid.
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// The worker thread could not be started or has shut down.
+    #[error("worker unavailable: {0}")]
+    WorkerUnavailable(String),
+}
+
+pub(crate) enum Command {
+    Generate { id: JobId, request: Box<GenerationRequest> },
+    Shutdown,
+}
+
+pub(crate) enum Response {
+    Started(GenerationStarted),
+    Progress(GenerationProgress),
+    Section { ready: SectionReady, width: usize, height: usize, frames: Vec<Vec<u8>> },
+    Finished(JobId),
+    Failed(GenerationFailed),
+    Cancelled(JobId),
+}
+
+#[derive(Default)]
+struct Shared {
+    current: Option<(JobId, CancelToken)>,
+    cancelled: HashSet<JobId>,
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct WorkerThread {
+    tx: Sender<Command>,
+    rx: Receiver<Response>,
+    shared: Arc<Mutex<Shared>>,
+    stop: Arc<AtomicBool>,
+    join: Option<JoinHandle<()>>,
+}
+
+impl WorkerThread {
+    fn spawn(settings: FramePackSettings) -> std::io::Result<Self> {
+        let (tx, cmd_rx) = crossbeam_channel::unbounded();
+        let (resp_tx, rx) = crossbeam_channel::bounded(settings.response_capacity.max(1));
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let out = Out { tx: resp_tx, stop: stop.clone() };
+        let sh = shared.clone();
+        let join = std::thread::Builder::new()
+            .name("framepack-worker".into())
+            .spawn(move || worker_main(settings, cmd_rx, out, sh))?;
+        Ok(Self { tx, rx, shared, stop, join: Some(join) })
+    }
+
+    fn cancel(&self, id: JobId) {
+        let mut s = lock(&self.shared);
+        match &s.current {
+            Some((cur, token)) if *cur == id => token.cancel(),
+            _ => {
+                s.cancelled.insert(id);
+            }
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some((_, token)) = &lock(&self.shared).current {
+            token.cancel();
+        }
+        let _ = self.tx.send(Command::Shutdown);
+        if let Some(join) = self.join.take() {
+            let _ = join.join();
+        }
+    }
+}
+
+impl Drop for WorkerThread {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// The worker's sending side: blocks while the bounded channel is full, but gives up as soon
+/// as shutdown is requested or the game side is gone.
+#[derive(Clone)]
+struct Out {
+    tx: Sender<Response>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Out {
+    fn send(&self, mut r: Response) -> bool {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            match self.tx.send_timeout(r, Duration::from_millis(20)) {
+                Ok(()) => return true,
+                Err(SendTimeoutError::Timeout(back)) => r = back,
+                Err(SendTimeoutError::Disconnected(_)) => return false,
+            }
+        }
+    }
+    fn try_send(&self, r: Response) {
+        match self.tx.try_send(r) {
+            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+enum JobEnd {
+    Done,
+    Cancelled,
+    Failed(String),
+    GameGone,
+}
+
+/// Removes the nano model's temporary directory when the worker ends.
+struct TempDir(PathBuf);
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn load_pipeline(settings: &FramePackSettings, nano: &mut Option<TempDir>) -> Result<Pipeline, String> {
+    let paths = match &settings.model {
+        ModelSource::Directory(dir) => BundlePaths::from_dir(dir),
+        ModelSource::Nano => {
+            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let dir = std::env::temp_dir().join(format!("bevy_framepack_nano_{}_{n}", std::process::id()));
+            let guard = TempDir(dir.clone());
+            let paths = framepack::testing::write_tiny_bundle(&dir, 0)
+                .map_err(|e| format!("cannot write the nano model to {}: {e}", dir.display()))?;
+            *nano = Some(guard);
+            paths
+        }
+    };
+    let device = settings.device.open().map_err(|e| e.to_string())?;
+    Pipeline::load(&paths, &device, settings.dtype).map_err(|e| format!("cannot load the model: {e}"))
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, shared: Arc<Mutex<Shared>>) {
+    let mut pipeline: Option<Pipeline> = None;
+    let mut nano: Option<TempDir> = None;
+    while let Ok(cmd) = rx.recv() {
+        let (id, request) = match cmd {
+            Command::Shutdown => break,
+            Command::Generate { id, request } => (id, request),
+        };
+        if out.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let token = CancelToken::new();
+        {
+            let mut s = lock(&shared);
+            if s.cancelled.remove(&id) {
+                drop(s);
+                if !out.send(Response::Cancelled(id)) {
+                    break;
+                }
+                continue;
+            }
+            s.current = Some((id, token.clone()));
+        }
+        let result =
+            catch_unwind(AssertUnwindSafe(|| run_job(&settings, &mut pipeline, &mut nano, id, &request, &token, &out)));
+        {
+            let mut s = lock(&shared);
+            s.current = None;
+            s.cancelled.remove(&id);
+        }
+        let end = match result {
+            Ok(end) => end,
+            Err(panic) => {
+                // The models may be in any state after a panic: load them again next time.
+                pipeline = None;
+                JobEnd::Failed(format!("inference panicked: {}", panic_text(panic.as_ref())))
+            }
+        };
+        let response = match end {
+            JobEnd::Done => Response::Finished(id),
+            JobEnd::Cancelled => Response::Cancelled(id),
+            JobEnd::Failed(error) => Response::Failed(GenerationFailed { job: id, error }),
+            JobEnd::GameGone => break,
+        };
+        if !out.send(response) {
+            break;
+        }
+    }
+    drop(pipeline);
+    drop(nano);
+}
+
+fn run_job(
+    settings: &FramePackSettings,
+    pipeline: &mut Option<Pipeline>,
+    nano: &mut Option<TempDir>,
+    id: JobId,
+    request: &GenerationRequest,
+    token: &CancelToken,
+    out: &Out,
+) -> JobEnd {
+    let failed = |e: framepack::Error| {
+        if token.is_cancelled() || matches!(e, framepack::Error::Cancelled) {
+            JobEnd::Cancelled
+        } else {
+            JobEnd::Failed(e.to_string())
+        }
+    };
+    if pipeline.is_none() {
+        match load_pipeline(settings, nano) {
+            Ok(p) => *pipeline = Some(p),
+            Err(e) => return JobEnd::Failed(e),
+        }
+    }
+    let Some(p) = pipeline.as_mut() else { unreachable!("loaded above") };
+    if token.is_cancelled() {
+        return JobEnd::Cancelled;
+    }
+    let image = match request.image.to_rgb() {
+        Ok(i) => i,
+        Err(e) => return JobEnd::Failed(format!("start image: {e}")),
+    };
+    let end_image = match request.end_image.as_ref().map(RgbaImage::to_rgb).transpose() {
+        Ok(i) => i,
+        Err(e) => return JobEnd::Failed(format!("end image: {e}")),
+    };
+    let req = Request {
+        image,
+        end_image,
+        prompt: request.prompt.clone(),
+        resolution: request.resolution,
+        settings: request.settings.clone(),
+    };
+    let job = match p.start(&req) {
+        Ok(j) => j,
+        Err(e) => return failed(e),
+    };
+    let progress_out = out.clone();
+    let job = job.with_cancel_token(token.clone()).on_progress(move |p| {
+        progress_out.try_send(Response::Progress(GenerationProgress {
+            job: id,
+            section: p.section,
+            sections: p.sections,
+            step: p.step,
+            total_steps: p.total_steps,
+            fraction: p.fraction() as f32,
+            eta: p.eta,
+        }))
+    });
+    let (width, height) = job.frame_size();
+    let started =
+        GenerationStarted { job: id, sections: job.plan().sections, total_frames: job.total_frames(), width, height };
+    if !out.send(Response::Started(started)) {
+        return JobEnd::GameGone;
+    }
+    for section in job {
+        let s = match section {
+            Ok(s) => s,
+            Err(e) => return failed(e),
+        };
+        let frames =
+            s.frames.iter().map(|f| f.rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect()).collect();
+        let ready = SectionReady { job: id, index: s.index, total: s.sections, frames: s.frame_range.clone() };
+        if !out.send(Response::Section { ready, width, height, frames }) {
+            return JobEnd::GameGone;
+        }
+    }
+    if token.is_cancelled() { JobEnd::Cancelled } else { JobEnd::Done }
+}
+
+/// The worker handle (a resource). The thread starts at the first generation request, with
+/// the [`FramePackSettings`] of that moment, and stops on `AppExit` or when the resource is
+/// dropped.
+#[derive(Resource, Default)]
+pub struct FramePackWorker {
+    thread: Option<WorkerThread>,
+    next_id: u64,
+    shut_down: bool,
+}
+
+impl FramePackWorker {
+    /// Whether the worker thread is running.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| t.join.as_ref().is_some_and(|j| !j.is_finished()))
+    }
+
+    /// Cancels the running job and stops the thread, waiting for it (one sampler step at most).
+    /// Later requests are refused.
+    pub fn shutdown(&mut self) {
+        self.shut_down = true;
+        if let Some(mut t) = self.thread.take() {
+            t.shutdown();
+        }
+    }
+
+    pub(crate) fn drain(&self) -> impl Iterator<Item = Response> + '_ {
+        self.thread.iter().flat_map(|t| t.rx.try_iter())
+    }
+}
+
+/// Starts and cancels generation jobs from a system:
+///
+/// ```
+/// use bevy::prelude::*;
+/// use bevy_framepack::prelude::*;
+///
+/// fn start(mut framepack: FramePack, mut images: ResMut<Assets<Image>>, mut commands: Commands) {
+///     let image = RgbaImage::new(2, 2, vec![255; 16]).expect("2·2·4 bytes");
+///     match framepack.generate(GenerationRequest::new(image, "a cat walks")) {
+///         Ok(ticket) => {
+///             let player = CutscenePlayer::new(&ticket, 30.0, BufferPolicy::Pause, &mut images);
+///             commands.spawn((Sprite::default(), player));
+///         }
+///         Err(e) => error!("{e}"),
+///     }
+/// }
+/// # App::new().add_systems(Update, start);
+/// ```
+#[derive(SystemParam)]
+pub struct FramePack<'w> {
+    worker: ResMut<'w, FramePackWorker>,
+    settings: Res<'w, FramePackSettings>,
+}
+
+impl FramePack<'_> {
+    /// Validates the request and queues it; the worker runs jobs one after another. Returns
+    /// the job's id and frame geometry at once (never blocks on inference).
+    pub fn generate(&mut self, request: GenerationRequest) -> Result<JobTicket, FramePackError> {
+        let invalid = |e: framepack::Error| FramePackError::InvalidRequest(e.to_string());
+        let (_, plan) = request.settings.plan().map_err(invalid)?;
+        framepack::generator::PromptSchedule::parse(&request.prompt).map_err(invalid)?;
+        let (h, w) = framepack::preprocess::find_nearest_bucket(
+            request.image.height as usize,
+            request.image.width as usize,
+            request.resolution,
+        )
+        .map_err(invalid)?;
+        let worker = &mut *self.worker;
+        if worker.shut_down {
+            return Err(FramePackError::WorkerUnavailable("the worker has shut down".into()));
+        }
+        if worker.thread.is_none() {
+            let t = WorkerThread::spawn((*self.settings).clone())
+                .map_err(|e| FramePackError::WorkerUnavailable(format!("cannot start the thread: {e}")))?;
+            worker.thread = Some(t);
+        }
+        let id = JobId(worker.next_id);
+        worker.next_id += 1;
+        let thread = worker.thread.as_ref().expect("started above");
+        thread
+            .tx
+            .send(Command::Generate { id, request: Box::new(request) })
+            .map_err(|_| FramePackError::WorkerUnavailable("the worker thread has stopped".into()))?;
+        Ok(JobTicket {
+            id,
+            width: w as u32,
+            height: h as u32,
+            total_frames: plan.total_frames(),
+            sections: plan.sections,
+        })
+    }
+
+    /// Cancels a queued or running job; a [`GenerationCancelled`] message follows (unless the
+    /// job had already ended).
+    pub fn cancel(&mut self, job: JobId) {
+        if let Some(t) = &self.worker.thread {
+            t.cancel(job);
+        }
+    }
+
+    /// Whether the worker thread is running.
+    pub fn is_running(&self) -> bool {
+        self.worker.is_running()
+    }
+}

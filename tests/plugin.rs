@@ -1,0 +1,291 @@
+//! `MinimalPlugins` integration tests with the embedded nano model (no GPU, no window).
+
+use std::time::{Duration, Instant};
+
+use bevy::asset::{AssetPlugin, LoadState};
+use bevy::ecs::system::RunSystemOnce;
+use bevy::prelude::*;
+use bevy::time::TimeUpdateStrategy;
+use bevy_framepack::framepack::packing::Schedule;
+use bevy_framepack::prelude::*;
+use bevy_framepack::{FramePackError, FramePackWorker};
+
+#[derive(Resource, Default, Debug)]
+struct Log {
+    started: Vec<GenerationStarted>,
+    sections: Vec<SectionReady>,
+    progress: usize,
+    finished: Vec<JobId>,
+    failed: Vec<GenerationFailed>,
+    cancelled: Vec<JobId>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn collect(
+    mut log: ResMut<Log>,
+    mut a: MessageReader<GenerationStarted>,
+    mut b: MessageReader<SectionReady>,
+    mut c: MessageReader<GenerationProgress>,
+    mut d: MessageReader<GenerationFinished>,
+    mut e: MessageReader<GenerationFailed>,
+    mut f: MessageReader<GenerationCancelled>,
+) {
+    log.started.extend(a.read().cloned());
+    log.sections.extend(b.read().cloned());
+    log.progress += c.read().count();
+    log.finished.extend(d.read().map(|m| m.job));
+    log.failed.extend(e.read().cloned());
+    log.cancelled.extend(f.read().map(|m| m.job));
+}
+
+fn app(settings: FramePackSettings) -> App {
+    let mut app = App::new();
+    app.add_plugins((MinimalPlugins, AssetPlugin::default()))
+        .init_asset::<Image>()
+        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_secs_f64(1.0 / 30.0)))
+        .add_plugins(FramePackPlugin)
+        // Inserted after the plugin: the worker reads it when it starts.
+        .insert_resource(settings)
+        .init_resource::<Log>()
+        .add_systems(Update, collect);
+    app
+}
+
+fn image() -> RgbaImage {
+    let (w, h) = (64u32, 64u32);
+    let px = (0..w * h).flat_map(|i| [(i % w * 4) as u8, (i / w * 4) as u8, 128, 255]).collect();
+    RgbaImage::new(w, h, px).unwrap()
+}
+
+fn nano_preset(seconds: f64, steps: usize) -> Preset {
+    Preset {
+        prompt: "a cat walks".into(),
+        seconds,
+        steps,
+        schedule: Schedule::Geometric,
+        resolution: 32,
+        playback: BufferPolicy::Pause,
+        ..Preset::default()
+    }
+}
+
+fn generate(app: &mut App, preset: Preset) -> Result<JobTicket, FramePackError> {
+    app.world_mut().run_system_once(move |mut fp: FramePack| fp.generate(preset.request(image()))).unwrap()
+}
+
+fn update_until(app: &mut App, what: &str, mut done: impl FnMut(&mut App) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done(app) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {:?}", app.world().resource::<Log>());
+        app.update();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn round_trip_streams_sections_into_a_player() {
+    let mut app = app(FramePackSettings::default());
+    let preset = nano_preset(2.5, 2);
+    let ticket = generate(&mut app, preset.clone()).unwrap();
+    assert_eq!((ticket.width, ticket.height), (32, 32));
+    assert!(ticket.sections >= 2);
+    let player = app.world_mut().resource_scope(|w, mut images: Mut<Assets<Image>>| {
+        w.spawn(CutscenePlayer::new(&ticket, preset.fps, preset.playback, &mut images)).id()
+    });
+    update_until(&mut app, "finish", |a| !a.world().resource::<Log>().finished.is_empty());
+    {
+        let log = app.world().resource::<Log>();
+        assert_eq!(log.finished, [ticket.id]);
+        assert!(log.failed.is_empty(), "{:?}", log.failed);
+        assert_eq!(log.started.len(), 1);
+        assert_eq!(log.started[0].total_frames, ticket.total_frames);
+        assert_eq!((log.started[0].width, log.started[0].height), (32, 32));
+        assert!(log.progress > 0);
+        let idx: Vec<_> = log.sections.iter().map(|s| (s.index, s.total)).collect();
+        let want: Vec<_> = (0..ticket.sections).map(|i| (i, ticket.sections)).collect();
+        assert_eq!(idx, want);
+        assert_eq!(log.sections.last().unwrap().frames.end, ticket.total_frames);
+    }
+    let p = app.world().get::<CutscenePlayer>(player).unwrap();
+    assert_eq!(p.available(), ticket.total_frames);
+    assert!(p.current_frame().is_some());
+    let handle = p.image().clone();
+    let img = app.world().resource::<Assets<Image>>().get(&handle).unwrap();
+    assert_eq!(img.texture_descriptor.size.width, 32);
+    // The frame went to the render world (RENDER_WORLD only) or is waiting for it.
+    assert_eq!(img.data.as_ref().map(Vec::len).unwrap_or(32 * 32 * 4), 32 * 32 * 4);
+    app.world_mut().write_message(AppExit::Success);
+    app.update();
+    assert!(!app.world().resource::<FramePackWorker>().is_running());
+}
+
+#[test]
+fn playback_follows_the_preset_fps_and_never_skips_with_pause() {
+    let mut app = app(FramePackSettings::default());
+    let preset = nano_preset(2.5, 2);
+    let ticket = generate(&mut app, preset.clone()).unwrap();
+    let player = app.world_mut().resource_scope(|w, mut images: Mut<Assets<Image>>| {
+        w.spawn(CutscenePlayer::new(&ticket, 30.0, BufferPolicy::Pause, &mut images)).id()
+    });
+    let mut shown = Vec::new();
+    update_until(&mut app, "playback to finish", |a| {
+        let p = a.world().get::<CutscenePlayer>(player).unwrap();
+        shown.push(p.current_frame());
+        p.state() == PlaybackState::Finished
+    });
+    let frames: Vec<usize> = shown.into_iter().flatten().collect();
+    assert_eq!(frames.first(), Some(&0));
+    assert_eq!(frames.last(), Some(&(ticket.total_frames - 1)));
+    // One frame per 1/30 s update at 30 fps: consecutive or repeated (buffering), never skipped.
+    assert!(frames.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1), "{frames:?}");
+    let mut distinct = frames.clone();
+    distinct.dedup();
+    assert_eq!(distinct, (0..ticket.total_frames).collect::<Vec<_>>());
+}
+
+#[test]
+fn cancel_running_and_queued_jobs() {
+    let mut app = app(FramePackSettings::default());
+    let a = generate(&mut app, nano_preset(20.0, 4)).unwrap();
+    let b = generate(&mut app, nano_preset(1.0, 1)).unwrap();
+    assert_ne!(a.id, b.id);
+    update_until(&mut app, "first section", |a| !a.world().resource::<Log>().sections.is_empty());
+    app.world_mut()
+        .run_system_once(move |mut fp: FramePack| {
+            fp.cancel(b.id);
+            fp.cancel(a.id);
+        })
+        .unwrap();
+    update_until(&mut app, "both cancelled", |a| a.world().resource::<Log>().cancelled.len() == 2);
+    let log = app.world().resource::<Log>();
+    assert_eq!(log.cancelled, [a.id, b.id]);
+    assert!(log.finished.is_empty() && log.failed.is_empty());
+    assert!(log.sections.len() < a.sections);
+    // The worker is still there for the next job.
+    let c = generate(&mut app, nano_preset(1.0, 1)).unwrap();
+    update_until(&mut app, "next job", |a| a.world().resource::<Log>().finished.contains(&c.id));
+}
+
+#[test]
+fn exit_during_generation_stops_the_worker_quickly() {
+    let mut app = app(FramePackSettings::default());
+    generate(&mut app, nano_preset(30.0, 8)).unwrap();
+    update_until(&mut app, "generation to start", |a| a.world().resource::<Log>().progress > 0);
+    let t = Instant::now();
+    app.world_mut().write_message(AppExit::Success);
+    app.update();
+    assert!(!app.world().resource::<FramePackWorker>().is_running());
+    assert!(t.elapsed() < Duration::from_secs(10), "shutdown took {:?}", t.elapsed());
+    let refused = generate(&mut app, nano_preset(1.0, 1));
+    assert!(matches!(refused, Err(FramePackError::WorkerUnavailable(_))), "{refused:?}");
+}
+
+#[test]
+fn dropping_the_app_mid_generation_does_not_hang() {
+    let mut app = app(FramePackSettings::default().with_response_capacity(1));
+    generate(&mut app, nano_preset(30.0, 8)).unwrap();
+    update_until(&mut app, "generation to start", |a| a.world().resource::<Log>().progress > 0);
+    // Stop draining: the bounded channel fills up and the worker waits on it.
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    drop(app);
+    assert!(t.elapsed() < Duration::from_secs(10), "drop took {:?}", t.elapsed());
+}
+
+#[test]
+fn failures_become_messages_and_the_game_keeps_running() {
+    let mut app = app(FramePackSettings::from_dir("/nonexistent/framepack-bundle"));
+    let job = generate(&mut app, nano_preset(1.0, 1)).unwrap();
+    update_until(&mut app, "failure", |a| !a.world().resource::<Log>().failed.is_empty());
+    let log = app.world().resource::<Log>();
+    assert_eq!(log.failed[0].job, job.id);
+    assert!(log.failed[0].error.contains("cannot load the model"), "{}", log.failed[0].error);
+    for _ in 0..3 {
+        app.update();
+    }
+    // Bad requests are refused up front with a clear error.
+    let mut bad = nano_preset(1.0, 1);
+    bad.steps = 0;
+    let e = generate(&mut app, bad).unwrap_err();
+    assert!(e.to_string().contains("steps"), "{e}");
+    let e = app.world_mut().run_system_once(|| RgbaImage::new(4, 4, vec![0; 3])).unwrap().unwrap_err();
+    assert!(e.to_string().contains("needs 64 bytes"), "{e}");
+}
+
+fn asset_app(dir: &std::path::Path) -> App {
+    let mut app = App::new();
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin { file_path: dir.to_string_lossy().into_owned(), ..default() },
+        FramePackPlugin,
+    ));
+    app
+}
+
+#[test]
+fn presets_load_as_assets_and_malformed_ones_report_line_and_column() {
+    let dir = std::env::temp_dir().join(format!("bevy_framepack_presets_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("ok.preset.ron"), "(name: \"ok\", prompt: \"a cat\", seconds: 1.0, playback: Loop)")
+        .unwrap();
+    std::fs::write(dir.join("bad.preset.ron"), "(\n  name: \"bad\",\n  seconds: \"long\",\n)").unwrap();
+    let mut app = asset_app(&dir);
+    let server = app.world().resource::<AssetServer>().clone();
+    let ok: Handle<Preset> = server.load("ok.preset.ron");
+    let bad: Handle<Preset> = server.load("bad.preset.ron");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        app.update();
+        let done = |h: &Handle<Preset>| matches!(server.load_state(h), LoadState::Loaded | LoadState::Failed(_));
+        if done(&ok) && done(&bad) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "timed out loading presets");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let presets = app.world().resource::<Assets<Preset>>();
+    let p = presets.get(&ok).unwrap();
+    assert_eq!((p.name.as_str(), p.seconds, p.playback), ("ok", 1.0, BufferPolicy::Loop));
+    let LoadState::Failed(e) = server.load_state(&bad) else { panic!("bad preset loaded") };
+    let text = e.to_string();
+    assert!(text.contains("bad.preset.ron:3:"), "{text}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_new_player_is_shown_by_the_sprite_and_ui_image_on_its_entity() {
+    let mut app = app(FramePackSettings::default());
+    let ticket = generate(&mut app, nano_preset(1.0, 1)).unwrap();
+    let e = app.world_mut().spawn((Sprite::default(), ImageNode::default())).id();
+    app.update();
+    let player = app.world_mut().resource_scope(|_, mut images: Mut<Assets<Image>>| {
+        CutscenePlayer::new(&ticket, 30.0, BufferPolicy::Hold, &mut images)
+    });
+    let handle = player.image().clone();
+    app.world_mut().entity_mut(e).insert(player);
+    app.update();
+    assert_eq!(app.world().get::<Sprite>(e).unwrap().image, handle);
+    assert_eq!(app.world().get::<ImageNode>(e).unwrap().image, handle);
+}
+
+#[derive(Resource, Default)]
+struct CaptureLog(Vec<CaptureFailed>);
+
+#[test]
+fn capturing_something_that_is_not_a_camera_reports_capture_failed() {
+    let mut app = app(FramePackSettings::default());
+    app.init_resource::<CaptureLog>()
+        .add_systems(Update, |mut r: MessageReader<CaptureFailed>, mut log: ResMut<CaptureLog>| {
+            log.0.extend(r.read().cloned())
+        });
+    let not_a_camera = app.world_mut().spawn_empty().id();
+    app.world_mut().trigger(CaptureCutscene {
+        source: CaptureSource::Camera(not_a_camera),
+        preset: Handle::default(),
+        player: not_a_camera,
+    });
+    app.update();
+    let log = &app.world().resource::<CaptureLog>().0;
+    assert_eq!(log.len(), 1);
+    assert!(log[0].error.contains("is not a camera"), "{}", log[0].error);
+}
