@@ -60,22 +60,33 @@ impl Act {
     }
 }
 
-/// `linear_2(act(linear_1(x)))`: diffusers `TimestepEmbedding` and `PixArtAlphaTextProjection`.
+/// `second(silu(first(x)))`: diffusers `TimestepEmbedding` and `PixArtAlphaTextProjection`
+/// (`linear_1`/`linear_2`, hidden = out) and FramePack's SigLIP `image_projection` (`up`/`down`,
+/// hidden = 3·out).
 #[derive(Debug, Clone)]
 pub(crate) struct Mlp {
-    linear_1: Linear,
-    linear_2: Linear,
+    first: Linear,
+    second: Linear,
 }
 
 impl Mlp {
     pub fn new(vb: VarBuilder, in_dim: usize, dim: usize) -> Result<Self> {
-        Ok(Self { linear_1: linear(in_dim, dim, vb.pp("linear_1"))?, linear_2: linear(dim, dim, vb.pp("linear_2"))? })
+        Self::with_names(vb, in_dim, dim, dim, ("linear_1", "linear_2"))
+    }
+
+    /// The SigLIP feature projection (`image_projection.up` / `.down`).
+    pub fn image_projection(vb: VarBuilder, in_dim: usize, dim: usize) -> Result<Self> {
+        Self::with_names(vb, in_dim, 3 * dim, dim, ("up", "down"))
+    }
+
+    fn with_names(vb: VarBuilder, in_dim: usize, hidden: usize, out: usize, (a, b): (&str, &str)) -> Result<Self> {
+        Ok(Self { first: linear(in_dim, hidden, vb.pp(a))?, second: linear(hidden, out, vb.pp(b))? })
     }
 }
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.linear_2.forward(&self.linear_1.forward(x)?.silu()?)
+        self.second.forward(&self.first.forward(x)?.silu()?)
     }
 }
 
@@ -96,25 +107,6 @@ impl FeedForward {
 impl Module for FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.out.forward(&self.act.apply(&self.proj.forward(x)?)?)
-    }
-}
-
-/// SigLIP feature projection (`image_projection`): `down(silu(up(x)))`.
-#[derive(Debug, Clone)]
-pub(crate) struct ImageProjection {
-    up: Linear,
-    down: Linear,
-}
-
-impl ImageProjection {
-    pub fn new(vb: VarBuilder, in_dim: usize, dim: usize) -> Result<Self> {
-        Ok(Self { up: linear(in_dim, 3 * dim, vb.pp("up"))?, down: linear(3 * dim, dim, vb.pp("down"))? })
-    }
-}
-
-impl Module for ImageProjection {
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.down.forward(&self.up.forward(x)?.silu()?)
     }
 }
 

@@ -19,7 +19,7 @@ use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder, linear};
 
 use crate::error::{Error, Result};
-use layers::{DualBlock, ImageProjection, Mlp, PatchEmbed, PlainLayerNorm, SingleBlock, TokenRefiner};
+use layers::{DualBlock, Mlp, PatchEmbed, PlainLayerNorm, SingleBlock, TokenRefiner};
 
 fn bool_or_int<'de, De: serde::Deserializer<'de>>(d: De) -> std::result::Result<bool, De::Error> {
     #[derive(serde::Deserialize)]
@@ -242,7 +242,7 @@ pub struct Transformer {
     x_embedder: PatchEmbed,
     clean_x_embedder: Option<CleanEmbedder>,
     context_embedder: TokenRefiner,
-    image_projection: Option<ImageProjection>,
+    image_projection: Option<Mlp>,
     timestep_embedder: Mlp,
     guidance_embedder: Option<Mlp>,
     text_embedder: Mlp,
@@ -361,7 +361,7 @@ impl Transformer {
                 cfg.num_refiner_layers,
             )?,
             image_projection: if cfg.has_image_proj {
-                Some(ImageProjection::new(vb.pp("image_projection"), cfg.image_proj_dim, dim)?)
+                Some(Mlp::image_projection(vb.pp("image_projection"), cfg.image_proj_dim, dim)?)
             } else {
                 None
             },
