@@ -287,6 +287,17 @@ impl MidBlock {
     }
 }
 
+/// `layers` resnets (`resnets.N`), the first mapping `in_c` to `out_c` channels.
+fn resnet_stack(vb: &VarBuilder, in_c: usize, out_c: usize, layers: usize, groups: usize) -> Result<Vec<ResnetBlock>> {
+    (0..layers)
+        .map(|i| ResnetBlock::new(vb.pp("resnets").pp(i), if i == 0 { in_c } else { out_c }, out_c, groups))
+        .collect()
+}
+
+fn run_stack(resnets: &[ResnetBlock], x: &Tensor) -> Result<Tensor> {
+    resnets.iter().try_fold(x.clone(), |h, r| r.forward(&h))
+}
+
 /// Resnets followed by an optional strided causal conv (stride `(t, hw)`).
 #[derive(Debug, Clone)]
 pub(crate) struct DownBlock {
@@ -303,9 +314,7 @@ impl DownBlock {
         groups: usize,
         stride: (usize, usize),
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|i| ResnetBlock::new(vb.pp("resnets").pp(i), if i == 0 { in_c } else { out_c }, out_c, groups))
-            .collect::<Result<Vec<_>>>()?;
+        let resnets = resnet_stack(&vb, in_c, out_c, layers, groups)?;
         let downsampler = if stride != (1, 1) {
             Some(CausalConv3d::new(vb.pp("downsamplers").pp("0").pp("conv").pp("conv"), out_c, out_c, 3, stride)?)
         } else {
@@ -315,10 +324,7 @@ impl DownBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
-        for r in &self.resnets {
-            h = r.forward(&h)?;
-        }
+        let h = run_stack(&self.resnets, x)?;
         match &self.downsampler {
             Some(d) => d.forward(&h),
             None => Ok(h),
@@ -379,9 +385,7 @@ impl UpBlock {
         groups: usize,
         factor: (usize, usize),
     ) -> Result<Self> {
-        let resnets = (0..layers)
-            .map(|i| ResnetBlock::new(vb.pp("resnets").pp(i), if i == 0 { in_c } else { out_c }, out_c, groups))
-            .collect::<Result<Vec<_>>>()?;
+        let resnets = resnet_stack(&vb, in_c, out_c, layers, groups)?;
         let upsampler = if factor != (1, 1) {
             let conv = CausalConv3d::new(vb.pp("upsamplers").pp("0").pp("conv").pp("conv"), out_c, out_c, 3, (1, 1))?;
             Some(Upsampler { conv, factor_t: factor.0, factor_hw: factor.1 })
@@ -392,10 +396,7 @@ impl UpBlock {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let mut h = x.clone();
-        for r in &self.resnets {
-            h = r.forward(&h)?;
-        }
+        let h = run_stack(&self.resnets, x)?;
         match &self.upsampler {
             Some(u) => u.forward(&h),
             None => Ok(h),
