@@ -2,7 +2,9 @@
 //! attention with f32 scores, chunked over queries so the score block stays bounded.
 
 use candle_core::{DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_nn::VarBuilder;
+
+use crate::models::linear::{Linear, linear};
 
 /// Largest attention score block (elements) computed at once; longer query sets are chunked.
 const MAX_SCORE_ELEMS: usize = 1 << 26;
@@ -52,6 +54,27 @@ fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, 
     Tensor::cat(&outs, 2)
 }
 
+/// [`attention`] on projections laid out `(B, L, H·Dh)`, returning `(B, Lq, H·Dh)`. On the CPU in
+/// f32 the heads are read in place and the scores never materialize (see
+/// [`cpu::attention`](super::cpu::attention)).
+pub(crate) fn attention_merged(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let view = |x: &Tensor| -> Result<Tensor> {
+        let (b, l, d) = x.dims3()?;
+        x.reshape((b, l, heads, d / heads))?.transpose(1, 2)
+    };
+    if let Some(out) = super::cpu::attention(&view(q)?, &view(k)?, &view(v)?, bias)? {
+        return Ok(out);
+    }
+    let (q, k, v) = (split_heads(q, heads)?, split_heads(k, heads)?, split_heads(v, heads)?);
+    merge_heads(&attention(&q, &k, &v, bias)?)
+}
+
 /// Multi-head self-attention with `q_proj`/`k_proj`/`v_proj`/`out_proj` (CLIP and SigLIP
 /// encoder layers).
 pub(crate) struct SelfAttention {
@@ -75,10 +98,8 @@ impl SelfAttention {
 
     /// `x`: `(B, L, D)`; `bias`: as for [`attention`].
     pub(crate) fn forward(&self, x: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
-        let q = split_heads(&self.q_proj.forward(x)?, self.heads)?;
-        let k = split_heads(&self.k_proj.forward(x)?, self.heads)?;
-        let v = split_heads(&self.v_proj.forward(x)?, self.heads)?;
-        self.out_proj.forward(&merge_heads(&attention(&q, &k, &v, bias)?)?)
+        let (q, k, v) = (self.q_proj.forward(x)?, self.k_proj.forward(x)?, self.v_proj.forward(x)?);
+        self.out_proj.forward(&attention_merged(&q, &k, &v, self.heads, bias)?)
     }
 }
 

@@ -1,6 +1,8 @@
 //! Neural network models of FramePack, built with candle from diffusers-format weights.
 
 pub(crate) mod attention;
+pub(crate) mod cpu;
+pub(crate) mod linear;
 pub mod text;
 pub mod transformer;
 pub mod vae;

@@ -15,7 +15,7 @@ use candle_nn::{Activation, Embedding, LayerNorm, Linear, VarBuilder, embedding,
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::models::attention::{SelfAttention, attention, merge_heads, split_heads};
+use crate::models::attention::{SelfAttention, attention_merged};
 use crate::preprocess::{RgbImage, siglip_pixel_values};
 use crate::weights::{self, WeightFiles};
 
@@ -204,10 +204,8 @@ impl PoolingHead {
             Linear::new(w, Some(bias)).forward(y)
         };
         let probe = self.probe.broadcast_as((b, 1, h))?.contiguous()?;
-        let q = split_heads(&proj(0, &probe)?, self.n_heads)?;
-        let k = split_heads(&proj(1, x)?, self.n_heads)?;
-        let v = split_heads(&proj(2, x)?, self.n_heads)?;
-        let pooled = self.out_proj.forward(&merge_heads(&attention(&q, &k, &v, None)?)?)?;
+        let (q, k, v) = (proj(0, &probe)?, proj(1, x)?, proj(2, x)?);
+        let pooled = self.out_proj.forward(&attention_merged(&q, &k, &v, self.n_heads, None)?)?;
         let out = (&pooled + self.mlp.forward(&self.layernorm.forward(&pooled)?)?)?;
         out.squeeze(1)
     }

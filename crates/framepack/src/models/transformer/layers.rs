@@ -2,9 +2,12 @@
 //! single-stream blocks and the attention they share.
 
 use candle_core::{D, DType, Module, Result, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_nn::VarBuilder;
 
-use crate::models::attention::{attention, merge_heads, split_heads};
+use crate::models::linear::{Linear, linear};
+
+use crate::models::attention::{attention, attention_merged, merge_heads, split_heads};
+use crate::models::cpu;
 
 const NORM_EPS: f32 = 1e-6;
 
@@ -55,7 +58,7 @@ impl Act {
     fn apply(self, x: &Tensor) -> Result<Tensor> {
         match self {
             Act::Silu => x.silu(),
-            Act::GeluTanh => x.gelu(),
+            Act::GeluTanh => cpu::gelu_tanh(x),
         }
     }
 }
@@ -168,6 +171,16 @@ impl PlainLayerNorm {
     }
 }
 
+impl PlainLayerNorm {
+    /// `LN(x)·(1 + scale) + shift` (AdaLN modulation), one pass on the CPU in f32.
+    pub fn modulated(&self, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+        match cpu::ln_modulate(x, shift, scale, NORM_EPS)? {
+            Some(y) => Ok(y),
+            None => modulate(&self.forward(x)?, shift, scale),
+        }
+    }
+}
+
 impl Module for PlainLayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         candle_nn::ops::layer_norm(&x.contiguous()?, &self.ones, &self.zeros, NORM_EPS)
@@ -198,12 +211,19 @@ fn modulation(lin: &Linear, temb: &Tensor, n: usize) -> Result<Vec<Tensor>> {
     lin.forward(&temb.silu()?)?.unsqueeze(1)?.chunk(n, D::Minus1)
 }
 
+/// `x + y · gate`.
+fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    match cpu::gated_add(x, y, gate)? {
+        Some(z) => Ok(z),
+        None => x + y.broadcast_mul(gate)?,
+    }
+}
+
 /// `x · (1 + scale) + shift`.
 pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
 }
 
-/// `(B, L, H·Dh)` → `(B, H, L, Dh)`, contiguous.
 /// Per-head RMSNorm in f32 (statistics and scale), returned as f32 `(B, H, L, Dh)`.
 fn norm_heads(x: &Tensor, heads: usize, weight: &Tensor) -> Result<Tensor> {
     let (b, l, d) = x.dims3()?;
@@ -215,8 +235,45 @@ fn norm_heads(x: &Tensor, heads: usize, weight: &Tensor) -> Result<Tensor> {
 /// followed by identity rows for the context tokens.
 pub(crate) type JointRope = (Tensor, Tensor);
 
-fn rope(x: &Tensor, (cos, sin): &(Tensor, Tensor)) -> Result<Tensor> {
-    candle_nn::rotary_emb::rope_i(x, cos, sin)
+/// A projection `(B, n, H·Dh)` with the RMSNorm weight of its heads.
+type NormedPart<'a> = (Tensor, &'a Tensor);
+
+/// Joint attention over consecutive token groups (`[image | context]`): each group's queries and
+/// keys are RMS-normalized per head with the group's own weight, then rotated with the tables
+/// that cover all groups. The queries may be a sub-range of the keys' tokens starting at token
+/// `q_row0`. Returns the merged heads `(B, Lq, H·Dh)` in the values' dtype.
+fn joint_attention(
+    (q, q_row0): (&[NormedPart<'_>], usize),
+    k: &[NormedPart<'_>],
+    v: &[Tensor],
+    (cos, sin): &JointRope,
+    heads: usize,
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let fused = |parts: &[NormedPart<'_>], mut row0: usize| -> Result<Option<Tensor>> {
+        let mut out = Vec::with_capacity(parts.len());
+        for (x, w) in parts {
+            match cpu::norm_rope(x, w, cos, sin, row0, NORM_EPS)? {
+                Some(t) => out.push(t),
+                None => return Ok(None),
+            }
+            row0 += x.dim(1)?;
+        }
+        Tensor::cat(&out, 1).map(Some)
+    };
+    if let (Some(q), Some(k)) = (fused(q, q_row0)?, fused(k, 0)?) {
+        return attention_merged(&q, &k, &Tensor::cat(v, 1)?, heads, bias);
+    }
+    let dtype = v[0].dtype();
+    let rotated = |parts: &[NormedPart<'_>], row0: usize| -> Result<Tensor> {
+        let normed = parts.iter().map(|(x, w)| norm_heads(x, heads, w)).collect::<Result<Vec<_>>>()?;
+        let x = Tensor::cat(&normed, 2)?;
+        let (rows, n) = (cos.rank() - 2, x.dim(2)?);
+        candle_nn::rotary_emb::rope_i(&x, &cos.narrow(rows, row0, n)?, &sin.narrow(rows, row0, n)?)?.to_dtype(dtype)
+    };
+    let (q, k) = (rotated(q, q_row0)?, rotated(k, 0)?);
+    let v = Tensor::cat(&v.iter().map(|v| split_heads(v, heads)).collect::<Result<Vec<_>>>()?, 2)?;
+    merge_heads(&attention(&q, &k, &v, bias)?)
 }
 
 /// One block of the text token refiner (`context_embedder.token_refiner.refiner_blocks.N`).
@@ -252,14 +309,12 @@ impl RefinerBlock {
     /// `x`: `(B, L, D)`, `temb`: `(B, D)`, `bias`: optional `(B, 1, L, L)` additive mask.
     pub fn forward(&self, x: &Tensor, temb: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         let n = self.norm1.forward(x)?;
-        let q = split_heads(&self.to_q.forward(&n)?, self.heads)?;
-        let k = split_heads(&self.to_k.forward(&n)?, self.heads)?;
-        let v = split_heads(&self.to_v.forward(&n)?, self.heads)?;
-        let attn = self.to_out.forward(&merge_heads(&attention(&q, &k, &v, bias)?)?)?;
+        let (q, k, v) = (self.to_q.forward(&n)?, self.to_k.forward(&n)?, self.to_v.forward(&n)?);
+        let attn = self.to_out.forward(&attention_merged(&q, &k, &v, self.heads, bias)?)?;
         let gates = modulation(&self.norm_out, temb, 2)?;
-        let x = (x + attn.broadcast_mul(&gates[0])?)?;
+        let x = gated_residual(x, &attn, &gates[0])?;
         let ff = self.ff.forward(&self.norm2.forward(&x)?)?;
-        x + ff.broadcast_mul(&gates[1])?
+        gated_residual(&x, &ff, &gates[1])
     }
 }
 
@@ -319,7 +374,7 @@ impl DualBlock {
     /// The AdaLN-modulated image tokens `norm1(x, temb)` that open the block (TeaCache's signal).
     pub fn modulated_input(&self, x: &Tensor, temb: &Tensor) -> Result<Tensor> {
         let m = modulation(&self.norm1, temb, 6)?;
-        modulate(&self.ln.forward(x)?, &m[0], &m[1])
+        self.ln.modulated(x, &m[0], &m[1])
     }
 
     /// Image tokens `x` `(B, N, D)`, context `c` `(B, M, D)`, `temb` `(B, D)`.
@@ -334,42 +389,24 @@ impl DualBlock {
         let n_img = x.dim(1)?;
         let m = modulation(&self.norm1, temb, 6)?;
         let cm = modulation(&self.norm1_context, temb, 6)?;
-        let xn = modulate(&self.ln.forward(x)?, &m[0], &m[1])?;
-        let cn = modulate(&self.ln.forward(c)?, &cm[0], &cm[1])?;
-
-        let dtype = x.dtype();
-        let q = Tensor::cat(
-            &[
-                norm_heads(&self.to_q.forward(&xn)?, self.heads, &self.norm_q)?,
-                norm_heads(&self.add_q_proj.forward(&cn)?, self.heads, &self.norm_added_q)?,
-            ],
-            2,
+        let xn = self.ln.modulated(x, &m[0], &m[1])?;
+        let cn = self.ln.modulated(c, &cm[0], &cm[1])?;
+        let o = joint_attention(
+            (&[(self.to_q.forward(&xn)?, &self.norm_q), (self.add_q_proj.forward(&cn)?, &self.norm_added_q)], 0),
+            &[(self.to_k.forward(&xn)?, &self.norm_k), (self.add_k_proj.forward(&cn)?, &self.norm_added_k)],
+            &[self.to_v.forward(&xn)?, self.add_v_proj.forward(&cn)?],
+            rope_tables,
+            self.heads,
+            bias,
         )?;
-        let k = Tensor::cat(
-            &[
-                norm_heads(&self.to_k.forward(&xn)?, self.heads, &self.norm_k)?,
-                norm_heads(&self.add_k_proj.forward(&cn)?, self.heads, &self.norm_added_k)?,
-            ],
-            2,
-        )?;
-        let q = rope(&q, rope_tables)?.to_dtype(dtype)?;
-        let k = rope(&k, rope_tables)?.to_dtype(dtype)?;
-        let v = Tensor::cat(
-            &[
-                split_heads(&self.to_v.forward(&xn)?, self.heads)?,
-                split_heads(&self.add_v_proj.forward(&cn)?, self.heads)?,
-            ],
-            2,
-        )?;
-        let o = merge_heads(&attention(&q, &k, &v, bias)?)?;
         let o_img = self.to_out.forward(&o.narrow(1, 0, n_img)?)?;
         let o_ctx = self.to_add_out.forward(&o.narrow(1, n_img, o.dim(1)? - n_img)?)?;
 
-        let x = (x + o_img.broadcast_mul(&m[2])?)?;
-        let c = (c + o_ctx.broadcast_mul(&cm[2])?)?;
-        let ff = self.ff.forward(&modulate(&self.ln.forward(&x)?, &m[3], &m[4])?)?;
-        let ffc = self.ff_context.forward(&modulate(&self.ln.forward(&c)?, &cm[3], &cm[4])?)?;
-        Ok(((x + ff.broadcast_mul(&m[5])?)?, (c + ffc.broadcast_mul(&cm[5])?)?))
+        let x = gated_residual(x, &o_img, &m[2])?;
+        let c = gated_residual(c, &o_ctx, &cm[2])?;
+        let ff = self.ff.forward(&self.ln.modulated(&x, &m[3], &m[4])?)?;
+        let ffc = self.ff_context.forward(&self.ln.modulated(&c, &cm[3], &cm[4])?)?;
+        Ok((gated_residual(&x, &ff, &m[5])?, gated_residual(&c, &ffc, &cm[5])?))
     }
 }
 
@@ -416,19 +453,50 @@ impl SingleBlock {
         bias: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor)> {
         let n_img = x.dim(1)?;
-        let z = Tensor::cat(&[x, c], 1)?;
-        let m = modulation(&self.norm, temb, 3)?;
-        let zn = modulate(&self.ln.forward(&z)?, &m[0], &m[1])?;
-        let mlp = self.proj_mlp.forward(&zn)?.gelu()?;
-        let dtype = z.dtype();
-        let q = rope(&norm_heads(&self.to_q.forward(&zn)?, self.heads, &self.norm_q)?, rope_tables)?;
-        let k = rope(&norm_heads(&self.to_k.forward(&zn)?, self.heads, &self.norm_k)?, rope_tables)?;
-        let v = split_heads(&self.to_v.forward(&zn)?, self.heads)?;
-        let o = merge_heads(&attention(&q.to_dtype(dtype)?, &k.to_dtype(dtype)?, &v, bias)?)?;
-        let out = self.proj_out.forward(&Tensor::cat(&[o, mlp], 2)?)?;
-        let z = (z + out.broadcast_mul(&m[2])?)?;
+        let z = self.run(x, c, temb, rope_tables, bias, None)?;
         let total = z.dim(1)?;
         Ok((z.narrow(1, 0, n_img)?, z.narrow(1, n_img, total - n_img)?))
+    }
+
+    /// The block's output for the image tokens `keep` only (every token still serves as key and
+    /// value): the last block, whose other outputs the model discards.
+    pub fn forward_image_tokens(
+        &self,
+        x: &Tensor,
+        c: &Tensor,
+        temb: &Tensor,
+        rope_tables: &JointRope,
+        bias: Option<&Tensor>,
+        keep: std::ops::Range<usize>,
+    ) -> Result<Tensor> {
+        self.run(x, c, temb, rope_tables, bias, Some(keep))
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        c: &Tensor,
+        temb: &Tensor,
+        rope_tables: &JointRope,
+        bias: Option<&Tensor>,
+        keep: Option<std::ops::Range<usize>>,
+    ) -> Result<Tensor> {
+        let z = Tensor::cat(&[x, c], 1)?;
+        let m = modulation(&self.norm, temb, 3)?;
+        let zn = self.ln.modulated(&z, &m[0], &m[1])?;
+        let keep = keep.unwrap_or(0..z.dim(1)?);
+        let (zk, znk) = (z.narrow(1, keep.start, keep.len())?, zn.narrow(1, keep.start, keep.len())?);
+        let mlp = cpu::gelu_tanh(&self.proj_mlp.forward(&znk)?)?;
+        let o = joint_attention(
+            (&[(self.to_q.forward(&znk)?, &self.norm_q)], keep.start),
+            &[(self.to_k.forward(&zn)?, &self.norm_k)],
+            &[self.to_v.forward(&zn)?],
+            rope_tables,
+            self.heads,
+            bias,
+        )?;
+        let out = self.proj_out.forward(&Tensor::cat(&[o, mlp], 2)?)?;
+        gated_residual(&zk, &out, &m[2])
     }
 }
 

@@ -16,7 +16,9 @@ mod layers;
 mod rope;
 
 use candle_core::{D, DType, Device, Module, Tensor};
-use candle_nn::{Linear, VarBuilder, linear};
+use candle_nn::VarBuilder;
+
+use crate::models::linear::{Linear, linear};
 
 use crate::error::{Error, Result};
 use layers::{DualBlock, Mlp, PatchEmbed, PlainLayerNorm, SingleBlock, TokenRefiner};
@@ -581,12 +583,13 @@ impl Transformer {
 
     /// Runs the model; returns the flow velocity `(B, out_channels, T, H, W)` in f32.
     pub fn forward(&self, inputs: &TransformerInputs<'_>) -> Result<Tensor> {
-        self.forward_traced(inputs, &mut |_, _| {})
+        self.forward_impl(inputs, &mut |_, _| {}, None, false)
     }
 
-    /// [`Transformer::forward`] that reports named intermediate tensors to `trace` (see [`Trace`]).
+    /// [`Transformer::forward`] that reports named intermediate tensors to `trace` (see [`Trace`]); the
+    /// last block then also computes the outputs of the tokens the model discards, to report them.
     pub fn forward_traced(&self, inputs: &TransformerInputs<'_>, trace: &mut Trace<'_>) -> Result<Tensor> {
-        self.forward_impl(inputs, trace, None)
+        self.forward_impl(inputs, trace, None, true)
     }
 
     /// [`Transformer::forward`] with TeaCache (spec §6.2): when the block-0 modulated image tokens
@@ -594,7 +597,7 @@ impl Transformer {
     /// image-token residual is added instead. `cache` carries the state across the steps of one
     /// section; [`TeaCache::reset`] it (or make a new one) for every section.
     pub fn forward_with_cache(&self, inputs: &TransformerInputs<'_>, cache: &mut TeaCache) -> Result<Tensor> {
-        self.forward_impl(inputs, &mut |_, _| {}, Some(cache))
+        self.forward_impl(inputs, &mut |_, _| {}, Some(cache), false)
     }
 
     fn forward_impl(
@@ -602,6 +605,7 @@ impl Transformer {
         inputs: &TransformerInputs<'_>,
         trace: &mut Trace<'_>,
         mut cache: Option<&mut TeaCache>,
+        traced: bool,
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, t, h, w) = self.latent_shape(inputs.hidden_states)?;
@@ -650,6 +654,7 @@ impl Transformer {
         let rope = rope::with_identity_rows(&packed.cos, &packed.sin, n_ctx)?;
 
         let (mut x, mut c) = (packed.tokens, context);
+        let noisy = n_img - packed.noisy_tokens..n_img;
         let compute = match &cache {
             None => true,
             Some(_) if self.transformer_blocks.is_empty() => true,
@@ -660,41 +665,49 @@ impl Transformer {
             let signal = self.transformer_blocks[0].modulated_input(&x, &temb)?;
             cache.should_compute(signal)?
         };
-        if compute {
-            let before = cache.is_some().then(|| x.clone());
+        let x = if compute {
+            let before = cache.is_some().then(|| x.narrow(1, noisy.start, noisy.len())).transpose()?;
             for (i, block) in self.transformer_blocks.iter().enumerate() {
                 (x, c) = block.forward(&x, &c, &temb, &rope, key_bias.as_ref())?;
                 trace(&format!("transformer_blocks.{i}.hidden"), &x);
                 trace(&format!("transformer_blocks.{i}.encoder"), &c);
             }
-            for (i, block) in self.single_transformer_blocks.iter().enumerate() {
+            // Only the noisy tokens' outputs of the last block are used: unless every intermediate
+            // is traced, it computes those alone.
+            let blocks = self.single_transformer_blocks.len();
+            let last = if traced { blocks } else { blocks.saturating_sub(1) };
+            for (i, block) in self.single_transformer_blocks[..last].iter().enumerate() {
                 (x, c) = block.forward(&x, &c, &temb, &rope, key_bias.as_ref())?;
                 trace(&format!("single_transformer_blocks.{i}.hidden"), &x);
                 trace(&format!("single_transformer_blocks.{i}.encoder"), &c);
             }
+            let x = match self.single_transformer_blocks.get(last) {
+                Some(block) => block.forward_image_tokens(&x, &c, &temb, &rope, key_bias.as_ref(), noisy.clone())?,
+                None => x.narrow(1, noisy.start, noisy.len())?,
+            };
             if let (Some(cache), Some(before)) = (cache, before) {
                 cache.residual = Some((&x - &before)?);
             }
+            x
         } else {
             let cache = cache.expect("a skipped step has a cache");
             let residual = cache.residual.as_ref().expect("should_compute never skips without a residual");
+            let x = x.narrow(1, noisy.start, noisy.len())?;
             if residual.dims() != x.dims() {
                 return Err(Error::invalid(
                     "teacache",
                     format!(
-                        "cached residual {:?} does not match the tokens {:?} (reset the cache for every section)",
+                        "cached residual {:?} does not match the noisy tokens {:?} (reset the cache for every section)",
                         residual.dims(),
                         x.dims()
                     ),
                 ));
             }
-            x = (&x + residual)?;
-        }
+            (&x + residual)?
+        };
 
-        let n = packed.noisy_tokens;
-        let x = x.narrow(1, n_img - n, n)?;
         let mods = self.norm_out.forward(&temb.silu()?)?.unsqueeze(1)?.chunk(2, D::Minus1)?;
-        let x = layers::modulate(&self.ln.forward(&x)?, &mods[1], &mods[0])?;
+        let x = self.ln.modulated(&x, &mods[1], &mods[0])?;
         trace("norm_out", &x);
         let x = self.proj_out.forward(&x.to_dtype(DType::F32)?)?;
         trace("proj_out", &x);

@@ -11,7 +11,9 @@
 //! kept (a ring buffer), so the memory is input + output + `k` frames. GEMMs come from the
 //! `gemm` crate (which candle uses too).
 
-use candle_core::{DType, Device, Result, Storage, Tensor};
+use candle_core::{Result, Storage, Tensor};
+
+use crate::models::cpu::{cpu_f32, with_f32};
 use rayon::prelude::*;
 
 /// Replicate-pads frame `f` of `src` `(C, T, H, W)` by `p` pixels into `dst` `(C, H + 2p, W + 2p)`.
@@ -130,25 +132,6 @@ pub(crate) fn causal_conv3d(x: &Tensor, weight: &Tensor, bias: &Tensor, k: usize
         Ok(out)
     })?;
     out.map(|o_| Tensor::from_vec(o_, (b, o, t, h, w), x.device())).transpose()
-}
-
-fn cpu_f32(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
-}
-
-/// Runs `f` on the contiguous f32 data of `x`.
-fn with_f32<R>(x: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<Option<R>> {
-    let x = x.contiguous()?;
-    let (s, l) = x.storage_and_layout();
-    let Storage::Cpu(s) = &*s else {
-        return Ok(None);
-    };
-    let data = &s.as_slice::<f32>()?[l.start_offset()..];
-    let n = x.elem_count();
-    if data.len() < n {
-        candle_core::bail!("storage smaller than its layout");
-    }
-    f(&data[..n]).map(Some)
 }
 
 /// GroupNorm over `(B, C, …)` (statistics per batch item and group of `C / groups` channels over

@@ -1,0 +1,304 @@
+//! The CPU performance anchor: one forward pass of the MEDIUM FramePack transformer in f32, the
+//! exact workload of the reference's `bench_medium.py` (hidden 512 = 4 heads × 128, 2 dual + 4
+//! single blocks, 2 refiner blocks; latents 16 × 9 × 32 × 32, 2 clean 1x, 2 2x and 16 4x history
+//! frames, 64 text and 729 image tokens: 3,737 tokens in joint attention).
+//!
+//! ```text
+//! cargo run --release -p framepack --features testing --example dit_bench -- [--runs 5] [--threads 2]
+//!     [--python PATH] [--reference DIR] [--no-torch] [--breakdown]
+//! ```
+//!
+//! Prints the median of `--runs` forwards after one warm-up. When a Python with torch and
+//! diffusers is found (`--python`, else `$FRAMEPACK_BENCH_PYTHON`, else `python3`), the PyTorch
+//! model of `bench_medium.py` (from `--reference`, default `../shared/reference` beside the
+//! checkout) runs in a long-lived child process, and the two alternate in ABBA order so that
+//! machine load hits both alike; each pair's ratio candle/PyTorch and the median ratio are
+//! printed with the load average. `--breakdown` adds the time between the model's traced stages.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use framepack::models::transformer::{Config, Transformer, TransformerInputs};
+
+struct Args {
+    runs: usize,
+    threads: usize,
+    python: Option<String>,
+    reference: PathBuf,
+    torch: bool,
+    breakdown: bool,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let default_ref = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/reference");
+    let mut a = Args {
+        runs: 5,
+        threads: 2,
+        python: std::env::var("FRAMEPACK_BENCH_PYTHON").ok(),
+        reference: default_ref,
+        torch: true,
+        breakdown: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let num = |s: String| s.parse::<usize>().map_err(|e| format!("{s}: {e}"));
+        match flag.as_str() {
+            "--runs" => a.runs = num(value()?)?.max(1),
+            "--threads" => a.threads = num(value()?)?.max(1),
+            "--python" => a.python = Some(value()?),
+            "--reference" => a.reference = PathBuf::from(value()?),
+            "--no-torch" => a.torch = false,
+            "--breakdown" => a.breakdown = true,
+            "--bench" => {}
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+/// `MEDIUM_CONFIG` of `bench_medium.py`.
+fn medium_config() -> Config {
+    Config {
+        in_channels: 16,
+        out_channels: 16,
+        num_attention_heads: 4,
+        attention_head_dim: 128,
+        num_layers: 2,
+        num_single_layers: 4,
+        num_refiner_layers: 2,
+        mlp_ratio: 4.0,
+        patch_size: 2,
+        patch_size_t: 1,
+        qk_norm: "rms_norm".into(),
+        guidance_embeds: true,
+        text_embed_dim: 4096,
+        pooled_projection_dim: 768,
+        rope_theta: 256.0,
+        rope_axes_dim: [16, 56, 56],
+        image_condition_type: None,
+        has_image_proj: true,
+        image_proj_dim: 1152,
+        has_clean_x_embedder: true,
+    }
+}
+
+/// `WORKLOAD` / `make_inputs()` of `bench_medium.py` (random values; only shapes matter).
+struct Workload {
+    hidden: Tensor,
+    timestep: Tensor,
+    text: Tensor,
+    text_mask: Tensor,
+    pooled: Tensor,
+    image: Tensor,
+    guidance: Tensor,
+    idx_latents: Tensor,
+    clean: Tensor,
+    idx_clean: Tensor,
+    h2x: Tensor,
+    idx_2x: Tensor,
+    h4x: Tensor,
+    idx_4x: Tensor,
+}
+
+impl Workload {
+    fn new(dev: &Device) -> candle_core::Result<Self> {
+        let rn = |shape: &[usize]| Tensor::randn(0f32, 1., shape, dev);
+        let range = |a: u32, b: u32| Tensor::arange(a, b, dev);
+        // arange(38) split [1, 9 (blank), 9, 1, 2, 16].
+        Ok(Self {
+            hidden: rn(&[1, 16, 9, 32, 32])?,
+            timestep: Tensor::new(&[800f32], dev)?,
+            text: rn(&[1, 64, 4096])?,
+            text_mask: Tensor::ones((1, 64), DType::F32, dev)?,
+            pooled: rn(&[1, 768])?,
+            image: rn(&[1, 729, 1152])?,
+            guidance: Tensor::new(&[10000f32], dev)?,
+            idx_latents: range(10, 19)?,
+            clean: rn(&[1, 16, 2, 32, 32])?,
+            idx_clean: Tensor::new(&[0u32, 19], dev)?,
+            h2x: rn(&[1, 16, 2, 32, 32])?,
+            idx_2x: range(20, 22)?,
+            h4x: rn(&[1, 16, 16, 32, 32])?,
+            idx_4x: range(22, 38)?,
+        })
+    }
+
+    fn inputs(&self) -> TransformerInputs<'_> {
+        TransformerInputs {
+            hidden_states: &self.hidden,
+            timestep: &self.timestep,
+            encoder_hidden_states: &self.text,
+            encoder_attention_mask: &self.text_mask,
+            pooled_projections: &self.pooled,
+            image_embeds: Some(&self.image),
+            guidance: Some(&self.guidance),
+            indices_latents: &self.idx_latents,
+            latents_clean: Some(&self.clean),
+            indices_latents_clean: Some(&self.idx_clean),
+            latents_history_2x: Some(&self.h2x),
+            indices_latents_history_2x: Some(&self.idx_2x),
+            latents_history_4x: Some(&self.h4x),
+            indices_latents_history_4x: Some(&self.idx_4x),
+        }
+    }
+}
+
+/// The PyTorch side: `tools/bench_medium_torch.py` serving one timed forward per request.
+struct Torch {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    version: String,
+}
+
+impl Torch {
+    fn start(python: &str, reference: &PathBuf, threads: usize) -> Result<Self, String> {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/bench_medium_torch.py");
+        let mut child = Command::new(python)
+            .arg(&script)
+            .arg("--reference")
+            .arg(reference)
+            .arg("--threads")
+            .arg(threads.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("{python}: {e}"))?;
+        let stdin = child.stdin.take().ok_or("no stdin")?;
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+        let Some(version) = line.trim().strip_prefix("ready torch ") else {
+            let _ = child.kill();
+            return Err(format!("the PyTorch side did not start (said {:?})", line.trim()));
+        };
+        let version = version.to_string();
+        Ok(Self { child, stdin, stdout, version })
+    }
+
+    fn run(&mut self) -> Result<f64, String> {
+        writeln!(self.stdin, "run").and_then(|_| self.stdin.flush()).map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).map_err(|e| e.to_string())?;
+        line.trim().parse::<f64>().map_err(|_| format!("unexpected reply {:?}", line.trim()))
+    }
+}
+
+impl Drop for Torch {
+    fn drop(&mut self) {
+        let _ = writeln!(self.stdin, "quit");
+        let _ = self.child.wait();
+    }
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args()?;
+    rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
+    let dev = Device::Cpu;
+    let cfg = medium_config();
+    let ws = framepack::testing::random_weights(2024, 1.0, |vb| Transformer::new(vb, &cfg))?;
+    let params: usize = ws.values().map(|t| t.elem_count()).sum();
+    let model = Transformer::new(VarBuilder::from_tensors(ws, DType::F32, &dev), &cfg)?;
+    let work = Workload::new(&dev)?;
+    let inputs = work.inputs();
+
+    let mut torch = None;
+    if args.torch {
+        let python = args.python.clone().unwrap_or_else(|| "python3".into());
+        match Torch::start(&python, &args.reference, args.threads) {
+            Ok(t) => torch = Some(t),
+            Err(e) => println!("PyTorch side skipped: {e}"),
+        }
+    }
+
+    println!(
+        "medium DiT forward, f32, {} threads, {params} params, 3737 tokens (3008 image + 729 SigLIP + 64 text)",
+        args.threads
+    );
+    if let Some(t) = &torch {
+        println!("PyTorch {} from {}", t.version, args.reference.display());
+    }
+    let t0 = Instant::now();
+    let out = model.forward(&inputs)?;
+    println!("candle warm-up {:.3} s, output {:?}", t0.elapsed().as_secs_f64(), out.dims());
+    if let Some(t) = torch.as_mut() {
+        println!("PyTorch warm-up {:.3} s", t.run()?);
+    }
+
+    let time_candle = || -> framepack::Result<f64> {
+        let t0 = Instant::now();
+        model.forward(&inputs)?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    println!("\n| run | load (1/5/15 min) | candle s | PyTorch s | candle/PyTorch |");
+    println!("|---|---|---|---|---|");
+    let (mut cs, mut ts, mut rs) = (vec![], vec![], vec![]);
+    for i in 0..args.runs {
+        let load = loadavg();
+        let (c, t) = match torch.as_mut() {
+            Some(torch) if i % 2 == 1 => {
+                let t = torch.run()?;
+                (time_candle()?, Some(t))
+            }
+            Some(torch) => {
+                let c = time_candle()?;
+                (c, Some(torch.run()?))
+            }
+            None => (time_candle()?, None),
+        };
+        cs.push(c);
+        match t {
+            Some(t) => {
+                ts.push(t);
+                rs.push(c / t);
+                println!("| {} | {load} | {c:.3} | {t:.3} | {:.3} |", i + 1, c / t);
+            }
+            None => println!("| {} | {load} | {c:.3} | – | – |", i + 1),
+        }
+    }
+    if ts.is_empty() {
+        println!("| median | {} | {:.3} | – | – |", loadavg(), median(&cs));
+    } else {
+        println!("| median | {} | {:.3} | {:.3} | {:.3} |", loadavg(), median(&cs), median(&ts), median(&rs));
+    }
+
+    if args.breakdown {
+        let mut marks: Vec<(String, Instant)> = Vec::new();
+        let start = Instant::now();
+        let mut record = |name: &str, _: &Tensor| {
+            if !name.ends_with(".encoder") && !name.starts_with("rope_") {
+                marks.push((name.to_string(), Instant::now()));
+            }
+        };
+        model.forward_traced(&inputs, &mut record)?;
+        let end = Instant::now();
+        println!("\n| stage (time since the previous one) | ms |");
+        println!("|---|---|");
+        let mut prev = start;
+        for (name, at) in &marks {
+            println!("| {name} | {:.1} |", (*at - prev).as_secs_f64() * 1e3);
+            prev = *at;
+        }
+        println!("| unpatchify | {:.1} |", (end - prev).as_secs_f64() * 1e3);
+        println!("| total | {:.1} |", (end - start).as_secs_f64() * 1e3);
+    }
+    Ok(())
+}
