@@ -25,6 +25,10 @@ use candle_nn::VarBuilder;
 use framepack::models::vae::{AutoencoderKLHunyuanVideo, Config, Tiling};
 use framepack::weights;
 
+#[path = "support/mem.rs"]
+mod mem;
+use mem::{peak_gib, reset_peak, rss_gib};
+
 struct Args {
     frames: Vec<usize>,
     size: usize,
@@ -76,25 +80,6 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     Ok(a)
-}
-
-fn status_kb(field: &str) -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with(field))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn peak_gib() -> f64 {
-    status_kb("VmHWM:").unwrap_or(0) as f64 / (1024.0 * 1024.0)
-}
-
-fn rss_gib() -> f64 {
-    status_kb("VmRSS:").unwrap_or(0) as f64 / (1024.0 * 1024.0)
-}
-
-/// Resets VmHWM to the current RSS (Linux `clear_refs` value 5).
-fn reset_peak() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// Random real-size weights: N(0, 1/fan_in) matrices, norm scales ≈ 1, small biases.

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::generator::{Generator, Models};
 use crate::models::text::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::text::llama::{Llama, LlamaConfig};
-use crate::models::transformer::{self, Transformer};
+use crate::models::transformer::{self, Residency, Transformer};
 use crate::models::vae::{self, AutoencoderKLHunyuanVideo};
 use crate::models::vision::{SiglipVisionConfig, SiglipVisionModel};
 use crate::weights::{self, WeightFiles};
@@ -574,6 +574,12 @@ impl BundlePaths {
 
     /// Loads the transformer and the VAE (strict weight checks) in `dtype` on `device`.
     pub fn load_models(&self, device: &Device, dtype: DType) -> Result<Models> {
+        self.load_models_with(device, dtype, Residency::Resident)
+    }
+
+    /// [`Self::load_models`] with the transformer's blocks placed by `residency` (low-VRAM block
+    /// streaming from the memory-mapped files).
+    pub fn load_models_with(&self, device: &Device, dtype: DType, residency: Residency) -> Result<Models> {
         let report_one = |c: Component| BundleReport {
             components: vec![ComponentReport {
                 component: c,
@@ -586,7 +592,7 @@ impl BundlePaths {
         let tcfg = self.transformer_config()?;
         let tfiles =
             weight_files(&self.transformer, "diffusion_pytorch_model").map_err(status_error(Component::Transformer))?;
-        let transformer = weights::load(WeightFiles::open(&tfiles)?, dtype, device, |vb| Transformer::new(vb, &tcfg))?;
+        let transformer = Transformer::load(&tfiles, &tcfg, dtype, device, residency)?;
         let vcfg = self.vae_config()?;
         let vfiles = weight_files(&self.vae, "diffusion_pytorch_model").map_err(status_error(Component::Vae))?;
         let vae = AutoencoderKLHunyuanVideo::load(&vfiles, &vcfg, dtype, device)?;

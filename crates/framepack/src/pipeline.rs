@@ -17,6 +17,7 @@ use crate::generator::{Conditioning, Generator, Job, PromptSchedule, Settings, T
 use crate::models::text::clip::ClipTextConfig;
 use crate::models::text::llama::LlamaConfig;
 use crate::models::text::{PromptCache, PromptEncoder, PromptEncoderFiles, PromptEncoderOptions, PromptFeatures};
+use crate::models::transformer::Residency;
 use crate::models::vision::{SiglipVisionConfig, SiglipVisionModel};
 use crate::preprocess::{self, RgbImage};
 
@@ -89,8 +90,13 @@ impl Pipeline {
     /// Checks the whole bundle (one line naming the first missing or mismatched part), loads the
     /// transformer, the VAE and SigLIP, and records where the text encoders are.
     pub fn load(paths: &BundlePaths, device: &Device, dtype: DType) -> Result<Self> {
+        Self::load_with(paths, device, dtype, Residency::Resident)
+    }
+
+    /// [`Self::load`] with the transformer's blocks placed by `residency` (low-VRAM streaming).
+    pub fn load_with(paths: &BundlePaths, device: &Device, dtype: DType, residency: Residency) -> Result<Self> {
         paths.inspect().require(&Component::ALL)?;
-        let generator = paths.load_generator(device, dtype)?;
+        let generator = Generator::new(paths.load_models_with(device, dtype, residency)?);
         let vcfg = SiglipVisionConfig::from_json(&read_text(
             &paths.image_encoder.join("config.json"),
             Component::ImageEncoder,

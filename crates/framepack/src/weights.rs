@@ -69,7 +69,9 @@ impl WeightFiles {
 }
 
 enum Source {
-    Files(WeightFiles),
+    Files(std::sync::Arc<WeightFiles>),
+    /// Checked against the files like `Files`, answered with shape-only tensors.
+    FileShapes(std::sync::Arc<WeightFiles>),
     /// Shape-only tensors: nothing is read or allocated.
     Shapes {
         label: String,
@@ -113,7 +115,7 @@ impl CheckedBackend {
                 })),
                 Some(_) => shape_only(s, dtype, dev),
             },
-            Source::Files(files) => {
+            Source::Files(files) | Source::FileShapes(files) => {
                 let Some((file_idx, actual)) = files.index.get(name) else {
                     return Err(self.fail(WeightsError::Missing {
                         name: name.into(),
@@ -129,6 +131,9 @@ impl CheckedBackend {
                         expected,
                         actual: actual.clone(),
                     }));
+                }
+                if matches!(self.source, Source::FileShapes(_)) {
+                    return shape_only(s, dtype, dev);
                 }
                 st.get(name).and_then(|v| v.load(dev)).and_then(|t| t.to_dtype(dtype)).map_err(|e| {
                     self.fail(WeightsError::Load {
@@ -158,7 +163,7 @@ impl SimpleBackend for CheckedBackend {
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
         let shape = match &self.source {
-            Source::Files(f) => f.index.get(name).map(|(_, s)| s.clone()),
+            Source::Files(f) | Source::FileShapes(f) => f.index.get(name).map(|(_, s)| s.clone()),
             Source::Shapes { shapes, .. } => shapes.get(name).cloned(),
             Source::Record => None,
         };
@@ -170,7 +175,7 @@ impl SimpleBackend for CheckedBackend {
 
     fn contains_tensor(&self, name: &str) -> bool {
         match &self.source {
-            Source::Files(f) => f.index.contains_key(name),
+            Source::Files(f) | Source::FileShapes(f) => f.index.contains_key(name),
             Source::Shapes { shapes, .. } => shapes.contains_key(name),
             Source::Record => true,
         }
@@ -180,7 +185,7 @@ impl SimpleBackend for CheckedBackend {
 impl CheckedBackend {
     fn label(&self) -> String {
         match &self.source {
-            Source::Files(f) => f.describe_files(),
+            Source::Files(f) | Source::FileShapes(f) => f.describe_files(),
             Source::Shapes { label, .. } => label.clone(),
             Source::Record => "<recording>".into(),
         }
@@ -188,7 +193,7 @@ impl CheckedBackend {
 
     fn stored(&self) -> Option<BTreeSet<String>> {
         match &self.source {
-            Source::Files(f) => Some(f.index.keys().cloned().collect()),
+            Source::Files(f) | Source::FileShapes(f) => Some(f.index.keys().cloned().collect()),
             Source::Shapes { shapes, .. } => Some(shapes.keys().cloned().collect()),
             Source::Record => None,
         }
@@ -246,7 +251,27 @@ pub fn load<M>(
     device: &Device,
     build: impl FnOnce(VarBuilder<'_>) -> candle_core::Result<M>,
 ) -> Result<M> {
-    run(Source::Files(files), dtype, device, build).map(|(m, _)| m)
+    run(Source::Files(std::sync::Arc::new(files)), dtype, device, build).map(|(m, _)| m)
+}
+
+/// A [`VarBuilder`] that reads tensors from the (memory-mapped) files whenever asked, for models
+/// that load parts on demand (block streaming). Every name and shape is first checked against
+/// `check` without reading data, with the errors of [`load`]; later reads convert to `dtype` on
+/// `device` and name the file and tensor if one fails.
+pub fn on_demand<M>(
+    files: WeightFiles,
+    dtype: DType,
+    device: &Device,
+    check: impl FnOnce(VarBuilder<'_>) -> candle_core::Result<M>,
+) -> Result<VarBuilder<'static>> {
+    let files = std::sync::Arc::new(files);
+    run(Source::FileShapes(files.clone()), dtype, device, check)?;
+    let backend = CheckedBackend {
+        source: Source::Files(files),
+        used: Mutex::new(BTreeMap::new()),
+        first_error: Mutex::new(None),
+    };
+    Ok(VarBuilder::from_backend(Box::new(ArcBackend(std::sync::Arc::new(backend))), dtype, device.clone()))
 }
 
 /// Builds a model against a name → shape list without any data (nothing is allocated), with

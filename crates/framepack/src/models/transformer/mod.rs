@@ -14,6 +14,9 @@
 
 mod layers;
 mod rope;
+mod streaming;
+
+pub use streaming::{MemoryPlan, Residency};
 
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
@@ -248,8 +251,10 @@ pub struct Transformer {
     timestep_embedder: Mlp,
     guidance_embedder: Option<Mlp>,
     text_embedder: Mlp,
-    transformer_blocks: Vec<DualBlock>,
-    single_transformer_blocks: Vec<SingleBlock>,
+    /// `None`: streamed from `stream` for every use.
+    transformer_blocks: Vec<Option<DualBlock>>,
+    single_transformer_blocks: Vec<Option<SingleBlock>>,
+    stream: Option<streaming::Streamer>,
     norm_out: Linear,
     proj_out: Linear,
     ln: PlainLayerNorm,
@@ -330,6 +335,44 @@ fn valid_lengths(mask: &Tensor, batch: usize, len: usize) -> Result<Vec<usize>> 
 impl Transformer {
     /// Builds the model from diffusers-named weights.
     pub fn new(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Self> {
+        Self::build(vb, cfg, usize::MAX, None)
+    }
+
+    /// Loads the model from safetensors files (strict names and shapes, see
+    /// [`weights::load`](crate::weights::load)) in `dtype` on `device`. With
+    /// [`Residency::Streamed`], the blocks past [`MemoryPlan::resident_blocks`] stay in the
+    /// memory-mapped files and are moved to the device for every use.
+    pub fn load<P: AsRef<std::path::Path>>(
+        paths: &[P],
+        cfg: &Config,
+        dtype: DType,
+        device: &Device,
+        residency: Residency,
+    ) -> Result<Self> {
+        let files = crate::weights::WeightFiles::open(paths)?;
+        match residency {
+            Residency::Resident => crate::weights::load(files, dtype, device, |vb| Self::new(vb, cfg)),
+            Residency::Streamed { .. } => {
+                let plan = MemoryPlan::new(cfg, dtype, residency)?;
+                let vb = crate::weights::on_demand(files, dtype, device, |vb| Self::new(vb, cfg))?;
+                let stream = streaming::Streamer {
+                    vb: vb.clone(),
+                    dim: cfg.inner_dim(),
+                    heads: cfg.num_attention_heads,
+                    mlp: cfg.mlp_dim(),
+                };
+                Ok(Self::build(vb, cfg, plan.resident_blocks, Some(stream))?)
+            }
+        }
+    }
+
+    /// Builds the model with its first `resident` blocks loaded; the others stream from `stream`.
+    fn build(
+        vb: VarBuilder,
+        cfg: &Config,
+        resident: usize,
+        stream: Option<streaming::Streamer>,
+    ) -> candle_core::Result<Self> {
         cfg.validate().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         let dim = cfg.inner_dim();
         let heads = cfg.num_attention_heads;
@@ -375,11 +418,20 @@ impl Transformer {
             },
             text_embedder: Mlp::new(tte.pp("text_embedder"), cfg.pooled_projection_dim, dim)?,
             transformer_blocks: (0..cfg.num_layers)
-                .map(|i| DualBlock::new(vb.pp("transformer_blocks").pp(i), dim, heads, mlp))
+                .map(|i| {
+                    (i < resident)
+                        .then(|| DualBlock::new(vb.pp("transformer_blocks").pp(i), dim, heads, mlp))
+                        .transpose()
+                })
                 .collect::<candle_core::Result<_>>()?,
             single_transformer_blocks: (0..cfg.num_single_layers)
-                .map(|i| SingleBlock::new(vb.pp("single_transformer_blocks").pp(i), dim, heads, mlp))
+                .map(|i| {
+                    (cfg.num_layers + i < resident)
+                        .then(|| SingleBlock::new(vb.pp("single_transformer_blocks").pp(i), dim, heads, mlp))
+                        .transpose()
+                })
                 .collect::<candle_core::Result<_>>()?,
+            stream,
             norm_out: linear(dim, 2 * dim, vb.pp("norm_out.linear"))?,
             proj_out,
             ln: PlainLayerNorm::new(dim, vb.dtype(), vb.device())?,
@@ -655,6 +707,7 @@ impl Transformer {
 
         let (mut x, mut c) = (packed.tokens, context);
         let noisy = n_img - packed.noisy_tokens..n_img;
+        let mut walk = streaming::BlockWalk::new(self);
         let compute = match &cache {
             None => true,
             Some(_) if self.transformer_blocks.is_empty() => true,
@@ -662,13 +715,13 @@ impl Transformer {
         };
         let compute = compute || {
             let cache = cache.as_deref_mut().expect("checked above");
-            let signal = self.transformer_blocks[0].modulated_input(&x, &temb)?;
+            let signal = walk.dual(0)?.modulated_input(&x, &temb)?;
             cache.should_compute(signal)?
         };
         let x = if compute {
             let before = cache.is_some().then(|| x.narrow(1, noisy.start, noisy.len())).transpose()?;
-            for (i, block) in self.transformer_blocks.iter().enumerate() {
-                (x, c) = block.forward(&x, &c, &temb, &rope, key_bias.as_ref())?;
+            for i in 0..self.transformer_blocks.len() {
+                (x, c) = walk.dual(i)?.forward(&x, &c, &temb, &rope, key_bias.as_ref())?;
                 trace(&format!("transformer_blocks.{i}.hidden"), &x);
                 trace(&format!("transformer_blocks.{i}.encoder"), &c);
             }
@@ -676,14 +729,15 @@ impl Transformer {
             // is traced, it computes those alone.
             let blocks = self.single_transformer_blocks.len();
             let last = if traced { blocks } else { blocks.saturating_sub(1) };
-            for (i, block) in self.single_transformer_blocks[..last].iter().enumerate() {
-                (x, c) = block.forward(&x, &c, &temb, &rope, key_bias.as_ref())?;
+            for i in 0..last {
+                (x, c) = walk.single(i)?.forward(&x, &c, &temb, &rope, key_bias.as_ref())?;
                 trace(&format!("single_transformer_blocks.{i}.hidden"), &x);
                 trace(&format!("single_transformer_blocks.{i}.encoder"), &c);
             }
-            let x = match self.single_transformer_blocks.get(last) {
-                Some(block) => block.forward_image_tokens(&x, &c, &temb, &rope, key_bias.as_ref(), noisy.clone())?,
-                None => x.narrow(1, noisy.start, noisy.len())?,
+            let x = if last < blocks {
+                walk.single(last)?.forward_image_tokens(&x, &c, &temb, &rope, key_bias.as_ref(), noisy.clone())?
+            } else {
+                x.narrow(1, noisy.start, noisy.len())?
             };
             if let (Some(cache), Some(before)) = (cache, before) {
                 cache.residual = Some((&x - &before)?);
