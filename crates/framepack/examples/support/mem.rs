@@ -1,4 +1,5 @@
 //! Process memory figures from `/proc/self/status` (Linux), shared by the benchmark examples.
+#![allow(dead_code)] // each example uses a subset
 
 fn status_kb(field: &str) -> Option<u64> {
     let s = std::fs::read_to_string("/proc/self/status").ok()?;
