@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use bevy::prelude::*;
 use candle_core::DType;
 use framepack::bundle::DeviceChoice;
+use framepack::models::transformer::Residency;
 
 /// Where the worker loads its models from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -29,6 +30,10 @@ pub struct FramePackSettings {
     pub device: DeviceChoice,
     /// The weights' dtype.
     pub dtype: DType,
+    /// Low-VRAM mode: device memory in bytes the transformer's weights may occupy; its blocks
+    /// then stream from the memory-mapped checkpoint (`framepack::models::transformer::Residency`).
+    /// `None` keeps every weight on the device.
+    pub low_vram_budget: Option<u64>,
     /// How many response messages (sections, progress, …) may wait for the game before the
     /// worker stops and waits (back-pressure). At least 1.
     pub response_capacity: usize,
@@ -36,7 +41,13 @@ pub struct FramePackSettings {
 
 impl Default for FramePackSettings {
     fn default() -> Self {
-        Self { model: ModelSource::Nano, device: DeviceChoice::Cpu, dtype: DType::F32, response_capacity: 8 }
+        Self {
+            model: ModelSource::Nano,
+            device: DeviceChoice::Cpu,
+            dtype: DType::F32,
+            low_vram_budget: None,
+            response_capacity: 8,
+        }
     }
 }
 
@@ -59,6 +70,18 @@ impl FramePackSettings {
     pub fn with_dtype(mut self, dtype: DType) -> Self {
         self.dtype = dtype;
         self
+    }
+    /// Streams the transformer's blocks within `bytes` of device memory for weights.
+    pub fn with_low_vram_budget(mut self, bytes: u64) -> Self {
+        self.low_vram_budget = Some(bytes);
+        self
+    }
+    /// The transformer placement these settings ask for.
+    pub fn residency(&self) -> Residency {
+        match self.low_vram_budget {
+            Some(budget_bytes) => Residency::Streamed { budget_bytes },
+            None => Residency::Resident,
+        }
     }
     /// Sets the response channel capacity.
     pub fn with_response_capacity(mut self, capacity: usize) -> Self {

@@ -270,7 +270,8 @@ fn load_pipeline(settings: &FramePackSettings, nano: &mut Option<TempDir>) -> Re
         }
     };
     let device = settings.device.open().map_err(|e| e.to_string())?;
-    Pipeline::load(&paths, &device, settings.dtype).map_err(|e| format!("cannot load the model: {e}"))
+    Pipeline::load_with(&paths, &device, settings.dtype, settings.residency())
+        .map_err(|e| format!("cannot load the model: {e}"))
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {

@@ -6,6 +6,7 @@ use bevy::asset::{AssetPlugin, LoadState};
 use bevy::ecs::system::RunSystemOnce;
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
+use bevy_framepack::framepack::models::transformer::{MemoryPlan, Residency};
 use bevy_framepack::framepack::packing::Schedule;
 use bevy_framepack::prelude::*;
 use bevy_framepack::{FramePackError, FramePackWorker};
@@ -210,6 +211,24 @@ fn failures_become_messages_and_the_game_keeps_running() {
     assert!(e.to_string().contains("steps"), "{e}");
     let e = app.world_mut().run_system_once(|| RgbaImage::new(4, 4, vec![0; 3])).unwrap().unwrap_err();
     assert!(e.to_string().contains("needs 64 bytes"), "{e}");
+}
+
+#[test]
+fn low_vram_budget_streams_the_nano_model_or_explains_why_not() {
+    let mut tiny = app(FramePackSettings::default().with_low_vram_budget(1));
+    generate(&mut tiny, nano_preset(1.0, 1)).unwrap();
+    update_until(&mut tiny, "a failure for a 1-byte budget", |a| !a.world().resource::<Log>().failed.is_empty());
+    let error = &tiny.world().resource::<Log>().failed[0].error;
+    assert!(error.contains("memory budget"), "{error}");
+
+    // The smallest budget that works streams every block of the nano transformer.
+    let cfg = bevy_framepack::framepack::testing::tiny_transformer_config();
+    let plan = MemoryPlan::new(&cfg, candle_core::DType::F32, Residency::Resident).unwrap();
+    let minimum = plan.fixed_bytes + 2 * plan.block_bytes.iter().max().unwrap();
+    let mut streamed = app(FramePackSettings::default().with_low_vram_budget(minimum));
+    let job = generate(&mut streamed, nano_preset(1.0, 1)).unwrap();
+    update_until(&mut streamed, "finish", |a| !a.world().resource::<Log>().finished.is_empty());
+    assert_eq!(streamed.world().resource::<Log>().finished, [job.id]);
 }
 
 fn asset_app(dir: &std::path::Path) -> App {

@@ -7,6 +7,7 @@ use clap::{Args, ValueEnum};
 use framepack::Error;
 use framepack::bundle::{BundlePaths, DeviceChoice, parse_dtype};
 use framepack::generator::Settings;
+use framepack::models::transformer::Residency;
 use framepack::packing::{FPS, Schedule};
 use framepack::pipeline::{Pipeline, Request};
 use framepack::preprocess::RgbImage;
@@ -80,6 +81,10 @@ pub struct GenerateArgs {
     /// Weight and activation dtype: f32, bf16 or f16. Default: f32 on the CPU, bf16 on a GPU.
     #[arg(long, value_name = "DTYPE")]
     dtype: Option<String>,
+    /// Low-VRAM mode: GiB of device memory the transformer's weights may use; its blocks then
+    /// stream from the memory-mapped checkpoint (e.g. 6 for the 13B model in bf16).
+    #[arg(long, value_name = "GIB")]
+    low_vram: Option<f64>,
     /// Sampler.
     #[arg(long, value_enum, default_value = "unipc")]
     sampler: SamplerArg,
@@ -174,7 +179,14 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
     });
     let spinner = multi.add(ProgressBar::new_spinner().with_message(format!("loading {}", args.weights.display())));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let mut pipeline = Pipeline::load(&paths, &device, dtype)?;
+    let residency = match args.low_vram {
+        None => Residency::Resident,
+        Some(gib) if gib.is_finite() && gib > 0.0 => {
+            Residency::Streamed { budget_bytes: (gib * (1u64 << 30) as f64) as u64 }
+        }
+        Some(gib) => return Err(invalid("--low-vram", format!("{gib} is not a positive number of GiB"))),
+    };
+    let mut pipeline = Pipeline::load_with(&paths, &device, dtype, residency)?;
     spinner.set_message("encoding prompt and image");
     let request = Request {
         image,
