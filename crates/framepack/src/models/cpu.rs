@@ -18,6 +18,19 @@ const CHUNK: usize = 1 << 14;
 /// Most query rows one attention task handles (its score block is this × the key count).
 const MAX_QUERY_BLOCK: usize = 256;
 
+/// Kernels switched off by `FRAMEPACK_CPU_KERNELS_OFF` (comma-separated: `attention`, `gelu`,
+/// `linear`, `norm_rope`, `ln_modulate`, `gated_add`, or `all`), read once. For benchmark
+/// ablations only: the generic candle ops compute the same values.
+fn enabled(kernel: &str) -> bool {
+    static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let off = OFF.get_or_init(|| {
+        std::env::var("FRAMEPACK_CPU_KERNELS_OFF")
+            .map(|v| v.split(',').map(|s| s.trim().to_string()).collect())
+            .unwrap_or_default()
+    });
+    !off.iter().any(|k| k == kernel || k == "all")
+}
+
 pub(crate) fn cpu_f32(x: &Tensor) -> bool {
     matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
 }
@@ -110,7 +123,7 @@ dispatch!(fn gelu_slice = gelu_slice_generic(src: &[f32], dst: &mut [f32]));
 
 /// Tanh-approximated GELU (candle's `gelu`), parallel and vectorized on the CPU in f32.
 pub(crate) fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
-    if !cpu_f32(x) {
+    if !cpu_f32(x) || !enabled("gelu") {
         return x.gelu();
     }
     let out = with_f32(x, |src| {
@@ -232,7 +245,7 @@ impl SyncPtr {
 /// with one GEMM, exponentiates them in place and multiplies by `V` with a second GEMM straight
 /// into the output rows, then divides by the softmax sums. Memory is one score block per thread.
 pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
-    if ![q, k, v].iter().all(|t| cpu_f32(t)) || bias.is_some_and(|b| !cpu_f32(b)) {
+    if ![q, k, v].iter().all(|t| cpu_f32(t)) || bias.is_some_and(|b| !cpu_f32(b)) || !enabled("attention") {
         return Ok(None);
     }
     let (b, h, lq, dh) = q.dims4()?;
@@ -363,7 +376,12 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor
 /// `x · Wᵀ + b` for `x` `(…, K)` and a contiguous `weight` `(N, K)`: one GEMM that reads the
 /// weight in place and accumulates onto rows initialized with the bias.
 pub(crate) fn linear(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Option<Tensor>> {
-    if !cpu_f32(x) || !cpu_f32(weight) || bias.is_some_and(|b| !cpu_f32(b)) || !weight.is_contiguous() {
+    if !cpu_f32(x)
+        || !cpu_f32(weight)
+        || bias.is_some_and(|b| !cpu_f32(b))
+        || !weight.is_contiguous()
+        || !enabled("linear")
+    {
         return Ok(None);
     }
     let (n, k) = weight.dims2()?;
@@ -466,7 +484,7 @@ pub(crate) fn norm_rope(
     row0: usize,
     eps: f32,
 ) -> Result<Option<Tensor>> {
-    if ![x, weight, cos, sin].iter().all(|t| cpu_f32(t)) {
+    if ![x, weight, cos, sin].iter().all(|t| cpu_f32(t)) || !enabled("norm_rope") {
         return Ok(None);
     }
     let (b, l, d) = x.dims3()?;
@@ -531,7 +549,7 @@ fn per_sample_rows(t: &Tensor, b: usize, d: usize) -> Result<Option<Vec<f32>>> {
 /// Affine-free LayerNorm followed by AdaLN modulation, `LN(x)·(1 + scale) + shift`, for `x`
 /// `(B, L, D)` and `shift`/`scale` `(B, 1, D)`.
 pub(crate) fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f32) -> Result<Option<Tensor>> {
-    if ![x, shift, scale].iter().all(|t| cpu_f32(t)) {
+    if ![x, shift, scale].iter().all(|t| cpu_f32(t)) || !enabled("ln_modulate") {
         return Ok(None);
     }
     let (b, l, d) = x.dims3()?;
@@ -551,7 +569,7 @@ pub(crate) fn ln_modulate(x: &Tensor, shift: &Tensor, scale: &Tensor, eps: f32) 
 
 /// `x + y · gate` for `x`, `y` `(B, L, D)` and `gate` `(B, 1, D)`.
 pub(crate) fn gated_add(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Option<Tensor>> {
-    if ![x, y, gate].iter().all(|t| cpu_f32(t)) || x.dims() != y.dims() {
+    if ![x, y, gate].iter().all(|t| cpu_f32(t)) || x.dims() != y.dims() || !enabled("gated_add") {
         return Ok(None);
     }
     let (b, l, d) = x.dims3()?;

@@ -6,7 +6,7 @@ use candle_nn::VarBuilder;
 
 use crate::models::linear::{Linear, linear};
 
-use crate::models::attention::{attention, attention_merged, merge_heads, split_heads};
+use crate::models::attention::{attention, attention_merged, merge_heads};
 use crate::models::cpu;
 
 const NORM_EPS: f32 = 1e-6;
@@ -269,11 +269,17 @@ fn joint_attention(
         let normed = parts.iter().map(|(x, w)| norm_heads(x, heads, w)).collect::<Result<Vec<_>>>()?;
         let x = Tensor::cat(&normed, 2)?;
         let (rows, n) = (cos.rank() - 2, x.dim(2)?);
-        candle_nn::rotary_emb::rope_i(&x, &cos.narrow(rows, row0, n)?, &sin.narrow(rows, row0, n)?)?.to_dtype(dtype)
+        let (c, s) = (cos.narrow(rows, row0, n)?.contiguous()?, sin.narrow(rows, row0, n)?.contiguous()?);
+        candle_nn::rotary_emb::rope_i(&x, &c, &s)?.to_dtype(dtype)
     };
     let (q, k) = (rotated(q, q_row0)?, rotated(k, 0)?);
-    let v = Tensor::cat(&v.iter().map(|v| split_heads(v, heads)).collect::<Result<Vec<_>>>()?, 2)?;
-    merge_heads(&attention(&q, &k, &v, bias)?)
+    let v = Tensor::cat(v, 1)?;
+    let (b, l, d) = v.dims3()?;
+    let v = v.reshape((b, l, heads, d / heads))?.transpose(1, 2)?;
+    if let Some(o) = cpu::attention(&q, &k, &v, bias)? {
+        return Ok(o);
+    }
+    merge_heads(&attention(&q, &k, &v.contiguous()?, bias)?)
 }
 
 /// One block of the text token refiner (`context_embedder.token_refiner.refiner_blocks.N`).
