@@ -23,6 +23,7 @@ use crate::worker::{GenerationRequest, RgbaImage};
 ///     resolution: 640,
 ///     teacache: Some(0.15),
 ///     playback: Pause,
+///     end_image: None, // or Some("presets/door_end.png"); needs an inverted or symmetric schedule
 /// )
 /// ```
 #[derive(Asset, TypePath, Clone, Debug, PartialEq, Deserialize)]
@@ -51,6 +52,13 @@ pub struct Preset {
     pub fps: f32,
     /// What a [`CutscenePlayer`](crate::CutscenePlayer) does when it catches up with generation.
     pub playback: BufferPolicy,
+    /// Optional end frame: an image asset path (PNG), relative to the assets folder. The video
+    /// is generated towards it, which needs a schedule with context after the window
+    /// (`InvertedAntiDrifting` or `Symmetric`).
+    pub end_image: Option<String>,
+    /// The end frame's pixels, read by the asset loader from [`Preset::end_image`].
+    #[serde(skip)]
+    pub end_pixels: Option<RgbaImage>,
 }
 
 impl Default for Preset {
@@ -68,6 +76,8 @@ impl Default for Preset {
             teacache: None,
             fps: 30.0,
             playback: BufferPolicy::default(),
+            end_image: None,
+            end_pixels: None,
         }
     }
 }
@@ -95,7 +105,7 @@ impl Preset {
     pub fn request(&self, image: RgbaImage) -> GenerationRequest {
         GenerationRequest {
             image,
-            end_image: None,
+            end_image: self.end_pixels.clone(),
             prompt: self.prompt.clone(),
             resolution: self.resolution,
             settings: self.settings(),
@@ -130,6 +140,16 @@ pub enum PresetLoaderError {
         /// What is wrong.
         message: String,
     },
+    /// The end image is missing, unreadable or unusable with the preset's schedule.
+    #[error("{path}: end image {image}: {reason}")]
+    EndImage {
+        /// The preset's asset path.
+        path: String,
+        /// The end image's asset path.
+        image: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl PresetLoaderError {
@@ -154,7 +174,31 @@ impl AssetLoader for PresetLoader {
         let mut bytes = Vec::new();
         reader.read_to_end(&mut bytes).await.map_err(|source| PresetLoaderError::Io { path: path.clone(), source })?;
         let text = String::from_utf8_lossy(&bytes);
-        Preset::from_ron(&text).map_err(|e| PresetLoaderError::parse(path, &e))
+        let mut preset = Preset::from_ron(&text).map_err(|e| PresetLoaderError::parse(path.clone(), &e))?;
+        if let Some(image) = preset.end_image.clone() {
+            let fail =
+                |reason: String| PresetLoaderError::EndImage { path: path.clone(), image: image.clone(), reason };
+            if preset.schedule.resolve().future.is_empty() {
+                return Err(fail(format!(
+                    "the {:?} schedule has no context after the window, so an end frame would be ignored \
+                     (use InvertedAntiDrifting or Symmetric)",
+                    preset.schedule
+                )));
+            }
+            let bytes = cx.read_asset_bytes(image.clone()).await.map_err(|e| fail(e.to_string()))?;
+            let ext = std::path::Path::new(&image).extension().and_then(|e| e.to_str()).unwrap_or("png");
+            let decoded = Image::from_buffer(
+                &bytes,
+                bevy::image::ImageType::Extension(ext),
+                bevy::image::CompressedImageFormats::NONE,
+                true,
+                bevy::image::ImageSampler::Default,
+                bevy::asset::RenderAssetUsages::default(),
+            )
+            .map_err(|e| fail(e.to_string()))?;
+            preset.end_pixels = Some(RgbaImage::from_image(&decoded).map_err(|e| fail(e.to_string()))?);
+        }
+        Ok(preset)
     }
 
     fn extensions(&self) -> &[&str] {

@@ -272,10 +272,48 @@ fn presets_load_as_assets_and_malformed_ones_report_line_and_column() {
 }
 
 #[test]
-fn a_new_player_is_shown_by_the_sprite_and_ui_image_on_its_entity() {
+fn presets_with_an_end_image_load_it_and_generate_towards_it() {
+    let dir = std::env::temp_dir().join(format!("bevy_framepack_end_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/presets/door_end.png");
+    std::fs::copy(shipped, dir.join("end.png")).unwrap();
+    let preset = |schedule: &str, image: &str| {
+        format!(
+            "(prompt: \"a door\", seconds: 1.0, steps: 1, resolution: 32, schedule: {schedule}, end_image: Some(\"{image}\"))"
+        )
+    };
+    std::fs::write(dir.join("end.preset.ron"), preset("InvertedAntiDrifting", "end.png")).unwrap();
+    std::fs::write(dir.join("geometric.preset.ron"), preset("Geometric", "end.png")).unwrap();
+    std::fs::write(dir.join("missing.preset.ron"), preset("Symmetric", "nope.png")).unwrap();
+    let mut app = asset_app(&dir);
+    app.insert_resource(FramePackSettings::default()).init_resource::<Log>().add_systems(Update, collect);
+    let server = app.world().resource::<AssetServer>().clone();
+    let handles: Vec<Handle<Preset>> =
+        ["end", "geometric", "missing"].iter().map(|n| server.load(format!("{n}.preset.ron"))).collect();
+    update_until(&mut app, "the presets", |a| {
+        let server = a.world().resource::<AssetServer>();
+        handles.iter().all(|h| matches!(server.load_state(h), LoadState::Loaded | LoadState::Failed(_)))
+    });
+    let end = app.world().resource::<Assets<Preset>>().get(&handles[0]).expect("loaded").clone();
+    let pixels = end.end_pixels.as_ref().expect("the loader reads the end image");
+    assert_eq!((pixels.width(), pixels.height()), (96, 96));
+    for (h, words) in [(&handles[1], "no context after the window"), (&handles[2], "nope.png")] {
+        let LoadState::Failed(e) = server.load_state(h) else { panic!("loaded despite {words}") };
+        assert!(e.to_string().contains(words), "{e}");
+    }
+    let job = generate(&mut app, end).unwrap();
+    update_until(&mut app, "finish", |a| !a.world().resource::<Log>().finished.is_empty());
+    assert_eq!(app.world().resource::<Log>().finished, [job.id]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_new_player_is_shown_by_the_sprite_ui_image_and_material_on_its_entity() {
     let mut app = app(FramePackSettings::default());
+    app.init_asset::<StandardMaterial>();
     let ticket = generate(&mut app, nano_preset(1.0, 1)).unwrap();
-    let e = app.world_mut().spawn((Sprite::default(), ImageNode::default())).id();
+    let material = app.world_mut().resource_mut::<Assets<StandardMaterial>>().add(StandardMaterial::default());
+    let e = app.world_mut().spawn((Sprite::default(), ImageNode::default(), MeshMaterial3d(material.clone()))).id();
     app.update();
     let player = app.world_mut().resource_scope(|_, mut images: Mut<Assets<Image>>| {
         CutscenePlayer::new(&ticket, 30.0, BufferPolicy::Hold, &mut images)
@@ -285,6 +323,8 @@ fn a_new_player_is_shown_by_the_sprite_and_ui_image_on_its_entity() {
     app.update();
     assert_eq!(app.world().get::<Sprite>(e).unwrap().image, handle);
     assert_eq!(app.world().get::<ImageNode>(e).unwrap().image, handle);
+    let m = app.world().resource::<Assets<StandardMaterial>>().get(&material).unwrap();
+    assert_eq!(m.base_color_texture.as_ref(), Some(&handle));
 }
 
 #[derive(Resource, Default)]

@@ -230,7 +230,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     println!(
-        "medium DiT forward, f32, {} threads, {params} params, 3737 tokens (3008 image + 729 SigLIP + 64 text)",
+        "medium DiT forward, f32, {} threads, {params} params, 3737 tokens (2944 image-stream incl. 2304 noisy + 729 SigLIP + 64 text)",
         args.threads
     );
     if let Some(t) = &torch {

@@ -87,6 +87,22 @@ fn small_config() -> Config {
     }
 }
 
+/// Least-squares slope of `v` against its index.
+fn slope(v: &[f64]) -> f64 {
+    let n = v.len() as f64;
+    if v.len() < 2 {
+        return 0.0;
+    }
+    let mx = (n - 1.0) / 2.0;
+    let my = v.iter().sum::<f64>() / n;
+    let (mut sxy, mut sxx) = (0.0, 0.0);
+    for (i, &y) in v.iter().enumerate() {
+        sxy += (i as f64 - mx) * (y - my);
+        sxx += (i as f64 - mx).powi(2);
+    }
+    sxy / sxx
+}
+
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
@@ -177,16 +193,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let n = times.len();
         let (lo, hi) = rss.iter().fold((f64::MAX, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        let k = (n / 4).max(1);
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        // Sections after the first decode the same number of latents; compare those.
+        let later = &times[1.min(n - 1)..];
+        let kl = (later.len() / 4).max(1);
         println!(
-            "sampling: last/first {:.3}, median {:.3} s; total: last/first {:.3}, last/second {:.3}, median {:.3} s; \
-             RSS {lo:.3}..{hi:.3} GiB (first section {:.3}, last {:.3}), peak {:.3} GiB",
-            sampling[n - 1] / sampling[0],
+            "sampling: last {k} / first {k} sections {:.3}, least-squares trend {:+.2} % per section, median {:.3} s",
+            mean(&sampling[n - k..]) / mean(&sampling[..k]),
+            100.0 * slope(&sampling) / mean(&sampling),
             median(&sampling),
-            times[n - 1] / times[0],
-            times[n - 1] / times[1.min(n - 1)],
-            median(&times),
+        );
+        println!(
+            "total (sections 2..): last {kl} / first {kl} {:.3}, trend {:+.2} % per section, median {:.3} s; \
+             first section {:.3} s (decodes fewer latents)",
+            mean(&later[later.len() - kl..]) / mean(&later[..kl]),
+            100.0 * slope(later) / mean(later),
+            median(later),
+            times[0],
+        );
+        println!(
+            "RSS {lo:.3}..{hi:.3} GiB (first section {:.3}, last {:.3}, trend {:+.2} MiB per section), peak {:.3} GiB",
             rss[0],
             rss[n - 1],
+            slope(&rss) * 1024.0,
             mem::peak_gib()
         );
     }

@@ -19,9 +19,10 @@ const CHUNK: usize = 1 << 14;
 const MAX_QUERY_BLOCK: usize = 256;
 
 /// Kernels switched off by `FRAMEPACK_CPU_KERNELS_OFF` (comma-separated: `attention`, `gelu`,
-/// `linear`, `norm_rope`, `ln_modulate`, `gated_add`, or `all`), read once. For benchmark
-/// ablations only: the generic candle ops compute the same values.
-fn enabled(kernel: &str) -> bool {
+/// `linear`, `norm_rope`, `ln_modulate`, `gated_add`, `prune` (the transformer's last block for
+/// the noisy tokens only), or `all`), read once. For benchmark ablations only: the generic path
+/// computes the same values.
+pub(crate) fn enabled(kernel: &str) -> bool {
     static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     let off = OFF.get_or_init(|| {
         std::env::var("FRAMEPACK_CPU_KERNELS_OFF")

@@ -728,7 +728,8 @@ impl Transformer {
             // Only the noisy tokens' outputs of the last block are used: unless every intermediate
             // is traced, it computes those alone.
             let blocks = self.single_transformer_blocks.len();
-            let last = if traced { blocks } else { blocks.saturating_sub(1) };
+            let prune = !traced && crate::models::cpu::enabled("prune");
+            let last = if prune { blocks.saturating_sub(1) } else { blocks };
             for i in 0..last {
                 (x, c) = walk.single(i)?.forward(&x, &c, &temb, &rope, key_bias.as_ref())?;
                 trace(&format!("single_transformer_blocks.{i}.hidden"), &x);
