@@ -6,6 +6,7 @@
 //! cargo run --example cutscene                                   # a window
 //! cargo run --example cutscene -- --headless --frames 150 --out out   # offscreen (lavapipe works), PNGs in out/
 //! cargo run --example cutscene -- --model path/to/bundle          # a real FramePack bundle
+//! cargo run --example cutscene -- --preset presets/walk_through.preset.ron   # another preset
 //! ```
 //! With no `--model` it uses the embedded nano model (random weights: the cutscene is noise,
 //! but it is generated, streamed and played by the real pipeline).
@@ -32,6 +33,7 @@ struct Args {
     frames: u32,
     out: PathBuf,
     model: Option<PathBuf>,
+    preset: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -44,9 +46,11 @@ fn parse_args() -> Result<Args, String> {
             "--frames" => a.frames = value("--frames")?.parse().map_err(|e| format!("--frames: {e}"))?,
             "--out" => a.out = value("--out")?.into(),
             "--model" => a.model = Some(value("--model")?.into()),
+            "--preset" => a.preset = Some(value("--preset")?),
             other => {
                 return Err(format!(
-                    "unknown argument {other} (expected --headless, --frames N, --out DIR, --model DIR)"
+                    "unknown argument {other} (expected --headless, --frames N, --out DIR, --model DIR, \
+                     --preset ASSET_PATH)"
                 ));
             }
         }
@@ -146,7 +150,11 @@ fn setup(mut commands: Commands, args: Res<Args>, server: Res<AssetServer>, mut 
         Transform::from_xyz(-135.0, 210.0, 1.0),
         Status,
     ));
-    let preset = if args.model.is_some() { "presets/door.preset.ron" } else { "presets/nano.preset.ron" };
+    let preset = match (&args.preset, &args.model) {
+        (Some(p), _) => p.clone(),
+        (None, Some(_)) => "presets/door.preset.ron".into(),
+        (None, None) => "presets/nano.preset.ron".into(),
+    };
     commands.insert_resource(Scene { camera, target, preset: server.load(preset), job: None, triggered: false });
 }
 

@@ -240,6 +240,7 @@ impl Out {
     }
 }
 
+#[derive(Debug, PartialEq)]
 enum JobEnd {
     Done,
     Cancelled,
@@ -274,6 +275,14 @@ fn load_pipeline(settings: &FramePackSettings, nano: &mut Option<TempDir>) -> Re
         .map_err(|e| format!("cannot load the model: {e}"))
 }
 
+/// Runs one job, turning a panic into a failure; `true` when it panicked.
+fn guarded(job: impl FnOnce() -> JobEnd) -> (JobEnd, bool) {
+    match catch_unwind(AssertUnwindSafe(job)) {
+        Ok(end) => (end, false),
+        Err(panic) => (JobEnd::Failed(format!("inference panicked: {}", panic_text(panic.as_ref()))), true),
+    }
+}
+
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -304,21 +313,16 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
             }
             s.current = Some((id, token.clone()));
         }
-        let result =
-            catch_unwind(AssertUnwindSafe(|| run_job(&settings, &mut pipeline, &mut nano, id, &request, &token, &out)));
+        let (end, panicked) = guarded(|| run_job(&settings, &mut pipeline, &mut nano, id, &request, &token, &out));
         {
             let mut s = lock(&shared);
             s.current = None;
             s.cancelled.remove(&id);
         }
-        let end = match result {
-            Ok(end) => end,
-            Err(panic) => {
-                // The models may be in any state after a panic: load them again next time.
-                pipeline = None;
-                JobEnd::Failed(format!("inference panicked: {}", panic_text(panic.as_ref())))
-            }
-        };
+        if panicked {
+            // The models may be in any state after a panic: load them again next time.
+            pipeline = None;
+        }
         let response = match end {
             JobEnd::Done => Response::Finished(id),
             JobEnd::Cancelled => Response::Cancelled(id),
@@ -514,5 +518,20 @@ impl FramePack<'_> {
     /// Whether the worker thread is running.
     pub fn is_running(&self) -> bool {
         self.worker.is_running()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_job_becomes_a_failure_with_its_message() {
+        assert_eq!(guarded(|| JobEnd::Done), (JobEnd::Done, false));
+        let (end, panicked) = guarded(|| panic!("index out of bounds: the len is 3"));
+        assert!(panicked);
+        assert_eq!(end, JobEnd::Failed("inference panicked: index out of bounds: the len is 3".into()));
+        let (end, _) = guarded(|| std::panic::panic_any(7u8));
+        assert_eq!(end, JobEnd::Failed("inference panicked: unknown panic".into()));
     }
 }

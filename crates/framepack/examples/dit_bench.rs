@@ -61,30 +61,10 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// `MEDIUM_CONFIG` of `bench_medium.py`.
+/// `MEDIUM_CONFIG` of `bench_medium.py`: the released architecture with 4 heads (hidden 512),
+/// 2 dual and 4 single blocks.
 fn medium_config() -> Config {
-    Config {
-        in_channels: 16,
-        out_channels: 16,
-        num_attention_heads: 4,
-        attention_head_dim: 128,
-        num_layers: 2,
-        num_single_layers: 4,
-        num_refiner_layers: 2,
-        mlp_ratio: 4.0,
-        patch_size: 2,
-        patch_size_t: 1,
-        qk_norm: "rms_norm".into(),
-        guidance_embeds: true,
-        text_embed_dim: 4096,
-        pooled_projection_dim: 768,
-        rope_theta: 256.0,
-        rope_axes_dim: [16, 56, 56],
-        image_condition_type: None,
-        has_image_proj: true,
-        image_proj_dim: 1152,
-        has_clean_x_embedder: true,
-    }
+    Config { num_attention_heads: 4, num_layers: 2, num_single_layers: 4, ..Config::framepack_13b() }
 }
 
 /// `WORKLOAD` / `make_inputs()` of `bench_medium.py` (random values; only shapes matter).
