@@ -214,12 +214,18 @@ mod tests {
     fn shipped_presets_parse_and_validate() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/presets");
         let mut n = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
+            if !path.to_string_lossy().ends_with(".preset.ron") {
+                continue;
+            }
             let text = std::fs::read_to_string(&path).unwrap();
             let p = Preset::from_ron(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             p.settings().plan().unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             framepack::generator::PromptSchedule::parse(&p.prompt).unwrap();
+            if let Some(end) = &p.end_image {
+                assert!(dir.join("..").join(end).exists(), "{}: end image {end} is missing", path.display());
+            }
             n += 1;
         }
         assert!(n >= 3);
