@@ -329,6 +329,7 @@ fn headless_script(
     scene: Res<Scene>,
     mut frame: Local<u32>,
     mut saved: Local<Vec<String>>,
+    mut last_saved_frame: Local<Option<usize>>,
     mut player: Query<&mut Transform, With<Player>>,
     screen: Query<&CutscenePlayer, With<Screen>>,
     stats: Res<Stats>,
@@ -355,7 +356,9 @@ fn headless_script(
         && let Some(f) = p.current_frame()
         && n.is_multiple_of(5)
         && n < args.frames
+        && *last_saved_frame != Some(f)
     {
+        *last_saved_frame = Some(f);
         save(format!("cutscene_{n:04}_frame{f:03}.png"));
     }
     if n == args.frames {
