@@ -272,6 +272,35 @@ fn presets_load_as_assets_and_malformed_ones_report_line_and_column() {
 }
 
 #[test]
+fn an_edited_preset_reloads_in_place() {
+    // The `hot` feature's file watcher calls `AssetServer::reload` on change; this drives the
+    // same path by hand, so it runs without the watcher.
+    let dir = std::env::temp_dir().join(format!("bevy_framepack_reload_{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("scene.preset.ron");
+    std::fs::write(&file, "(prompt: \"a cat\", steps: 4)").unwrap();
+    let mut app = asset_app(&dir);
+    let server = app.world().resource::<AssetServer>().clone();
+    let handle: Handle<Preset> = server.load("scene.preset.ron");
+    let steps = |a: &App| a.world().resource::<Assets<Preset>>().get(&handle).map(|p| p.steps);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while steps(&app) != Some(4) {
+        assert!(Instant::now() < deadline, "timed out loading the preset");
+        app.update();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::fs::write(&file, "(prompt: \"a dog\", steps: 9)").unwrap();
+    server.reload("scene.preset.ron");
+    while steps(&app) != Some(9) {
+        assert!(Instant::now() < deadline, "timed out reloading the preset");
+        app.update();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(app.world().resource::<Assets<Preset>>().get(&handle).unwrap().prompt, "a dog");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn presets_with_an_end_image_load_it_and_generate_towards_it() {
     let dir = std::env::temp_dir().join(format!("bevy_framepack_end_{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
