@@ -12,6 +12,7 @@ pub mod generator;
 #[cfg(feature = "hf-hub")]
 pub mod hub;
 pub mod models;
+pub mod nano;
 pub mod packing;
 pub mod pipeline;
 pub mod preprocess;
