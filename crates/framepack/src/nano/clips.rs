@@ -152,7 +152,7 @@ pub fn clip(seed: u64, cfg: &ClipConfig) -> Result<Clip> {
 /// A clip of `seed`'s scene showing exactly `actions` (at most one player action, one camera
 /// action and one ball).
 pub fn clip_with(seed: u64, actions: &[Action], cfg: &ClipConfig) -> Result<Clip> {
-    if cfg.width < 16 || cfg.height < 16 || cfg.frames == 0 || !(cfg.fps > 0.0) {
+    if cfg.width < 16 || cfg.height < 16 || cfg.frames == 0 || !cfg.fps.is_finite() || cfg.fps <= 0.0 {
         return Err(Error::invalid("clip config", format!("{cfg:?}: need at least 16 × 16 px, 1 frame, fps > 0")));
     }
     if actions.iter().filter(|a| a.moves_player()).count() > 1
@@ -253,7 +253,7 @@ impl Scene {
             sky_top: hsl(sky_hue, 0.4, 0.12 + 0.05 * u()),
             sky_bottom: hsl(sky_hue, 0.35, 0.25 + 0.08 * u()),
             hills: hsl(sky_hue - 20.0, 0.25, 0.2 + 0.05 * u()),
-            hill_phase: u() * 6.28,
+            hill_phase: u() * std::f32::consts::TAU,
             hill_freq: 2.0 + 2.0 * u(),
             blocks,
             door_x: w * (0.55 + 0.3 * u()),
@@ -321,7 +321,8 @@ impl Scene {
         // Far hills at 0.3× the camera's motion.
         for x in 0..wi {
             let wx = (x as f32 + self.camera * 0.3) / self.w;
-            let top = self.ground - self.h * (0.18 + 0.08 * (wx * self.hill_freq * 6.28 + self.hill_phase).sin());
+            let top = self.ground
+                - self.h * (0.18 + 0.08 * (wx * self.hill_freq * std::f32::consts::TAU + self.hill_phase).sin());
             for y in (top.max(0.0) as usize)..hi {
                 img[y * wi + x] = self.hills;
             }
