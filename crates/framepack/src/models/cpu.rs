@@ -32,8 +32,10 @@ pub(crate) fn enabled(kernel: &str) -> bool {
     !off.iter().any(|k| k == kernel || k == "all")
 }
 
+/// A CPU f32 tensor outside any autograd graph: the kernels build their outputs from raw
+/// buffers, so gradients would not flow through them.
 pub(crate) fn cpu_f32(x: &Tensor) -> bool {
-    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32
+    matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && !x.track_op()
 }
 
 /// Runs `f` on the contiguous f32 data of `x`.
@@ -669,6 +671,19 @@ mod tests {
             let got = attention(&q, &k, &v, bias)?.expect("cpu f32 applies");
             assert!(max_diff(&got, &reference)? < 2e-6);
         }
+        Ok(())
+    }
+
+    #[test]
+    fn tensors_that_track_gradients_take_the_generic_path() -> Result<()> {
+        let dev = Device::Cpu;
+        let w = candle_core::Var::randn(0f32, 1., (7, 5), &dev)?;
+        let x = Tensor::randn(0f32, 1., (2, 5), &dev)?;
+        assert!(linear(&x, w.as_tensor(), None)?.is_none());
+        let y = candle_nn::Linear::new(w.as_tensor().clone(), None).forward(&x)?;
+        assert!(gelu_tanh(&y)?.track_op(), "the generic GELU keeps the graph");
+        let grads = gelu_tanh(&y)?.sum_all()?.backward()?;
+        assert!(grads.get(w.as_tensor()).is_some());
         Ok(())
     }
 
