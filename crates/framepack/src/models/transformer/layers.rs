@@ -4,10 +4,9 @@
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::models::linear::{Linear, linear};
-
 use crate::models::attention::{attention, attention_merged, merge_heads};
 use crate::models::cpu;
+use crate::models::linear::{Linear, linear};
 
 const NORM_EPS: f32 = 1e-6;
 

@@ -21,9 +21,8 @@ pub use streaming::{MemoryPlan, Residency};
 use candle_core::{D, DType, Device, Module, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::models::linear::{Linear, linear};
-
 use crate::error::{Error, Result};
+use crate::models::linear::{Linear, linear};
 use layers::{DualBlock, Mlp, PatchEmbed, PlainLayerNorm, SingleBlock, TokenRefiner};
 
 fn bool_or_int<'de, De: serde::Deserializer<'de>>(d: De) -> std::result::Result<bool, De::Error> {
