@@ -47,7 +47,7 @@ fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, 
             let bias = if bias.dim(rows)? == 1 { bias.clone() } else { bias.narrow(rows, start, len)? };
             scores = scores.broadcast_add(&bias)?;
         }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let probs = super::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         outs.push(probs.matmul(v)?);
         start += len;
     }

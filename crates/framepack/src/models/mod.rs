@@ -3,6 +3,7 @@
 pub(crate) mod attention;
 pub(crate) mod cpu;
 pub(crate) mod linear;
+pub(crate) mod ops;
 pub mod text;
 pub mod transformer;
 pub mod vae;

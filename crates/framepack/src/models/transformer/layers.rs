@@ -5,8 +5,8 @@ use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::models::attention::{attention, attention_merged, merge_heads};
-use crate::models::cpu;
 use crate::models::linear::{Linear, linear};
+use crate::models::{cpu, ops};
 
 const NORM_EPS: f32 = 1e-6;
 
@@ -182,7 +182,7 @@ impl PlainLayerNorm {
 
 impl Module for PlainLayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::layer_norm(&x.contiguous()?, &self.ones, &self.zeros, NORM_EPS)
+        ops::layer_norm(x, &self.ones, &self.zeros, NORM_EPS)
     }
 }
 
@@ -201,7 +201,7 @@ impl AffineLayerNorm {
 
 impl Module for AffineLayerNorm {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, NORM_EPS)
+        ops::layer_norm(x, &self.weight, &self.bias, NORM_EPS)
     }
 }
 
@@ -227,7 +227,7 @@ pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Ten
 fn norm_heads(x: &Tensor, heads: usize, weight: &Tensor) -> Result<Tensor> {
     let (b, l, d) = x.dims3()?;
     let x = x.reshape((b, l, heads, d / heads))?.to_dtype(DType::F32)?.contiguous()?;
-    candle_nn::ops::rms_norm(&x, weight, NORM_EPS)?.transpose(1, 2)?.contiguous()
+    ops::rms_norm(&x, weight, NORM_EPS)?.transpose(1, 2)?.contiguous()
 }
 
 /// Rotary `(cos, sin)` tables covering `[image | context]`: the packed image tokens' tables
@@ -269,7 +269,7 @@ fn joint_attention(
         let x = Tensor::cat(&normed, 2)?;
         let (rows, n) = (cos.rank() - 2, x.dim(2)?);
         let (c, s) = (cos.narrow(rows, row0, n)?.contiguous()?, sin.narrow(rows, row0, n)?.contiguous()?);
-        candle_nn::rotary_emb::rope_i(&x, &c, &s)?.to_dtype(dtype)
+        ops::rope_i(&x, &c, &s)?.to_dtype(dtype)
     };
     let (q, k) = (rotated(q, q_row0)?, rotated(k, 0)?);
     let v = Tensor::cat(v, 1)?;

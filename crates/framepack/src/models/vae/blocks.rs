@@ -241,9 +241,9 @@ impl FrameCausalAttention {
                 let q_c = q.narrow(1, f * hw + q0, n)?;
                 let scores = (q_c.matmul(&k_f)? * scale)?;
                 let probs = if matches!(scores.dtype(), DType::F16 | DType::BF16) {
-                    candle_nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
+                    crate::models::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(v.dtype())?
                 } else {
-                    candle_nn::ops::softmax_last_dim(&scores)?
+                    crate::models::ops::softmax_last_dim(&scores)?
                 };
                 frames.push(probs.matmul(&v_f)?);
                 q0 += n;
