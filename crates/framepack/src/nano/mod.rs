@@ -1,4 +1,5 @@
-//! The embedded nano model's data: procedural game-like clips with prompts naming their actions
-//! (issue 9 builds the training on top).
+//! The embedded nano model: procedural game-like clips with prompts naming their actions, and
+//! its training (so far the VAE stage).
 
 pub mod clips;
+pub mod train;
