@@ -24,6 +24,10 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use framepack::models::transformer::{Config, Transformer, TransformerInputs};
 
+#[path = "support/bench.rs"]
+mod bench;
+use bench::median;
+
 struct Args {
     runs: usize,
     threads: usize,
@@ -180,13 +184,6 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 { s[n / 2] } else { (s[n / 2 - 1] + s[n / 2]) / 2.0 }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

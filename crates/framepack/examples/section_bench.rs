@@ -24,8 +24,9 @@ use framepack::models::transformer::{Config, Transformer};
 use framepack::packing::{Schedule, Slot};
 use framepack::testing;
 
-#[path = "support/mem.rs"]
-mod mem;
+#[path = "support/bench.rs"]
+mod bench;
+use bench::median;
 
 struct Args {
     sections: usize,
@@ -103,12 +104,6 @@ fn slope(v: &[f64]) -> f64 {
     sxy / sxx
 }
 
-fn median(v: &[f64]) -> f64 {
-    let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
-    s[s.len() / 2]
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
     rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
@@ -164,7 +159,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "| section | latents | total s | sampling s | decode s | context tokens | total tokens | generated latents in context | RSS GiB |"
         );
         println!("|---|---|---|---|---|---|---|---|---|");
-        mem::reset_peak();
+        bench::reset_peak();
         let (mut times, mut sampling, mut rss) = (Vec::new(), Vec::new(), Vec::new());
         let mut t0 = Instant::now();
         for section in job {
@@ -177,7 +172,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let noisy = plan.window * lh.div_ceil(2) * lw.div_ceil(2);
             let generated =
                 layout.groups.iter().flat_map(|g| &g.slots).filter(|s| matches!(s, Slot::Latent(_))).count();
-            let r = mem::rss_gib();
+            let r = bench::rss_gib();
             println!(
                 "| {} | {}..{} | {dt:.3} | {sampled:.3} | {:.3} | {context} | {} | {generated} | {r:.3} |",
                 section.index + 1,
@@ -217,7 +212,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rss[0],
             rss[n - 1],
             slope(&rss) * 1024.0,
-            mem::peak_gib()
+            bench::peak_gib()
         );
     }
     Ok(())

@@ -27,20 +27,13 @@ use candle_core::{DType, Device, Tensor};
 use framepack::generator::NoiseRng;
 use framepack::models::transformer::{Config, MemoryPlan, Residency, Transformer, TransformerInputs};
 
-#[path = "support/mem.rs"]
-mod mem;
+#[path = "support/bench.rs"]
+mod bench;
 
 const GIB: f64 = (1u64 << 30) as f64;
 
 fn config(dual: usize, single: usize) -> Config {
     Config { num_layers: dual, num_single_layers: single, ..Config::framepack_13b() }
-}
-
-fn status_gib(field: &str) -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kb: f64 =
-        s.lines().find(|l| l.starts_with(field)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0.0);
-    kb / (1024.0 * 1024.0)
 }
 
 fn residency(budget_gib: Option<f64>) -> Residency {
@@ -58,7 +51,7 @@ fn child(path: &Path, cfg: &Config, budget_gib: Option<f64>) -> Result<(), Box<d
     let t0 = Instant::now();
     let model = Transformer::load(&[path], cfg, DType::F32, &dev, r)?;
     let load_s = t0.elapsed().as_secs_f64();
-    let anon_loaded = status_gib("RssAnon:");
+    let anon_loaded = bench::anon_gib();
     let rn = |shape: &[usize]| NoiseRng::new(shape.iter().product::<usize>() as u64).normal_tensor(shape, &dev);
     let (hidden, text, pooled, image) =
         (rn(&[1, 16, 9, 8, 8])?, rn(&[1, 16, 4096])?, rn(&[1, 768])?, rn(&[1, 16, 1152])?);
@@ -66,29 +59,18 @@ fn child(path: &Path, cfg: &Config, budget_gib: Option<f64>) -> Result<(), Box<d
     let mask = Tensor::ones((1, 16), DType::F32, &dev)?;
     let idx = Tensor::arange(0u32, 9, &dev)?;
     let inputs = TransformerInputs {
-        hidden_states: &hidden,
-        timestep: &t,
-        encoder_hidden_states: &text,
-        encoder_attention_mask: &mask,
-        pooled_projections: &pooled,
         image_embeds: Some(&image),
         guidance: Some(&g),
-        indices_latents: &idx,
-        latents_clean: None,
-        indices_latents_clean: None,
-        latents_history_2x: None,
-        indices_latents_history_2x: None,
-        latents_history_4x: None,
-        indices_latents_history_4x: None,
+        ..TransformerInputs::new(&hidden, &t, &text, &mask, &pooled, &idx)
     };
-    mem::reset_peak();
+    bench::reset_peak();
     let done = Arc::new(AtomicBool::new(false));
     let sampler = {
         let done = done.clone();
         std::thread::spawn(move || {
             let mut peak = 0f64;
             while !done.load(Ordering::Relaxed) {
-                peak = peak.max(status_gib("RssAnon:"));
+                peak = peak.max(bench::anon_gib());
                 std::thread::sleep(std::time::Duration::from_millis(2));
             }
             peak
@@ -110,8 +92,8 @@ fn child(path: &Path, cfg: &Config, budget_gib: Option<f64>) -> Result<(), Box<d
         plan.block_bytes.len(),
         plan.resident_bytes() as f64 / GIB,
         plan.peak_bytes() as f64 / GIB,
-        mem::peak_gib(),
-        status_gib("RssFile:"),
+        bench::peak_gib(),
+        bench::file_gib(),
     );
     Ok(())
 }

@@ -25,9 +25,9 @@ use candle_nn::VarBuilder;
 use framepack::models::vae::{AutoencoderKLHunyuanVideo, Config, Tiling};
 use framepack::weights;
 
-#[path = "support/mem.rs"]
-mod mem;
-use mem::{peak_gib, reset_peak, rss_gib};
+#[path = "support/bench.rs"]
+mod bench;
+use bench::{peak_gib, reset_peak, rss_gib};
 
 struct Args {
     frames: Vec<usize>,

@@ -37,20 +37,11 @@ fn inputs() -> Inputs {
 fn forward(model: &Transformer, i: &Inputs, t: f32, cache: Option<&mut TeaCache>) -> Tensor {
     let timestep = Tensor::new(&[t], &Device::Cpu).unwrap();
     let inputs = TransformerInputs {
-        hidden_states: &i.x,
-        timestep: &timestep,
-        encoder_hidden_states: &i.text,
-        encoder_attention_mask: &i.mask,
-        pooled_projections: &i.pooled,
         image_embeds: Some(&i.image),
         guidance: Some(&i.guidance),
-        indices_latents: &i.idx,
         latents_clean: Some(&i.clean),
         indices_latents_clean: Some(&i.clean_idx),
-        latents_history_2x: None,
-        indices_latents_history_2x: None,
-        latents_history_4x: None,
-        indices_latents_history_4x: None,
+        ..TransformerInputs::new(&i.x, &timestep, &i.text, &i.mask, &i.pooled, &i.idx)
     };
     match cache {
         Some(c) => model.forward_with_cache(&inputs, c).unwrap(),

@@ -89,20 +89,11 @@ fn the_transformer_learns_a_flow_matching_target() {
     let idx = Tensor::new(&[1u32, 2, 3], &dev).unwrap();
     let idx_clean = Tensor::new(&[0u32, 4], &dev).unwrap();
     let inputs = TransformerInputs {
-        hidden_states: &xt,
-        timestep: &t,
-        encoder_hidden_states: &text,
-        encoder_attention_mask: &mask,
-        pooled_projections: &pooled,
         image_embeds: Some(&image),
         guidance: Some(&g),
-        indices_latents: &idx,
         latents_clean: Some(&clean),
         indices_latents_clean: Some(&idx_clean),
-        latents_history_2x: None,
-        indices_latents_history_2x: None,
-        latents_history_4x: None,
-        indices_latents_history_4x: None,
+        ..TransformerInputs::new(&xt, &t, &text, &mask, &pooled, &idx)
     };
     let loss = || mse(&model.forward(&inputs).unwrap(), &target);
     // No 2x/4x history in these inputs.

@@ -511,19 +511,25 @@ pub(crate) fn norm_rope(
         );
     }
     let w = weight.to_vec1::<f32>()?;
-    let cos = cos.flatten_all()?.to_vec1::<f32>()?;
-    let sin = sin.flatten_all()?.to_vec1::<f32>()?;
-    let out = with_f32(x, |src| {
-        let mut out = vec![0f32; src.len()];
-        out.par_chunks_mut(d).zip(src.par_chunks(d)).enumerate().for_each(|(t, (dst, s))| {
-            let (bi, li) = (t / l, t % l);
-            let row = if per_sample { bi * rows + row0 + li } else { row0 + li };
-            let tab = row * half..(row + 1) * half;
-            norm_rope_row(s, dst, &w, &cos[tab.clone()], &sin[tab], eps);
-        });
-        Ok(out)
+    // The tables are read in place (they cover every token and are shared by all blocks).
+    let out = with_f32(cos, |cos| {
+        with_f32(sin, |sin| {
+            with_f32(x, |src| {
+                let mut out = vec![0f32; src.len()];
+                out.par_chunks_mut(d).zip(src.par_chunks(d)).enumerate().for_each(|(t, (dst, s))| {
+                    let (bi, li) = (t / l, t % l);
+                    let row = if per_sample { bi * rows + row0 + li } else { row0 + li };
+                    let tab = row * half..(row + 1) * half;
+                    norm_rope_row(s, dst, &w, &cos[tab.clone()], &sin[tab], eps);
+                });
+                Ok(out)
+            })
+        })
     })?;
-    out.map(|o| Tensor::from_vec(o, (b, l, d), x.device())).transpose()
+    match out.flatten().flatten() {
+        Some(o) => Tensor::from_vec(o, (b, l, d), x.device()).map(Some),
+        None => Ok(None),
+    }
 }
 
 #[inline(always)]

@@ -212,6 +212,36 @@ pub struct TransformerInputs<'a> {
     pub indices_latents_history_4x: Option<&'a Tensor>,
 }
 
+impl<'a> TransformerInputs<'a> {
+    /// The required inputs, with no image features, guidance or history; set those with struct
+    /// update syntax (`TransformerInputs { guidance: Some(&g), ..TransformerInputs::new(…) }`).
+    pub fn new(
+        hidden_states: &'a Tensor,
+        timestep: &'a Tensor,
+        encoder_hidden_states: &'a Tensor,
+        encoder_attention_mask: &'a Tensor,
+        pooled_projections: &'a Tensor,
+        indices_latents: &'a Tensor,
+    ) -> Self {
+        Self {
+            hidden_states,
+            timestep,
+            encoder_hidden_states,
+            encoder_attention_mask,
+            pooled_projections,
+            image_embeds: None,
+            guidance: None,
+            indices_latents,
+            latents_clean: None,
+            indices_latents_clean: None,
+            latents_history_2x: None,
+            indices_latents_history_2x: None,
+            latents_history_4x: None,
+            indices_latents_history_4x: None,
+        }
+    }
+}
+
 /// The packed image-token sequence of one forward pass with its rotary tables.
 #[derive(Debug, Clone)]
 pub struct Packed {
