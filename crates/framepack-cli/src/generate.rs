@@ -93,7 +93,7 @@ pub struct GenerateArgs {
     quiet: bool,
 }
 
-fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
+pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
     Error::Invalid { what, reason: reason.into() }
 }
 

@@ -1,6 +1,7 @@
 //! `framepack`: FramePack video generation from the terminal.
 
 mod generate;
+mod train;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,29 +56,11 @@ enum Command {
         #[arg(long)]
         ron: bool,
     },
-    /// Train the embedded nano model on procedural clips (so far the VAE stage). A run
-    /// directory keeps the weights, the step reached and a CSV loss log; running again in the
-    /// same directory resumes.
-    TrainNano {
-        /// Stage to train (only `vae` so far).
-        #[arg(value_parser = ["vae"])]
-        stage: String,
-        /// Run directory.
-        #[arg(long, value_name = "DIR")]
-        out: PathBuf,
-        /// Total optimizer steps.
-        #[arg(long, default_value_t = 2000)]
-        steps: usize,
-        /// Clips per step.
-        #[arg(long, default_value_t = 4)]
-        batch: usize,
-        /// AdamW learning rate.
-        #[arg(long, default_value_t = 1e-3)]
-        lr: f64,
-        /// Steps between checkpoints.
-        #[arg(long, default_value_t = 100)]
-        checkpoint_every: usize,
-    },
+    /// Train the embedded nano model on procedural clips: `vae` first, then `dit` (the
+    /// transformer on latents of that VAE), then `export` the f16 bundle. A run directory keeps
+    /// the weights, the step reached and a CSV loss log per stage; running a stage again in the
+    /// same directory resumes it.
+    TrainNano(train::TrainArgs),
 }
 
 fn slot_name(s: &Slot) -> String {
@@ -191,17 +174,7 @@ fn main() -> ExitCode {
         }
         Command::Info { weights } => info(weights),
         Command::Generate(args) => generate::run(args),
-        Command::TrainNano { stage: _, out, steps, batch, lr, checkpoint_every } => {
-            let settings =
-                framepack::nano::train::VaeTraining { steps, batch, lr, checkpoint_every, ..Default::default() };
-            framepack::nano::train::train_vae(&out, &settings, |s| {
-                println!(
-                    "step {}: loss {:.5} (recon {:.5}, kl {:.3}) {:.2} s",
-                    s.step, s.loss, s.recon, s.kl, s.seconds
-                )
-            })
-            .map(|step| println!("{}: step {step}", out.display()))
-        }
+        Command::TrainNano(args) => train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

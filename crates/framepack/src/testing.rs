@@ -181,10 +181,12 @@ pub fn save_sharded(tensors: &HashMap<String, Tensor>, dir: &Path, stem: &str, s
     )
 }
 
-/// Words of the tiny tokenizers (anything else is `<unk>`).
-pub const TINY_WORDS: [&str; 24] = [
+/// Words of the tiny tokenizers (anything else is `<unk>`); the last ones are the nano clips'
+/// prompt words ([`crate::nano::clips::Action::phrase`]).
+pub const TINY_WORDS: [&str; 35] = [
     "a", "cat", "dog", "runs", "jumps", "sits", "on", "the", "grass", "in", "garden", "video", "system", "user",
-    "describe", "objects", "camera", "moves", "slowly", "man", "dances", "light", "red", "blue",
+    "describe", "objects", "camera", "moves", "slowly", "man", "dances", "light", "red", "blue", "green", "square",
+    "walks", "left", "right", "ball", "bounces", "pans", "scene", "is", "still",
 ];
 
 /// A WordLevel `tokenizer.json` over [`TINY_WORDS`] (whitespace/punctuation split): ids 0 `<unk>`,
@@ -286,10 +288,6 @@ fn tiny_preprocessor_json() -> String {
 /// `text_encoder_2/`, `tokenizer_2/`, `image_encoder/` and `feature_extractor/`. Every model is
 /// random ([`random_weights`]); the widths fit together so the whole pipeline runs.
 pub fn write_tiny_bundle(root: &Path, seed: u64) -> Result<crate::bundle::BundlePaths> {
-    use crate::models::text::clip::{ClipTextConfig, ClipTextModel};
-    use crate::models::text::llama::{Llama, LlamaConfig};
-    use crate::models::vision::{SiglipVisionConfig, SiglipVisionModel};
-
     let tcfg = tiny_transformer_config();
     let tw = random_weights(seed, 1.0, |vb| Transformer::new(vb, &tcfg))?;
     save_sharded(&tw, root, "diffusion_pytorch_model", 2)?;
@@ -300,9 +298,21 @@ pub fn write_tiny_bundle(root: &Path, seed: u64) -> Result<crate::bundle::Bundle
     save_safetensors(&vw, &root.join("vae/diffusion_pytorch_model.safetensors"))?;
     write_text(&root.join("vae/config.json"), &vae_config_json(&vcfg))?;
 
+    write_tiny_encoders(root, seed + 2)?;
+    Ok(crate::bundle::BundlePaths::from_dir(root))
+}
+
+/// Writes the tiny random text and image encoders of a bundle into `root`: `text_encoder/`
+/// (two shards + index), `tokenizer/`, `text_encoder_2/`, `tokenizer_2/`, `image_encoder/` and
+/// `feature_extractor/`, with widths 16 (Llama), 8 (CLIP pooled) and 8 (SigLIP).
+pub fn write_tiny_encoders(root: &Path, seed: u64) -> Result<()> {
+    use crate::models::text::clip::{ClipTextConfig, ClipTextModel};
+    use crate::models::text::llama::{Llama, LlamaConfig};
+    use crate::models::vision::{SiglipVisionConfig, SiglipVisionModel};
+
     let llama_json = tiny_llama_config_json();
     let llama_cfg = LlamaConfig::from_json(&llama_json)?;
-    let lw = random_weights(seed + 2, 1.0, |vb| Llama::new(vb, &llama_cfg))?;
+    let lw = random_weights(seed, 1.0, |vb| Llama::new(vb, &llama_cfg))?;
     save_sharded(&lw, &root.join("text_encoder"), "model", 2)?;
     write_text(&root.join("text_encoder/config.json"), &llama_json)?;
     let specials = ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"];
@@ -310,7 +320,7 @@ pub fn write_tiny_bundle(root: &Path, seed: u64) -> Result<crate::bundle::Bundle
 
     let clip_json = tiny_clip_config_json();
     let clip_cfg = ClipTextConfig::from_json(&clip_json)?;
-    let cw = random_weights(seed + 3, 1.0, |vb| ClipTextModel::new(vb, &clip_cfg))?;
+    let cw = random_weights(seed + 1, 1.0, |vb| ClipTextModel::new(vb, &clip_cfg))?;
     save_safetensors(&cw, &root.join("text_encoder_2/model.safetensors"))?;
     write_text(&root.join("text_encoder_2/config.json"), &clip_json)?;
     let clip_tok = tiny_tokenizer_json("<|startoftext|>", &[], Some(("<|endoftext|>", 63)), true);
@@ -318,9 +328,9 @@ pub fn write_tiny_bundle(root: &Path, seed: u64) -> Result<crate::bundle::Bundle
 
     let siglip_json = tiny_siglip_config_json();
     let siglip_cfg = SiglipVisionConfig::from_json(&siglip_json)?;
-    let sw = random_weights(seed + 4, 1.0, |vb| SiglipVisionModel::new(vb, &siglip_cfg))?;
+    let sw = random_weights(seed + 2, 1.0, |vb| SiglipVisionModel::new(vb, &siglip_cfg))?;
     save_safetensors(&sw, &root.join("image_encoder/model.safetensors"))?;
     write_text(&root.join("image_encoder/config.json"), &siglip_json)?;
     write_text(&root.join("feature_extractor/preprocessor_config.json"), &tiny_preprocessor_json())?;
-    Ok(crate::bundle::BundlePaths::from_dir(root))
+    Ok(())
 }

@@ -37,11 +37,23 @@ pub(crate) fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f32) -
 
 /// Interleaved rotary embedding of `(B, H, L, Dh)` with `(L, Dh/2)` or `(B, L, Dh/2)` tables.
 pub(crate) fn rope_i(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    if tracks(&[x, cos, sin]) {
-        candle_nn::rotary_emb::rope_i_slow(x, cos, sin)
-    } else {
-        candle_nn::rotary_emb::rope_i(x, cos, sin)
-    }
+    if tracks(&[x, cos, sin]) { rope_i_composite(x, cos, sin) } else { candle_nn::rotary_emb::rope_i(x, cos, sin) }
+}
+
+/// Interleaved RoPE from differentiable ops, for `x` `(B, H, T, D)` and tables `(T, D/2)` or
+/// per sample `(B, T, D/2)` (candle's `rope_i_slow` takes only the former).
+fn rope_i_composite(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    let table = |c: &Tensor| match c.rank() {
+        3 => c.reshape((b, 1, t, d / 2, 1)),
+        _ => c.reshape((1, 1, t, d / 2, 1)),
+    };
+    let (cos, sin) = (table(cos)?, table(sin)?);
+    let pairs = x.reshape((b, h, t, d / 2, 2))?;
+    let (x0, x1) = (pairs.narrow(4, 0, 1)?, pairs.narrow(4, 1, 1)?);
+    let y0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+    let y1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+    Tensor::cat(&[y0, y1], 4)?.reshape((b, h, t, d))
 }
 
 #[cfg(test)]
@@ -76,6 +88,17 @@ mod tests {
             let g = grads.get(x.as_tensor()).expect("a gradient reaches the input");
             assert!(g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0, "op {i}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn composite_rope_takes_per_sample_tables() -> Result<()> {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev)?;
+        let cos = Tensor::randn(0f32, 1., (2, 5, 4), &dev)?;
+        let sin = Tensor::randn(0f32, 1., (2, 5, 4), &dev)?;
+        let fused = candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?;
+        assert!(max_diff(&rope_i_composite(&x, &cos, &sin)?, &fused)? < 1e-5);
         Ok(())
     }
 }

@@ -1,5 +1,7 @@
-//! The embedded nano model: procedural game-like clips with prompts naming their actions, and
-//! its training (so far the VAE stage).
+//! The embedded nano model: procedural game-like clips with prompts naming their actions, its
+//! training (the VAE, then the transformer on that VAE's latents) and its bundle.
 
+pub mod bundle;
 pub mod clips;
+pub mod dit;
 pub mod train;

@@ -54,7 +54,7 @@ pub struct VaeTraining {
 
 impl Default for VaeTraining {
     fn default() -> Self {
-        Self { steps: 2000, batch: 4, frames: 9, size: 64, lr: 1e-3, kl_weight: 1e-6, checkpoint_every: 100, seed: 0 }
+        Self { steps: 800, batch: 4, frames: 5, size: 64, lr: 1e-3, kl_weight: 1e-6, checkpoint_every: 50, seed: 0 }
     }
 }
 
@@ -94,9 +94,14 @@ impl RunFiles {
     pub fn vae(dir: &Path) -> Self {
         Self { weights: dir.join("vae.safetensors"), state: dir.join("vae_state.json"), log: dir.join("vae_loss.csv") }
     }
+
+    /// The files of the transformer stage in `dir`.
+    pub fn dit(dir: &Path) -> Self {
+        Self { weights: dir.join("dit.safetensors"), state: dir.join("dit_state.json"), log: dir.join("dit_loss.csv") }
+    }
 }
 
-fn io(path: &Path, e: impl std::fmt::Display) -> Error {
+pub(crate) fn io(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::invalid("training run", format!("{}: {e}", path.display()))
 }
 
@@ -118,14 +123,15 @@ pub fn train_vae(dir: &Path, settings: &VaeTraining, mut on_step: impl FnMut(&St
     let dev = Device::Cpu;
     let cfg = nano_vae_config();
     let mut map = VarMap::new();
+    let shapes = crate::weights::requested_shapes(|vb| AutoencoderKLHunyuanVideo::new(vb, &cfg))?;
     let start = if files.weights.exists() && files.state.exists() {
         let text = std::fs::read_to_string(&files.state).map_err(|e| io(&files.state, e))?;
         let state: State = serde_json::from_str(&text).map_err(|e| io(&files.state, e))?;
-        init_weights(&map, &cfg, settings.seed)?;
+        init_weights(&map, shapes.clone(), settings.seed, |_| false)?;
         map.load(&files.weights).map_err(|e| io(&files.weights, e))?;
         state.step
     } else {
-        init_weights(&map, &cfg, settings.seed)?;
+        init_weights(&map, shapes, settings.seed, |_| false)?;
         0
     };
     let vae = AutoencoderKLHunyuanVideo::new(VarBuilder::from_varmap(&map, DType::F32, &dev), &cfg)?;
@@ -175,14 +181,21 @@ pub fn train_vae(dir: &Path, settings: &VaeTraining, mut on_step: impl FnMut(&St
     Ok(settings.steps.max(start))
 }
 
-/// Random weights in `map` for every tensor of the nano VAE, in diffusers names.
-fn init_weights(map: &VarMap, cfg: &vae::Config, seed: u64) -> Result<()> {
-    let shapes = crate::weights::requested_shapes(|vb| AutoencoderKLHunyuanVideo::new(vb, cfg))?;
+/// Random weights in `map` for every tensor of `shapes`: matrices and kernels normal with
+/// variance `1/fan_in` (zero where `zero(name)`), 1-d weights 1, biases 0.
+pub(crate) fn init_weights(
+    map: &VarMap,
+    shapes: std::collections::BTreeMap<String, Vec<usize>>,
+    seed: u64,
+    zero: impl Fn(&str) -> bool,
+) -> Result<()> {
     let mut data = map.data().lock().expect("not poisoned");
     let mut rng = NoiseRng::new(seed ^ 0x494e_4954_0000_0000);
     for (name, shape) in shapes {
         let n: usize = shape.iter().product();
-        let t = if shape.len() > 1 {
+        let t = if shape.len() > 1 && zero(&name) {
+            Tensor::zeros(shape.as_slice(), DType::F32, &Device::Cpu)?
+        } else if shape.len() > 1 {
             let fan_in = (n / shape[0].max(1)).max(1) as f64;
             (rng.normal_tensor(&shape, &Device::Cpu)? * (1.0 / fan_in).sqrt())?
         } else if name.ends_with("weight") {

@@ -64,6 +64,10 @@ impl CausalConv3d {
             candle_core::bail!("causal conv expects {} channels, got {c}", self.in_channels);
         }
         let k = self.kernel;
+        let cpu_f32 = x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
+        if cpu_f32 && (x.track_op() || self.weight.track_op()) {
+            return self.forward_unfolded(x);
+        }
         if self.stride_t == 1
             && self.stride_hw == 1
             && let Some(y) = super::cpu::causal_conv3d(x, &self.weight, &self.bias, k)?
@@ -108,6 +112,31 @@ impl CausalConv3d {
         }
         let y = if outs.len() == 1 { outs.pop().unwrap_or_else(|| unreachable!()) } else { Tensor::cat(&outs, 1)? };
         y.permute((0, 2, 1, 3, 4))?.contiguous()
+    }
+
+    /// The CPU f32 training path: channels-last im2col of all `k³` taps and one matmul. Every op
+    /// has a backward that is a GEMM or a copy, where conv2d's backward (a transposed
+    /// convolution) is slow on the CPU.
+    pub(crate) fn forward_unfolded(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, t, h, w) = x.dims5()?;
+        let k = self.kernel;
+        let p = k / 2;
+        let mut xl = x.permute((0, 2, 3, 4, 1))?;
+        if k > 1 {
+            xl = xl.pad_with_same(1, k - 1, 0)?.pad_with_same(2, p, p)?.pad_with_same(3, p, p)?;
+        }
+        let xl = xl.contiguous()?;
+        let (tp, hp, wp) = (t + k - 1, h + 2 * p, w + 2 * p);
+        if tp < k || hp < k || wp < k {
+            candle_core::bail!("causal conv input too small: {t}x{h}x{w} frames x pixels");
+        }
+        let stride = (self.stride_t, self.stride_hw);
+        let (to, ho, wo) = super::unfold::unfold_extent((tp, hp, wp), k, stride)?;
+        // Rows hold taps in (t, y, x) order with channels innermost.
+        let weight = self.weight.permute((0, 2, 3, 4, 1))?.reshape((self.out_channels, k * k * k * c))?;
+        let cols = super::unfold::unfold(&xl, k, stride)?;
+        let y = cols.matmul(&weight.t()?)?.broadcast_add(&self.bias)?;
+        y.reshape((b, to, ho, wo, self.out_channels))?.permute((0, 4, 1, 2, 3))?.contiguous()
     }
 
     /// Input frames `(t0 + i)·stride + j` for `i < n`, as `(B, n, C, H, W)`.
@@ -533,6 +562,47 @@ mod tests {
             assert_eq!(fast.dims(), &[b, o, t, h, w]);
             let d = (fast - generic)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             assert!(d < 1e-5, "k={k}: max diff {d}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn unfolded_causal_conv_agrees_in_value_and_gradient() -> Result<()> {
+        let dev = Device::Cpu;
+        for (k, st, shw, c, o, t, h, w) in
+            [(3, 1, 1, 3, 4, 5, 6, 5), (3, 1, 2, 2, 3, 3, 6, 4), (3, 2, 2, 2, 3, 5, 5, 6), (1, 1, 1, 4, 2, 3, 2, 2)]
+        {
+            let weight = candle_core::Var::randn(0f32, 0.3, (o, c, k, k, k), &dev)?;
+            let bias = candle_core::Var::randn(0f32, 0.1, o, &dev)?;
+            let conv = CausalConv3d {
+                weight: weight.as_tensor().clone(),
+                bias: bias.as_tensor().clone(),
+                in_channels: c,
+                out_channels: o,
+                kernel: k,
+                stride_t: st,
+                stride_hw: shw,
+            };
+            let x = candle_core::Var::randn(0f32, 1.0, (2, c, t, h, w), &dev)?;
+            // Reference: the stride-1 conv2d path, subsampled (candle's strided conv2d backward
+            // rejects odd sizes).
+            let dense = CausalConv3d { stride_t: 1, stride_hw: 1, ..conv.clone() };
+            let every = |x: Tensor, dim: usize, s: usize| -> Result<Tensor> {
+                let ids: Vec<u32> = (0..x.dim(dim)?.div_ceil(s)).map(|i| (i * s) as u32).collect();
+                x.contiguous()?.index_select(&Tensor::new(ids.as_slice(), &dev)?, dim)
+            };
+            let generic = dense.forward_conv2d(x.as_tensor())?;
+            let generic = every(every(every(generic, 2, st)?, 3, shw)?, 4, shw)?;
+            let unfolded = conv.forward_unfolded(x.as_tensor())?;
+            assert_eq!(unfolded.dims(), conv.forward_conv2d(x.as_tensor())?.dims());
+            let probe = Tensor::randn(0f32, 1.0, unfolded.dims(), &dev)?;
+            assert!(max_diff(&unfolded, &generic)? < 1e-5, "k={k} stride=({st},{shw})");
+            let ga = (unfolded * &probe)?.sum_all()?.backward()?;
+            let gb = (generic * &probe)?.sum_all()?.backward()?;
+            for v in [&weight, &bias, &x] {
+                let (a, b) = (ga.get(v).expect("grad"), gb.get(v).expect("grad"));
+                assert!(max_diff(a, b)? < 1e-4, "k={k} stride=({st},{shw}): gradient differs");
+            }
         }
         Ok(())
     }

@@ -25,6 +25,7 @@ mod blocks;
 mod cpu;
 pub mod section;
 mod tiling;
+mod unfold;
 
 use std::path::Path;
 
@@ -41,7 +42,7 @@ pub use section::{PixelHistory, SectionDecoder, soft_append};
 pub const SCALING_FACTOR: f64 = 0.476986;
 
 /// VAE configuration, deserialisable from a diffusers `vae/config.json`.
-#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default)]
 pub struct Config {
     /// Image channels in.

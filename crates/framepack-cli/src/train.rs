@@ -1,0 +1,133 @@
+//! `framepack train-nano`: the nano model's training stages and its export.
+
+use std::path::{Path, PathBuf};
+
+use crate::generate::invalid;
+use candle_core::{DType, Device};
+use clap::Args;
+use framepack::bundle::BundlePaths;
+use framepack::models::transformer::Transformer;
+use framepack::models::vae::AutoencoderKLHunyuanVideo;
+use framepack::nano::{bundle, dit, train};
+use framepack::{Pipeline, Result};
+
+/// Arguments of `framepack train-nano`.
+#[derive(Args)]
+pub struct TrainArgs {
+    /// `vae` (stage 1), `dit` (stage 2, on the stage-1 VAE) or `export` (the bundle in f16).
+    #[arg(value_parser = ["vae", "dit", "export"])]
+    stage: String,
+    /// Run directory.
+    #[arg(long, value_name = "DIR")]
+    out: PathBuf,
+    /// Total optimizer steps (default: the stage's own).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Clips (VAE) or sections (transformer) per step.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// AdamW learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Steps between checkpoints.
+    #[arg(long)]
+    checkpoint_every: Option<usize>,
+    /// Frames per training clip (VAE stage, `4k + 1`).
+    #[arg(long)]
+    frames: Option<usize>,
+    /// Training clips encoded for the transformer stage.
+    #[arg(long)]
+    clips: Option<usize>,
+    /// Where `export` writes the f16 bundle.
+    #[arg(long, value_name = "DIR")]
+    to: Option<PathBuf>,
+}
+
+/// Seed of the frozen random text and image encoders of the nano bundle.
+const ENCODER_SEED: u64 = 0x4e41_4e4f;
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    match a.stage.as_str() {
+        "vae" => {
+            let d = train::VaeTraining::default();
+            let settings = train::VaeTraining {
+                steps: a.steps.unwrap_or(d.steps),
+                batch: a.batch.unwrap_or(d.batch),
+                lr: a.lr.unwrap_or(d.lr),
+                checkpoint_every: a.checkpoint_every.unwrap_or(d.checkpoint_every),
+                frames: a.frames.unwrap_or(d.frames),
+                ..d
+            };
+            let step = train::train_vae(&a.out, &settings, |s| {
+                println!(
+                    "step {}: loss {:.5} (recon {:.5}, kl {:.3}) {:.2} s",
+                    s.step, s.loss, s.recon, s.kl, s.seconds
+                )
+            })?;
+            println!("{}: vae step {step}", a.out.display());
+            Ok(())
+        }
+        "dit" => {
+            let d = dit::DitTraining::default();
+            let settings = dit::DitTraining {
+                steps: a.steps.unwrap_or(d.steps),
+                batch: a.batch.unwrap_or(d.batch),
+                lr: a.lr.unwrap_or(d.lr),
+                checkpoint_every: a.checkpoint_every.unwrap_or(d.checkpoint_every),
+                clips: a.clips.unwrap_or(d.clips),
+                ..d
+            };
+            let root = a.out.join("bundle");
+            prepare_bundle(&a.out, &root, &settings)?;
+            let mut pipeline = Pipeline::load(&BundlePaths::from_dir(&root), &Device::Cpu, DType::F32)?;
+            let step = dit::train_dit(
+                &a.out,
+                &mut pipeline,
+                &settings,
+                |i, n| {
+                    if i % 50 == 0 || i == n {
+                        println!("encoded {i}/{n} clips")
+                    }
+                },
+                |s| println!("step {}: loss {:.5} {:.2} s", s.step, s.loss, s.seconds),
+            )?;
+            bundle::write_transformer(&root, &train::RunFiles::dit(&a.out).weights, &dit::nano_transformer_config())?;
+            println!("{}: transformer step {step}; bundle in {}", a.out.display(), root.display());
+            Ok(())
+        }
+        _ => {
+            let to = a.to.ok_or_else(|| invalid("export", "needs --to DIR"))?;
+            let bytes = bundle::export_f16(&a.out.join("bundle"), &to)?;
+            println!("{}: {:.2} MB", to.display(), bytes as f64 / 1e6);
+            Ok(())
+        }
+    }
+}
+
+/// The bundle the transformer stage reads: the stage-1 VAE with its latent scale measured, the
+/// frozen tiny encoders and a first (untrained) transformer, written once.
+fn prepare_bundle(out: &Path, root: &Path, settings: &dit::DitTraining) -> Result<()> {
+    if root.join("transformer/config.json").exists() {
+        return Ok(());
+    }
+    let vae_weights = train::RunFiles::vae(out).weights;
+    if !vae_weights.exists() {
+        return Err(invalid(
+            "training run",
+            format!("{} is missing: train the vae stage first", vae_weights.display()),
+        ));
+    }
+    let mut vcfg = train::nano_vae_config();
+    let vae = AutoencoderKLHunyuanVideo::load(&[&vae_weights], &vcfg, DType::F32, &Device::Cpu)?;
+    let std = dit::latent_std(&vae, 16, 33, settings.size)?;
+    vcfg.scaling_factor = 1.0 / std;
+    println!("latent std {std:.4}: scaling_factor {:.4}", vcfg.scaling_factor);
+    bundle::write_vae(root, &vae_weights, &vcfg)?;
+    framepack::testing::write_tiny_encoders(root, ENCODER_SEED)?;
+    let tcfg = dit::nano_transformer_config();
+    let first = root.join("transformer.init.safetensors");
+    let w = framepack::testing::random_weights(settings.seed, 1.0, |vb| Transformer::new(vb, &tcfg))?;
+    framepack::testing::save_safetensors(&w, &first)?;
+    bundle::write_transformer(root, &first, &tcfg)?;
+    std::fs::remove_file(&first).map_err(|e| invalid("training run", format!("{}: {e}", first.display())))
+}

@@ -1,0 +1,424 @@
+//! Training of the nano model, stage 2: the packed transformer, by flow matching on the latents
+//! of the stage-1 VAE.
+//!
+//! Every example is one section of a clip, laid out exactly as [`crate::generator`] lays it out
+//! at inference: a schedule (forward geometric or inverted anti-drifting, drawn per example), a
+//! plan of 1 to `max_sections` sections and a section of it are drawn, and
+//! [`ContextSchedule::layout`] fills the 1x/2x/4x history from the clip's own latents (the start
+//! latent, generated positions, zeros where the video has nothing yet). The noisy window is
+//! `x_σ = (1 − σ)·x₀ + σ·ε` with `σ = sigmoid(n)`, `n ~ N(0, 1)`, and the model learns the
+//! velocity `ε − x₀` (the generator's denoiser is `x − σ·v`).
+//!
+//! Conditioning goes through the released inputs: the bundle's tiny Llama and CLIP (frozen,
+//! random) turn the prompt words into features that the transformer's own text refiner learns
+//! to read, and the tiny SigLIP (frozen, random) gives 4 feature tokens of the start frame.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use candle_core::{D, DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use serde::{Deserialize, Serialize};
+
+use super::clips::{self, ClipConfig};
+use super::train::{RunFiles, init_weights, io};
+use crate::error::{Error, Result};
+use crate::generator::NoiseRng;
+use crate::models::transformer::{self, Transformer, TransformerInputs};
+use crate::models::vae::AutoencoderKLHunyuanVideo;
+use crate::packing::{ContextSchedule, Kernel, SectionPlan, Slot, latent_to_frames};
+use crate::preprocess::RgbImage;
+use crate::sampling::model_timestep;
+
+/// The nano transformer: width 128 (4 heads × 32), 2 dual-stream and 4 single-stream blocks,
+/// one refiner block, every history embedder and the image projection; text, pooled and image
+/// widths match the bundle's tiny encoders (16, 8, 8).
+pub fn nano_transformer_config() -> transformer::Config {
+    transformer::Config {
+        num_attention_heads: 4,
+        attention_head_dim: 32,
+        num_layers: 2,
+        num_single_layers: 4,
+        num_refiner_layers: 1,
+        mlp_ratio: 4.0,
+        guidance_embeds: false,
+        text_embed_dim: 16,
+        pooled_projection_dim: 8,
+        rope_axes_dim: [8, 12, 12],
+        has_image_proj: true,
+        image_proj_dim: 8,
+        has_clean_x_embedder: true,
+        ..transformer::Config::default()
+    }
+}
+
+/// Settings of a transformer training run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DitTraining {
+    /// Total optimizer steps.
+    pub steps: usize,
+    /// Sections per step.
+    pub batch: usize,
+    /// Training clips encoded once at the start of the run.
+    pub clips: usize,
+    /// Longest plan drawn, in sections; clips are `1 + max_sections·W` latents long.
+    pub max_sections: usize,
+    /// Latent frames per section.
+    pub window: usize,
+    /// Clip size in pixels.
+    pub size: usize,
+    /// AdamW learning rate.
+    pub lr: f64,
+    /// Steps between checkpoints (the last step always saves).
+    pub checkpoint_every: usize,
+    /// Seed of the initialisation and of the example draws.
+    pub seed: u64,
+}
+
+impl Default for DitTraining {
+    fn default() -> Self {
+        Self {
+            steps: 3000,
+            batch: 8,
+            clips: 400,
+            max_sections: 3,
+            window: 9,
+            size: 64,
+            lr: 5e-4,
+            checkpoint_every: 100,
+            seed: 0,
+        }
+    }
+}
+
+impl DitTraining {
+    fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.clips == 0 || self.max_sections == 0 || self.window == 0 || self.size % 16 != 0 {
+            return Err(Error::invalid(
+                "training settings",
+                format!("{self:?}: need batch, clips, max_sections and window ≥ 1 and a size divisible by 16"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One line of the transformer loss log.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DitStepLoss {
+    /// 1-based step.
+    pub step: usize,
+    /// Velocity MSE over the noisy window.
+    pub loss: f32,
+    /// Wall time of the step.
+    pub seconds: f64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    step: usize,
+    settings: DitTraining,
+}
+
+/// Encoded training clips: scaled VAE latents, prompt features and start-frame image features.
+pub struct ClipLatents {
+    /// `(1, C, 1 + sections·W, h, w)` per clip, scaled (`z·scaling_factor`).
+    pub latents: Vec<Tensor>,
+    /// Index into `texts` per clip.
+    pub prompt: Vec<usize>,
+    /// `(llama (1, L, D), pooled (1, P))` per distinct prompt.
+    pub texts: Vec<(Tensor, Tensor)>,
+    /// `(1, N, D)` image features of each clip's first frame.
+    pub image_embeds: Vec<Tensor>,
+}
+
+/// The first frame of a clip as an image.
+pub fn first_frame(clip: &clips::Clip) -> Result<RgbImage> {
+    RgbImage::new(clip.width, clip.height, clip.frames[0].clone())
+}
+
+impl ClipLatents {
+    /// Encodes the clips of `seeds` (`frames` frames each) with the pipeline's VAE and encoders;
+    /// `on_clip` sees the count done.
+    pub fn encode(
+        pipeline: &mut crate::Pipeline,
+        seeds: &[u64],
+        cfg: &ClipConfig,
+        mut on_clip: impl FnMut(usize),
+    ) -> Result<Self> {
+        let mut out = Self { latents: Vec::new(), prompt: Vec::new(), texts: Vec::new(), image_embeds: Vec::new() };
+        let mut prompts: Vec<String> = Vec::new();
+        for (i, &seed) in seeds.iter().enumerate() {
+            let clip = clips::clip(seed, cfg)?;
+            let vae = &pipeline.generator().models().vae;
+            let x = clip.to_tensor(&Device::Cpu)?;
+            let z = vae.scale_latents(&vae.encode(&x)?.mean()?)?;
+            out.latents.push(z);
+            let p = match prompts.iter().position(|p| *p == clip.prompt) {
+                Some(p) => p,
+                None => {
+                    let f = pipeline.encode_prompts(&[clip.prompt.as_str()])?.remove(0);
+                    out.texts.push((f.llama.to_dtype(DType::F32)?, f.clip_pooled.to_dtype(DType::F32)?));
+                    prompts.push(clip.prompt.clone());
+                    prompts.len() - 1
+                }
+            };
+            out.prompt.push(p);
+            out.image_embeds.push(pipeline.image_embeds(&first_frame(&clip)?)?);
+            on_clip(i + 1);
+        }
+        Ok(out)
+    }
+}
+
+/// One batch of sections, ready for the transformer.
+pub struct Batch {
+    /// Clean window latents `(B, C, W, h, w)`.
+    pub x0: Tensor,
+    /// `(B, n)` RoPE indices of the window.
+    pub indices_latents: Tensor,
+    /// 1x, 2x and 4x groups: latents `(B, C, n, h, w)` and indices `(B, n)`.
+    pub groups: [Option<(Tensor, Tensor)>; 3],
+    /// `(B, L, D)` Llama features, zero-padded.
+    pub llama: Tensor,
+    /// `(B, L)` mask of the valid prefix.
+    pub mask: Tensor,
+    /// `(B, P)` pooled CLIP features.
+    pub pooled: Tensor,
+    /// `(B, N, D)` image features.
+    pub image_embeds: Tensor,
+}
+
+/// Draws one section of clip `clip`: the schedule (geometric or inverted), plan length and
+/// section index, each uniformly.
+fn draw(rng: &mut NoiseRng, max_sections: usize, window: usize) -> Result<(ContextSchedule, SectionPlan, usize)> {
+    let schedule =
+        if rng.next_u64() % 2 == 0 { ContextSchedule::geometric() } else { ContextSchedule::inverted_anti_drifting() };
+    let sections = 1 + (rng.next_u64() % max_sections as u64) as usize;
+    let plan = SectionPlan::new(sections, window, schedule.order)?;
+    let section = (rng.next_u64() % sections as u64) as usize;
+    Ok((schedule, plan, section))
+}
+
+impl ClipLatents {
+    /// The section `section` of `plan` under `schedule` for clip `clip`, batch of one.
+    pub fn section(
+        &self,
+        clip: usize,
+        schedule: &ContextSchedule,
+        plan: &SectionPlan,
+        section: usize,
+    ) -> Result<Batch> {
+        let z = &self.latents[clip];
+        let (_, c, t, h, w) = z.dims5()?;
+        if plan.total_latents() > t {
+            return Err(Error::invalid(
+                "training clip",
+                format!("a {}-section plan needs {} latents, the clip has {t}", plan.sections, plan.total_latents()),
+            ));
+        }
+        let layout = schedule.layout(plan, section)?;
+        let zeros = Tensor::zeros((1, c, 1, h, w), DType::F32, z.device())?;
+        let slot = |s: Slot| -> Result<Tensor> {
+            Ok(match s {
+                Slot::Start => z.narrow(2, 0, 1)?,
+                Slot::Latent(p) => z.narrow(2, p, 1)?,
+                Slot::End | Slot::Zero => zeros.clone(),
+            })
+        };
+        let mut groups: [Option<(Tensor, Tensor)>; 3] = [None, None, None];
+        for g in &layout.groups {
+            let i = [Kernel::X1, Kernel::X2, Kernel::X4]
+                .iter()
+                .position(|k| *k == g.kernel)
+                .ok_or_else(|| Error::invalid("schedule", format!("kernel {} is not one of the model's", g.kernel)))?;
+            let parts = g.slots.iter().map(|s| slot(*s)).collect::<Result<Vec<_>>>()?;
+            let n = g.indices.len();
+            groups[i] = Some((Tensor::cat(&parts, 2)?, Tensor::from_vec(g.indices.clone(), (1, n), z.device())?));
+        }
+        let info = plan.section(section)?;
+        let x0 = z.narrow(2, info.latents.start, plan.window)?;
+        let n = layout.indices_latents.len();
+        let (llama, pooled) = &self.texts[self.prompt[clip]];
+        Ok(Batch {
+            x0,
+            indices_latents: Tensor::from_vec(layout.indices_latents.clone(), (1, n), z.device())?,
+            groups,
+            llama: llama.clone(),
+            mask: Tensor::ones((1, llama.dim(1)?), DType::F32, z.device())?,
+            pooled: pooled.clone(),
+            image_embeds: self.image_embeds[clip].clone(),
+        })
+    }
+
+    /// `batch` random sections of random clips (clips of the same group layout stack).
+    pub fn batch(&self, rng: &mut NoiseRng, batch: usize, max_sections: usize, window: usize) -> Result<Batch> {
+        let mut items = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let clip = (rng.next_u64() % self.latents.len() as u64) as usize;
+            let (schedule, plan, section) = draw(rng, max_sections, window)?;
+            items.push(self.section(clip, &schedule, &plan, section)?);
+        }
+        stack(items)
+    }
+}
+
+fn stack(items: Vec<Batch>) -> Result<Batch> {
+    let cat = |f: &dyn Fn(&Batch) -> Tensor| -> Result<Tensor> {
+        Ok(Tensor::cat(&items.iter().map(f).collect::<Vec<_>>(), 0)?)
+    };
+    let longest = items.iter().map(|b| b.llama.dim(1)).collect::<candle_core::Result<Vec<_>>>()?;
+    let longest = longest.into_iter().max().unwrap_or(1);
+    let pad = |t: &Tensor, dim: usize| -> Result<Tensor> {
+        let have = t.dim(dim)?;
+        Ok(if have < longest { t.pad_with_zeros(dim, 0, longest - have)? } else { t.clone() })
+    };
+    let llama = items.iter().map(|b| pad(&b.llama, 1)).collect::<Result<Vec<_>>>()?;
+    let mask = items.iter().map(|b| pad(&b.mask, 1)).collect::<Result<Vec<_>>>()?;
+    let mut groups: [Option<(Tensor, Tensor)>; 3] = [None, None, None];
+    for (i, g) in groups.iter_mut().enumerate() {
+        if items[0].groups[i].is_some() {
+            let parts = items
+                .iter()
+                .map(|b| b.groups[i].clone().ok_or_else(|| Error::invalid("batch", "schedules with different groups")))
+                .collect::<Result<Vec<_>>>()?;
+            let lat = parts.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
+            let idx = parts.iter().map(|p| p.1.clone()).collect::<Vec<_>>();
+            *g = Some((Tensor::cat(&lat, 0)?, Tensor::cat(&idx, 0)?));
+        }
+    }
+    Ok(Batch {
+        x0: cat(&|b| b.x0.clone())?,
+        indices_latents: cat(&|b| b.indices_latents.clone())?,
+        groups,
+        llama: Tensor::cat(&llama, 0)?,
+        mask: Tensor::cat(&mask, 0)?,
+        pooled: cat(&|b| b.pooled.clone())?,
+        image_embeds: cat(&|b| b.image_embeds.clone())?,
+    })
+}
+
+/// Flow-matching loss of `model` on `batch` at noise levels `sigmas` (one per sample) with
+/// noise `eps` (shaped like the window).
+pub fn flow_loss(model: &Transformer, batch: &Batch, sigmas: &[f64], eps: &Tensor) -> Result<Tensor> {
+    let dev = batch.x0.device();
+    let b = sigmas.len();
+    let s = Tensor::from_vec(sigmas.iter().map(|&s| s as f32).collect::<Vec<_>>(), (b, 1, 1, 1, 1), dev)?;
+    let xt = (batch.x0.broadcast_mul(&(1.0 - &s)?)? + eps.broadcast_mul(&s)?)?;
+    let timestep = Tensor::from_vec(sigmas.iter().map(|&s| model_timestep(s)).collect::<Vec<_>>(), b, dev)?;
+    let g = |i: usize| batch.groups[i].as_ref();
+    let inputs = TransformerInputs {
+        image_embeds: Some(&batch.image_embeds),
+        latents_clean: g(0).map(|g| &g.0),
+        indices_latents_clean: g(0).map(|g| &g.1),
+        latents_history_2x: g(1).map(|g| &g.0),
+        indices_latents_history_2x: g(1).map(|g| &g.1),
+        latents_history_4x: g(2).map(|g| &g.0),
+        indices_latents_history_4x: g(2).map(|g| &g.1),
+        ..TransformerInputs::new(&xt, &timestep, &batch.llama, &batch.mask, &batch.pooled, &batch.indices_latents)
+    };
+    let v = model.forward(&inputs)?;
+    let target = (eps - &batch.x0)?;
+    Ok((v - target)?.sqr()?.mean_all()?)
+}
+
+/// `σ = sigmoid(n)`, `n ~ N(0, 1)` (logit-normal), one per sample.
+pub fn draw_sigmas(rng: &mut NoiseRng, n: usize) -> Vec<f64> {
+    (0..n).map(|_| 1.0 / (1.0 + (-rng.normal()).exp())).collect()
+}
+
+/// Frames of a training clip: `1 + max_sections·W` latents.
+pub fn clip_frames(settings: &DitTraining) -> usize {
+    latent_to_frames(1 + settings.max_sections * settings.window)
+}
+
+/// Trains (or resumes) the nano transformer in `dir`, reading the VAE and encoders from the
+/// bundle `pipeline` was loaded from; `on_event` sees progress lines. Returns the step reached.
+pub fn train_dit(
+    dir: &Path,
+    pipeline: &mut crate::Pipeline,
+    settings: &DitTraining,
+    mut on_encode: impl FnMut(usize, usize),
+    mut on_step: impl FnMut(&DitStepLoss),
+) -> Result<usize> {
+    settings.validate()?;
+    std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+    let files = RunFiles::dit(dir);
+    let dev = Device::Cpu;
+    let cfg = nano_transformer_config();
+    let mut map = VarMap::new();
+    let shapes = crate::weights::requested_shapes(|vb| Transformer::new(vb, &cfg))?;
+    // The output projection starts at zero, so the first prediction is a zero velocity.
+    init_weights(&map, shapes, settings.seed, |name| name.starts_with("proj_out."))?;
+    let start = if files.weights.exists() && files.state.exists() {
+        let text = std::fs::read_to_string(&files.state).map_err(|e| io(&files.state, e))?;
+        let state: State = serde_json::from_str(&text).map_err(|e| io(&files.state, e))?;
+        map.load(&files.weights).map_err(|e| io(&files.weights, e))?;
+        state.step
+    } else {
+        0
+    };
+    let model = Transformer::new(VarBuilder::from_varmap(&map, DType::F32, &dev), &cfg)?;
+    let params = ParamsAdamW { lr: settings.lr, weight_decay: 0.0, ..Default::default() };
+    let mut opt = AdamW::new(map.all_vars(), params)?;
+
+    let clip_cfg = ClipConfig { width: settings.size, height: settings.size, frames: clip_frames(settings), fps: 30.0 };
+    let seeds: Vec<u64> = clips::training_seeds(settings.clips).collect();
+    let data = ClipLatents::encode(pipeline, &seeds, &clip_cfg, |i| on_encode(i, seeds.len()))?;
+
+    let mut log =
+        std::fs::OpenOptions::new().create(true).append(true).open(&files.log).map_err(|e| io(&files.log, e))?;
+    if start == 0 {
+        writeln!(log, "step,loss,seconds").map_err(|e| io(&files.log, e))?;
+    }
+    let save = |step: usize| -> Result<()> {
+        map.save(&files.weights).map_err(|e| io(&files.weights, e))?;
+        let state = State { step, settings: settings.clone() };
+        let json = serde_json::to_string_pretty(&state).map_err(|e| io(&files.state, e))?;
+        std::fs::write(&files.state, json).map_err(|e| io(&files.state, e))
+    };
+    for step in start + 1..=settings.steps {
+        let t0 = Instant::now();
+        let mut rng = NoiseRng::new(settings.seed ^ 0xd17 ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let batch = data.batch(&mut rng, settings.batch, settings.max_sections, settings.window)?;
+        let sigmas = draw_sigmas(&mut rng, settings.batch);
+        let eps = rng.normal_tensor(batch.x0.dims(), &dev)?;
+        let loss = flow_loss(&model, &batch, &sigmas, &eps)?;
+        opt.backward_step(&loss)?;
+        let entry = DitStepLoss { step, loss: loss.to_scalar()?, seconds: t0.elapsed().as_secs_f64() };
+        if !entry.loss.is_finite() {
+            return Err(Error::invalid("training", format!("the loss diverged at step {step}: {entry:?}")));
+        }
+        writeln!(log, "{},{},{:.3}", entry.step, entry.loss, entry.seconds).map_err(|e| io(&files.log, e))?;
+        on_step(&entry);
+        if step % settings.checkpoint_every.max(1) == 0 || step == settings.steps {
+            save(step)?;
+        }
+    }
+    Ok(settings.steps.max(start))
+}
+
+/// Mean over the batch of the per-sample MSE between `a` and `b`.
+pub fn mse(a: &Tensor, b: &Tensor) -> Result<f32> {
+    Ok((a - b)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?.mean_all()?.to_scalar()?)
+}
+
+/// Latent standard deviation of the VAE over `clips` training clips of `frames` frames (what
+/// the bundle's `scaling_factor` is set from, so latents reach the transformer at unit scale).
+pub fn latent_std(vae: &AutoencoderKLHunyuanVideo, clips_n: usize, frames: usize, size: usize) -> Result<f64> {
+    let cfg = ClipConfig { width: size, height: size, frames, fps: 30.0 };
+    let mut sum = 0f64;
+    let mut sq = 0f64;
+    let mut n = 0f64;
+    for seed in clips::training_seeds(clips_n) {
+        let z = vae.encode(&clips::clip(seed, &cfg)?.to_tensor(&Device::Cpu)?)?.mean()?.flatten_all()?;
+        let v = z.to_vec1::<f32>()?;
+        n += v.len() as f64;
+        sum += v.iter().map(|&x| x as f64).sum::<f64>();
+        sq += v.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+    }
+    let mean = sum / n.max(1.0);
+    Ok((sq / n.max(1.0) - mean * mean).max(1e-12).sqrt())
+}
