@@ -264,10 +264,10 @@ fn load_pipeline(settings: &FramePackSettings, nano: &mut Option<TempDir>) -> Re
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let dir = std::env::temp_dir().join(format!("bevy_framepack_nano_{}_{n}", std::process::id()));
             let guard = TempDir(dir.clone());
-            let paths = framepack::testing::write_tiny_bundle(&dir, 0)
+            crate::nano::write_bundle(&dir)
                 .map_err(|e| format!("cannot write the nano model to {}: {e}", dir.display()))?;
             *nano = Some(guard);
-            paths
+            BundlePaths::from_dir(&dir)
         }
     };
     let device = settings.device.open().map_err(|e| e.to_string())?;

@@ -119,7 +119,7 @@ fn prepare_bundle(out: &Path, root: &Path, settings: &dit::DitTraining) -> Resul
     }
     let mut vcfg = train::nano_vae_config();
     let vae = AutoencoderKLHunyuanVideo::load(&[&vae_weights], &vcfg, DType::F32, &Device::Cpu)?;
-    let std = dit::latent_std(&vae, 16, 33, settings.size)?;
+    let std = dit::latent_std(&vae, 16, 33, settings.sizes[0])?;
     vcfg.scaling_factor = 1.0 / std;
     println!("latent std {std:.4}: scaling_factor {:.4}", vcfg.scaling_factor);
     bundle::write_vae(root, &vae_weights, &vcfg)?;

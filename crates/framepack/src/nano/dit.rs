@@ -67,8 +67,10 @@ pub struct DitTraining {
     pub max_sections: usize,
     /// Latent frames per section.
     pub window: usize,
-    /// Clip size in pixels.
-    pub size: usize,
+    /// Clip sizes `[width, height]`; the clips are split evenly between them and each step
+    /// draws its whole batch from one size (the demo's 4:3 capture buckets to 64 × 48 at
+    /// resolution 64).
+    pub sizes: Vec<[usize; 2]>,
     /// AdamW learning rate.
     pub lr: f64,
     /// Steps between checkpoints (the last step always saves).
@@ -85,7 +87,7 @@ impl Default for DitTraining {
             clips: 400,
             max_sections: 3,
             window: 9,
-            size: 64,
+            sizes: vec![[64, 64], [64, 48]],
             lr: 5e-4,
             checkpoint_every: 100,
             seed: 0,
@@ -95,10 +97,19 @@ impl Default for DitTraining {
 
 impl DitTraining {
     fn validate(&self) -> Result<()> {
-        if self.batch == 0 || self.clips == 0 || self.max_sections == 0 || self.window == 0 || self.size % 16 != 0 {
+        if self.batch == 0
+            || self.clips < self.sizes.len()
+            || self.max_sections == 0
+            || self.window == 0
+            || self.sizes.is_empty()
+            || self.sizes.iter().flatten().any(|s| *s == 0 || s % 16 != 0)
+        {
             return Err(Error::invalid(
                 "training settings",
-                format!("{self:?}: need batch, clips, max_sections and window ≥ 1 and a size divisible by 16"),
+                format!(
+                    "{self:?}: need batch, max_sections and window ≥ 1, at least one clip per size and \
+                     sizes divisible by 16"
+                ),
             ));
         }
         Ok(())
@@ -174,6 +185,7 @@ impl ClipLatents {
 }
 
 /// One batch of sections, ready for the transformer.
+#[derive(Clone, Debug)]
 pub struct Batch {
     /// Clean window latents `(B, C, W, h, w)`.
     pub x0: Tensor,
@@ -364,9 +376,14 @@ pub fn train_dit(
     let params = ParamsAdamW { lr: settings.lr, weight_decay: 0.0, ..Default::default() };
     let mut opt = AdamW::new(map.all_vars(), params)?;
 
-    let clip_cfg = ClipConfig { width: settings.size, height: settings.size, frames: clip_frames(settings), fps: 30.0 };
     let seeds: Vec<u64> = clips::training_seeds(settings.clips).collect();
-    let data = ClipLatents::encode(pipeline, &seeds, &clip_cfg, |i| on_encode(i, seeds.len()))?;
+    let per_size = seeds.len() / settings.sizes.len();
+    let mut data = Vec::with_capacity(settings.sizes.len());
+    for (k, &[width, height]) in settings.sizes.iter().enumerate() {
+        let cfg = ClipConfig { width, height, frames: clip_frames(settings), fps: 30.0 };
+        let chunk = &seeds[k * per_size..(k + 1) * per_size];
+        data.push(ClipLatents::encode(pipeline, chunk, &cfg, |i| on_encode(k * per_size + i, seeds.len()))?);
+    }
 
     let mut log =
         std::fs::OpenOptions::new().create(true).append(true).open(&files.log).map_err(|e| io(&files.log, e))?;
@@ -382,6 +399,7 @@ pub fn train_dit(
     for step in start + 1..=settings.steps {
         let t0 = Instant::now();
         let mut rng = NoiseRng::new(settings.seed ^ 0xd17 ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let data = &data[step % data.len()];
         let batch = data.batch(&mut rng, settings.batch, settings.max_sections, settings.window)?;
         let sigmas = draw_sigmas(&mut rng, settings.batch);
         let eps = rng.normal_tensor(batch.x0.dims(), &dev)?;
@@ -407,8 +425,8 @@ pub fn mse(a: &Tensor, b: &Tensor) -> Result<f32> {
 
 /// Latent standard deviation of the VAE over `clips` training clips of `frames` frames (what
 /// the bundle's `scaling_factor` is set from, so latents reach the transformer at unit scale).
-pub fn latent_std(vae: &AutoencoderKLHunyuanVideo, clips_n: usize, frames: usize, size: usize) -> Result<f64> {
-    let cfg = ClipConfig { width: size, height: size, frames, fps: 30.0 };
+pub fn latent_std(vae: &AutoencoderKLHunyuanVideo, clips_n: usize, frames: usize, size: [usize; 2]) -> Result<f64> {
+    let cfg = ClipConfig { width: size[0], height: size[1], frames, fps: 30.0 };
     let mut sum = 0f64;
     let mut sq = 0f64;
     let mut n = 0f64;

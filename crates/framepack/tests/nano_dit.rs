@@ -1,0 +1,145 @@
+//! The nano transformer's training: examples laid out like the generator's sections, the
+//! flow-matching step, checkpoints and resume.
+
+use candle_core::{DType, Device, Tensor};
+use framepack::bundle::BundlePaths;
+use framepack::nano::clips::ClipConfig;
+use framepack::nano::dit::{self, ClipLatents, DitTraining};
+use framepack::nano::train::RunFiles;
+use framepack::packing::{ContextSchedule, SectionPlan};
+use framepack::{Pipeline, testing};
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("framepack-nano-dit-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn tiny_pipeline(dir: &std::path::Path) -> Pipeline {
+    testing::write_tiny_bundle(&dir.join("bundle"), 3).unwrap();
+    Pipeline::load(&BundlePaths::from_dir(dir.join("bundle")), &Device::Cpu, DType::F32).unwrap()
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar().unwrap()
+}
+
+#[test]
+fn sections_take_their_history_from_the_clip_as_the_generator_lays_it_out() {
+    let dir = temp("layout");
+    let mut pipeline = tiny_pipeline(&dir);
+    let window = 2;
+    let cfg = ClipConfig { width: 32, height: 32, frames: 4 * (1 + 3 * window) - 3, fps: 30.0 };
+    let data = ClipLatents::encode(&mut pipeline, &[1, 2], &cfg, |_| {}).unwrap();
+    let z = &data.latents[0];
+    assert_eq!(z.dims(), &[1, 16, 1 + 3 * window, 4, 4]);
+
+    // Forward geometric, section 2 of 3: 1x = [start, latent 4], the window is latents 5..7.
+    let schedule = ContextSchedule::geometric();
+    let plan = SectionPlan::new(3, window, schedule.order).unwrap();
+    let b = data.section(0, &schedule, &plan, 2).unwrap();
+    assert_eq!(max_diff(&b.x0, &z.narrow(2, 5, window).unwrap()), 0.0);
+    let (clean, idx) = b.groups[0].as_ref().unwrap();
+    assert_eq!(max_diff(&clean.narrow(2, 0, 1).unwrap(), &z.narrow(2, 0, 1).unwrap()), 0.0);
+    assert_eq!(max_diff(&clean.narrow(2, 1, 1).unwrap(), &z.narrow(2, 4, 1).unwrap()), 0.0);
+    let layout = schedule.layout(&plan, 2).unwrap();
+    assert_eq!(idx.flatten_all().unwrap().to_vec1::<i64>().unwrap(), layout.groups[0].indices);
+
+    // Inverted, first generated section (the last of the video): its history is the start
+    // latent and zeros (nothing after the window is generated yet).
+    let schedule = ContextSchedule::inverted_anti_drifting();
+    let plan = SectionPlan::new(3, window, schedule.order).unwrap();
+    let b = data.section(1, &schedule, &plan, 0).unwrap();
+    assert_eq!(max_diff(&b.x0, &data.latents[1].narrow(2, 5, window).unwrap()), 0.0);
+    let (clean, _) = b.groups[0].as_ref().unwrap();
+    assert_eq!(max_diff(&clean.narrow(2, 0, 1).unwrap(), &data.latents[1].narrow(2, 0, 1).unwrap()), 0.0);
+    assert_eq!(clean.narrow(2, 1, 1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+
+    // A plan longer than the clip is refused.
+    let long = SectionPlan::new(4, window, schedule.order).unwrap();
+    assert!(data.section(0, &schedule, &long, 0).unwrap_err().to_string().contains("latents"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn settings(steps: usize) -> DitTraining {
+    DitTraining {
+        steps,
+        batch: 2,
+        clips: 2,
+        max_sections: 2,
+        window: 2,
+        sizes: vec![[32, 32], [32, 16]],
+        checkpoint_every: 2,
+        ..DitTraining::default()
+    }
+}
+
+#[test]
+fn a_transformer_run_saves_logs_and_resumes() {
+    let dir = temp("run");
+    let mut pipeline = tiny_pipeline(&dir);
+    let mut seen = Vec::new();
+    let step = dit::train_dit(&dir, &mut pipeline, &settings(2), |_, _| {}, |s| seen.push(*s)).unwrap();
+    assert_eq!(step, 2);
+    assert_eq!(seen.iter().map(|s| s.step).collect::<Vec<_>>(), [1, 2]);
+    // The output projection starts at zero: the first loss is the target's mean square.
+    assert!(seen.iter().all(|s| s.loss.is_finite() && s.loss > 0.1), "{seen:?}");
+    let files = RunFiles::dit(&dir);
+    let saved = std::fs::read(&files.weights).unwrap();
+    let mut resumed = Vec::new();
+    dit::train_dit(&dir, &mut pipeline, &settings(3), |_, _| {}, |s| resumed.push(s.step)).unwrap();
+    assert_eq!(resumed, [3]);
+    assert_ne!(std::fs::read(&files.weights).unwrap(), saved);
+    let log = std::fs::read_to_string(&files.log).unwrap();
+    assert_eq!(log.lines().next().unwrap(), "step,loss,seconds");
+    assert_eq!(log.lines().count(), 4);
+    // The checkpoint loads as a transformer of the nano config.
+    let t = framepack::models::transformer::Transformer::load(
+        &[&files.weights],
+        &dit::nano_transformer_config(),
+        DType::F32,
+        &Device::Cpu,
+        Default::default(),
+    );
+    assert!(t.is_ok(), "{:?}", t.err());
+
+    let bad = DitTraining { sizes: vec![[30, 32]], ..settings(1) };
+    assert!(dit::train_dit(&dir, &mut pipeline, &bad, |_, _| {}, |_| {}).unwrap_err().to_string().contains("settings"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn flow_matching_steps_lower_the_loss_on_a_fixed_batch() {
+    use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+    let dir = temp("fit");
+    let mut pipeline = tiny_pipeline(&dir);
+    let cfg = ClipConfig { width: 32, height: 32, frames: 4 * 3 - 3, fps: 30.0 };
+    let data = ClipLatents::encode(&mut pipeline, &[5], &cfg, |_| {}).unwrap();
+    let mut rng = framepack::generator::NoiseRng::new(1);
+    let batch = data.batch(&mut rng, 2, 1, 2).unwrap();
+    let sigmas = [0.3, 0.8];
+    let eps = rng.normal_tensor(batch.x0.dims(), &Device::Cpu).unwrap();
+    let map = VarMap::new();
+    let cfg = framepack::testing::tiny_transformer_config();
+    let model = framepack::models::transformer::Transformer::new(
+        VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
+        &framepack::models::transformer::Config { guidance_embeds: false, ..cfg },
+    )
+    .unwrap();
+    // VarMap starts every tensor at zero; give matrices a small random start.
+    for v in map.all_vars() {
+        if v.rank() > 1 {
+            v.set(&Tensor::randn(0f32, 0.1, v.shape(), &Device::Cpu).unwrap()).unwrap();
+        }
+    }
+    let mut opt =
+        AdamW::new(map.all_vars(), ParamsAdamW { lr: 1e-2, weight_decay: 0.0, ..Default::default() }).unwrap();
+    let first = dit::flow_loss(&model, &batch, &sigmas, &eps).unwrap().to_scalar::<f32>().unwrap();
+    for _ in 0..15 {
+        let loss = dit::flow_loss(&model, &batch, &sigmas, &eps).unwrap();
+        opt.backward_step(&loss).unwrap();
+    }
+    let last = dit::flow_loss(&model, &batch, &sigmas, &eps).unwrap().to_scalar::<f32>().unwrap();
+    assert!(last < 0.7 * first, "loss {first} -> {last}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,67 @@
+//! The embedded nano model: the trained f16 bundle from `assets/nano` (see its `MODEL_CARD.md`),
+//! compiled into the plugin so it runs with no download.
+
+use std::path::Path;
+
+macro_rules! embed {
+    ($($path:literal),* $(,)?) => {
+        &[$(($path, include_bytes!(concat!("../assets/nano/", $path)))),*]
+    };
+}
+
+/// Every file of the bundle, by path relative to its root.
+pub(crate) const FILES: &[(&str, &[u8])] = embed!(
+    "transformer/config.json",
+    "transformer/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors.index.json",
+    "text_encoder/model-00001-of-00002.safetensors",
+    "text_encoder/model-00002-of-00002.safetensors",
+    "tokenizer/tokenizer.json",
+    "text_encoder_2/config.json",
+    "text_encoder_2/model.safetensors",
+    "tokenizer_2/tokenizer.json",
+    "image_encoder/config.json",
+    "image_encoder/model.safetensors",
+    "feature_extractor/preprocessor_config.json",
+);
+
+/// Writes the bundle under `root`.
+pub(crate) fn write_bundle(root: &Path) -> std::io::Result<()> {
+    for (rel, bytes) in FILES {
+        let path = root.join(rel);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, bytes)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_file_of_the_asset_folder_is_embedded() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/nano");
+        let mut on_disk = Vec::new();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(dir).expect("assets/nano") {
+                let p = e.expect("entry").path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x != "md") {
+                    on_disk.push(p.strip_prefix(&root).expect("under root").to_string_lossy().replace('\\', "/"));
+                }
+            }
+        }
+        on_disk.sort();
+        let mut embedded: Vec<String> = super::FILES.iter().map(|(p, _)| p.to_string()).collect();
+        embedded.sort();
+        assert_eq!(on_disk, embedded);
+    }
+
+    use std::path::Path;
+}
