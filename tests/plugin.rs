@@ -222,7 +222,7 @@ fn low_vram_budget_streams_the_nano_model_or_explains_why_not() {
     assert!(error.contains("memory budget"), "{error}");
 
     // The smallest budget that works streams every block of the nano transformer.
-    let cfg = bevy_framepack::framepack::testing::tiny_transformer_config();
+    let cfg = bevy_framepack::framepack::nano::dit::nano_transformer_config();
     let plan = MemoryPlan::new(&cfg, candle_core::DType::F32, Residency::Resident).unwrap();
     let minimum = plan.fixed_bytes + 2 * plan.block_bytes.iter().max().unwrap();
     let mut streamed = app(FramePackSettings::default().with_low_vram_budget(minimum));

@@ -60,7 +60,7 @@ fn headless_demo_saves_a_cutscene_frame_that_is_not_blank() {
     let game = decode_png(&out.join("game.png"));
     let shown = decode_png(last);
     assert_eq!(shown.len(), game.len());
-    // The nano model's frames are noise: the in-world screen adds many colors to the scene.
+    // The in-world screen shows decoded, filtered frames: it adds many colors to the flat scene.
     let (before, after) = (distinct_colors(&game), distinct_colors(&shown));
     assert!(after > before + 100, "{}: {after} colors vs {before} in the game frame: blank?", last.display());
     println!("{stdout}");

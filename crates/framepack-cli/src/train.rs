@@ -97,6 +97,13 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         _ => {
             let to = a.to.ok_or_else(|| invalid("export", "needs --to DIR"))?;
+            let root = a.out.join("bundle");
+            let weights = train::RunFiles::dit(&a.out).weights;
+            if !weights.exists() || !root.exists() {
+                return Err(invalid("export", format!("{}: train the dit stage first", a.out.display())));
+            }
+            // The latest checkpoint, also when the dit stage was stopped between checkpoints.
+            bundle::write_transformer(&root, &weights, &dit::nano_transformer_config())?;
             let bytes = bundle::export_f16(&a.out.join("bundle"), &to)?;
             println!("{}: {:.2} MB", to.display(), bytes as f64 / 1e6);
             Ok(())

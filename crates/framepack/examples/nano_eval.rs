@@ -37,7 +37,7 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { bundle: PathBuf::from("assets/nano"), clips: 24, steps: 12, drift_clips: 4 };
+    let mut a = Args { bundle: PathBuf::from("assets/nano"), clips: 24, steps: 10, drift_clips: 4 };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i + 1 < v.len() {

@@ -376,6 +376,9 @@ pub fn train_dit(
     let params = ParamsAdamW { lr: settings.lr, weight_decay: 0.0, ..Default::default() };
     let mut opt = AdamW::new(map.all_vars(), params)?;
 
+    if start >= settings.steps {
+        return Ok(start);
+    }
     let seeds: Vec<u64> = clips::training_seeds(settings.clips).collect();
     let per_size = seeds.len() / settings.sizes.len();
     let mut data = Vec::with_capacity(settings.sizes.len());
