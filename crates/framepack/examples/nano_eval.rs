@@ -139,26 +139,9 @@ fn main() -> Result<()> {
             let (h, w) = (b.x0.dim(3)?, b.x0.dim(4)?);
             let noise = rng.normal_tensor(b.x0.dims(), &dev)?;
             let sigmas = section_sigmas(a.steps, window, h, w)?;
-            let g = |k: usize| b.groups[k].as_ref();
             let mut denoise = |x: &Tensor, sigma: f64| -> Result<Tensor> {
                 let t = Tensor::new(&[framepack::sampling::model_timestep(sigma)], &dev)?;
-                let inputs = framepack::models::transformer::TransformerInputs {
-                    image_embeds: Some(&b.image_embeds),
-                    latents_clean: g(0).map(|g| &g.0),
-                    indices_latents_clean: g(0).map(|g| &g.1),
-                    latents_history_2x: g(1).map(|g| &g.0),
-                    indices_latents_history_2x: g(1).map(|g| &g.1),
-                    latents_history_4x: g(2).map(|g| &g.0),
-                    indices_latents_history_4x: g(2).map(|g| &g.1),
-                    ..framepack::models::transformer::TransformerInputs::new(
-                        x,
-                        &t,
-                        &b.llama,
-                        &b.mask,
-                        &b.pooled,
-                        &b.indices_latents,
-                    )
-                };
+                let inputs = b.inputs(x, &t);
                 Ok((x - (tr.forward(&inputs)? * sigma)?)?)
             };
             let new = Sampler::UniPc.sample(&mut denoise, &noise, &sigmas, &mut |_| Ok(()))?;

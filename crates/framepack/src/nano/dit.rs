@@ -203,6 +203,30 @@ pub struct Batch {
     pub image_embeds: Tensor,
 }
 
+impl Batch {
+    /// The transformer's inputs for the noisy window `hidden_states` at `timestep`.
+    pub fn inputs<'a>(&'a self, hidden_states: &'a Tensor, timestep: &'a Tensor) -> TransformerInputs<'a> {
+        let g = |i: usize| self.groups[i].as_ref();
+        TransformerInputs {
+            image_embeds: Some(&self.image_embeds),
+            latents_clean: g(0).map(|g| &g.0),
+            indices_latents_clean: g(0).map(|g| &g.1),
+            latents_history_2x: g(1).map(|g| &g.0),
+            indices_latents_history_2x: g(1).map(|g| &g.1),
+            latents_history_4x: g(2).map(|g| &g.0),
+            indices_latents_history_4x: g(2).map(|g| &g.1),
+            ..TransformerInputs::new(
+                hidden_states,
+                timestep,
+                &self.llama,
+                &self.mask,
+                &self.pooled,
+                &self.indices_latents,
+            )
+        }
+    }
+}
+
 /// Draws one section of clip `clip`: the schedule (geometric or inverted), plan length and
 /// section index, each uniformly.
 fn draw(rng: &mut NoiseRng, max_sections: usize, window: usize) -> Result<(ContextSchedule, SectionPlan, usize)> {
@@ -320,18 +344,7 @@ pub fn flow_loss(model: &Transformer, batch: &Batch, sigmas: &[f64], eps: &Tenso
     let s = Tensor::from_vec(sigmas.iter().map(|&s| s as f32).collect::<Vec<_>>(), (b, 1, 1, 1, 1), dev)?;
     let xt = (batch.x0.broadcast_mul(&(1.0 - &s)?)? + eps.broadcast_mul(&s)?)?;
     let timestep = Tensor::from_vec(sigmas.iter().map(|&s| model_timestep(s)).collect::<Vec<_>>(), b, dev)?;
-    let g = |i: usize| batch.groups[i].as_ref();
-    let inputs = TransformerInputs {
-        image_embeds: Some(&batch.image_embeds),
-        latents_clean: g(0).map(|g| &g.0),
-        indices_latents_clean: g(0).map(|g| &g.1),
-        latents_history_2x: g(1).map(|g| &g.0),
-        indices_latents_history_2x: g(1).map(|g| &g.1),
-        latents_history_4x: g(2).map(|g| &g.0),
-        indices_latents_history_4x: g(2).map(|g| &g.1),
-        ..TransformerInputs::new(&xt, &timestep, &batch.llama, &batch.mask, &batch.pooled, &batch.indices_latents)
-    };
-    let v = model.forward(&inputs)?;
+    let v = model.forward(&batch.inputs(&xt, &timestep))?;
     let target = (eps - &batch.x0)?;
     Ok((v - target)?.sqr()?.mean_all()?)
 }
@@ -393,12 +406,7 @@ pub fn train_dit(
     if start == 0 {
         writeln!(log, "step,loss,seconds").map_err(|e| io(&files.log, e))?;
     }
-    let save = |step: usize| -> Result<()> {
-        map.save(&files.weights).map_err(|e| io(&files.weights, e))?;
-        let state = State { step, settings: settings.clone() };
-        let json = serde_json::to_string_pretty(&state).map_err(|e| io(&files.state, e))?;
-        std::fs::write(&files.state, json).map_err(|e| io(&files.state, e))
-    };
+    let save = |step: usize| files.save(&map, &State { step, settings: settings.clone() });
     for step in start + 1..=settings.steps {
         let t0 = Instant::now();
         let mut rng = NoiseRng::new(settings.seed ^ 0xd17 ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));

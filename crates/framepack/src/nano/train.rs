@@ -95,6 +95,13 @@ impl RunFiles {
         Self { weights: dir.join("vae.safetensors"), state: dir.join("vae_state.json"), log: dir.join("vae_loss.csv") }
     }
 
+    /// Saves a checkpoint: the weights of `map`, then `state` as JSON.
+    pub(crate) fn save(&self, map: &VarMap, state: &impl Serialize) -> Result<()> {
+        map.save(&self.weights).map_err(|e| io(&self.weights, e))?;
+        let json = serde_json::to_string_pretty(state).map_err(|e| io(&self.state, e))?;
+        std::fs::write(&self.state, json).map_err(|e| io(&self.state, e))
+    }
+
     /// The files of the transformer stage in `dir`.
     pub fn dit(dir: &Path) -> Self {
         Self { weights: dir.join("dit.safetensors"), state: dir.join("dit_state.json"), log: dir.join("dit_loss.csv") }
@@ -143,12 +150,7 @@ pub fn train_vae(dir: &Path, settings: &VaeTraining, mut on_step: impl FnMut(&St
         writeln!(log, "step,loss,recon,kl,seconds").map_err(|e| io(&files.log, e))?;
     }
     let clip_cfg = ClipConfig { width: settings.size, height: settings.size, frames: settings.frames, fps: 30.0 };
-    let save = |step: usize| -> Result<()> {
-        map.save(&files.weights).map_err(|e| io(&files.weights, e))?;
-        let state = State { step, settings: settings.clone() };
-        let json = serde_json::to_string_pretty(&state).map_err(|e| io(&files.state, e))?;
-        std::fs::write(&files.state, json).map_err(|e| io(&files.state, e))
-    };
+    let save = |step: usize| files.save(&map, &State { step, settings: settings.clone() });
     for step in start + 1..=settings.steps {
         let t0 = Instant::now();
         let mut rng = NoiseRng::new(settings.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
