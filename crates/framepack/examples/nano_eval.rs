@@ -170,14 +170,22 @@ fn main() -> Result<()> {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     println!("\nnext-section error on {} held-out sections (pixels in [-1, 1])", m_model.len());
-    println!("| predictor | MSE mean | MSE median | PSNR mean (dB) |");
-    println!("|---|---|---|---|");
+    println!("| predictor | MSE mean | MSE median | PSNR of the mean MSE (dB) | PSNR median (dB) | sections below copy-last-frame MSE |");
+    println!("|---|---|---|---|---|---|");
     for (name, m, p) in [
         ("nano model (geometric, true history)", &m_model, &p_model),
         ("copy last frame", &m_copy, &p_copy),
         ("VAE reconstruction (ceiling)", &m_recon, &p_recon),
     ] {
-        println!("| {name} | {:.5} | {:.5} | {:.2} |", mean(m), bench::median(m), mean(p));
+        let below = m.iter().zip(&m_copy).filter(|(a, b)| a < b).count();
+        println!(
+            "| {name} | {:.5} | {:.5} | {:.2} | {:.2} | {below}/{} |",
+            mean(m),
+            bench::median(m),
+            10.0 * (4.0 / mean(m)).log10(),
+            bench::median(p),
+            m.len()
+        );
     }
 
     // 2. Drift over 10 sections, and 3. wall time per section.
