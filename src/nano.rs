@@ -42,6 +42,8 @@ pub(crate) fn write_bundle(root: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     #[test]
     fn every_file_of_the_asset_folder_is_embedded() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/nano");
@@ -62,6 +64,4 @@ mod tests {
         embedded.sort();
         assert_eq!(on_disk, embedded);
     }
-
-    use std::path::Path;
 }

@@ -170,7 +170,9 @@ fn main() -> Result<()> {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     println!("\nnext-section error on {} held-out sections (pixels in [-1, 1])", m_model.len());
-    println!("| predictor | MSE mean | MSE median | PSNR of the mean MSE (dB) | PSNR median (dB) | sections below copy-last-frame MSE |");
+    println!(
+        "| predictor | MSE mean | MSE median | PSNR of the mean MSE (dB) | PSNR median (dB) | sections below copy-last-frame MSE |"
+    );
     println!("|---|---|---|---|---|---|");
     for (name, m, p) in [
         ("nano model (geometric, true history)", &m_model, &p_model),

@@ -17,7 +17,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{D, DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
@@ -127,7 +127,7 @@ pub struct DitStepLoss {
     pub seconds: f64,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct State {
     step: usize,
     settings: DitTraining,
@@ -360,7 +360,8 @@ pub fn clip_frames(settings: &DitTraining) -> usize {
 }
 
 /// Trains (or resumes) the nano transformer in `dir`, reading the VAE and encoders from the
-/// bundle `pipeline` was loaded from; `on_event` sees progress lines. Returns the step reached.
+/// bundle `pipeline` was loaded from; `on_encode` sees `(clips encoded, clips)`, `on_step` every
+/// step's loss. Returns the step reached.
 pub fn train_dit(
     dir: &Path,
     pipeline: &mut crate::Pipeline,
@@ -377,21 +378,13 @@ pub fn train_dit(
     let shapes = crate::weights::requested_shapes(|vb| Transformer::new(vb, &cfg))?;
     // The output projection starts at zero, so the first prediction is a zero velocity.
     init_weights(&map, shapes, settings.seed, |name| name.starts_with("proj_out."))?;
-    let start = if files.weights.exists() && files.state.exists() {
-        let text = std::fs::read_to_string(&files.state).map_err(|e| io(&files.state, e))?;
-        let state: State = serde_json::from_str(&text).map_err(|e| io(&files.state, e))?;
-        map.load(&files.weights).map_err(|e| io(&files.weights, e))?;
-        state.step
-    } else {
-        0
-    };
-    let model = Transformer::new(VarBuilder::from_varmap(&map, DType::F32, &dev), &cfg)?;
-    let params = ParamsAdamW { lr: settings.lr, weight_decay: 0.0, ..Default::default() };
-    let mut opt = AdamW::new(map.all_vars(), params)?;
-
+    let start = files.resume(&mut map)?;
     if start >= settings.steps {
         return Ok(start);
     }
+    let model = Transformer::new(VarBuilder::from_varmap(&map, DType::F32, &dev), &cfg)?;
+    let params = ParamsAdamW { lr: settings.lr, weight_decay: 0.0, ..Default::default() };
+    let mut opt = AdamW::new(map.all_vars(), params)?;
     let seeds: Vec<u64> = clips::training_seeds(settings.clips).collect();
     let per_size = seeds.len() / settings.sizes.len();
     let mut data = Vec::with_capacity(settings.sizes.len());
@@ -401,11 +394,7 @@ pub fn train_dit(
         data.push(ClipLatents::encode(pipeline, chunk, &cfg, |i| on_encode(k * per_size + i, seeds.len()))?);
     }
 
-    let mut log =
-        std::fs::OpenOptions::new().create(true).append(true).open(&files.log).map_err(|e| io(&files.log, e))?;
-    if start == 0 {
-        writeln!(log, "step,loss,seconds").map_err(|e| io(&files.log, e))?;
-    }
+    let mut log = files.open_log("step,loss,seconds", start == 0)?;
     let save = |step: usize| files.save(&map, &State { step, settings: settings.clone() });
     for step in start + 1..=settings.steps {
         let t0 = Instant::now();
@@ -427,11 +416,6 @@ pub fn train_dit(
         }
     }
     Ok(settings.steps.max(start))
-}
-
-/// Mean over the batch of the per-sample MSE between `a` and `b`.
-pub fn mse(a: &Tensor, b: &Tensor) -> Result<f32> {
-    Ok((a - b)?.sqr()?.flatten_from(1)?.mean(D::Minus1)?.mean_all()?.to_scalar()?)
 }
 
 /// Latent standard deviation of the VAE over `clips` training clips of `frames` frames (what

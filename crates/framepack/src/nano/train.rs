@@ -73,7 +73,7 @@ pub struct StepLoss {
     pub seconds: f64,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Serialize)]
 struct State {
     step: usize,
     settings: VaeTraining,
@@ -93,6 +93,32 @@ impl RunFiles {
     /// The files of the VAE stage in `dir`.
     pub fn vae(dir: &Path) -> Self {
         Self { weights: dir.join("vae.safetensors"), state: dir.join("vae_state.json"), log: dir.join("vae_loss.csv") }
+    }
+
+    /// Loads the checkpoint into `map` (whose variables exist already) and returns its step, or
+    /// 0 when the directory has none.
+    pub(crate) fn resume(&self, map: &mut VarMap) -> Result<usize> {
+        #[derive(Deserialize)]
+        struct Step {
+            step: usize,
+        }
+        if !(self.weights.exists() && self.state.exists()) {
+            return Ok(0);
+        }
+        let text = std::fs::read_to_string(&self.state).map_err(|e| io(&self.state, e))?;
+        let saved: Step = serde_json::from_str(&text).map_err(|e| io(&self.state, e))?;
+        map.load(&self.weights).map_err(|e| io(&self.weights, e))?;
+        Ok(saved.step)
+    }
+
+    /// Opens the loss log for appending, writing `header` first when the run is `fresh`.
+    pub(crate) fn open_log(&self, header: &str, fresh: bool) -> Result<std::fs::File> {
+        let mut log =
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.log).map_err(|e| io(&self.log, e))?;
+        if fresh {
+            writeln!(log, "{header}").map_err(|e| io(&self.log, e))?;
+        }
+        Ok(log)
     }
 
     /// Saves a checkpoint: the weights of `map`, then `state` as JSON.
@@ -131,24 +157,12 @@ pub fn train_vae(dir: &Path, settings: &VaeTraining, mut on_step: impl FnMut(&St
     let cfg = nano_vae_config();
     let mut map = VarMap::new();
     let shapes = crate::weights::requested_shapes(|vb| AutoencoderKLHunyuanVideo::new(vb, &cfg))?;
-    let start = if files.weights.exists() && files.state.exists() {
-        let text = std::fs::read_to_string(&files.state).map_err(|e| io(&files.state, e))?;
-        let state: State = serde_json::from_str(&text).map_err(|e| io(&files.state, e))?;
-        init_weights(&map, shapes.clone(), settings.seed, |_| false)?;
-        map.load(&files.weights).map_err(|e| io(&files.weights, e))?;
-        state.step
-    } else {
-        init_weights(&map, shapes, settings.seed, |_| false)?;
-        0
-    };
+    init_weights(&map, shapes, settings.seed, |_| false)?;
+    let start = files.resume(&mut map)?;
     let vae = AutoencoderKLHunyuanVideo::new(VarBuilder::from_varmap(&map, DType::F32, &dev), &cfg)?;
     let params = ParamsAdamW { lr: settings.lr, weight_decay: 0.0, ..Default::default() };
     let mut opt = AdamW::new(map.all_vars(), params)?;
-    let mut log =
-        std::fs::OpenOptions::new().create(true).append(true).open(&files.log).map_err(|e| io(&files.log, e))?;
-    if start == 0 {
-        writeln!(log, "step,loss,recon,kl,seconds").map_err(|e| io(&files.log, e))?;
-    }
+    let mut log = files.open_log("step,loss,recon,kl,seconds", start == 0)?;
     let clip_cfg = ClipConfig { width: settings.size, height: settings.size, frames: settings.frames, fps: 30.0 };
     let save = |step: usize| files.save(&map, &State { step, settings: settings.clone() });
     for step in start + 1..=settings.steps {
