@@ -6,5 +6,6 @@ pub(crate) mod linear;
 pub(crate) mod ops;
 pub mod text;
 pub mod transformer;
+pub mod taehv;
 pub mod vae;
 pub mod vision;
