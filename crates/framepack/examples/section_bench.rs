@@ -114,6 +114,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         transformer: Transformer::new(VarBuilder::from_tensors(ws, DType::F32, &dev), &cfg)?,
         vae: testing::tiny_vae(2, DType::F32, &dev)?,
         vae_dtype: DType::F32,
+        tiny_decoder: None,
     });
     let randn = |seed: u64, shape: &[usize]| NoiseRng::new(seed).normal_tensor(shape, &dev);
     let conditioning = || -> framepack::Result<Conditioning> {

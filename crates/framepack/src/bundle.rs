@@ -10,6 +10,7 @@
 //!   text_encoder_2/config.json, model.safetensors, tokenizer_2/tokenizer.json
 //!   image_encoder/config.json, model.safetensors, feature_extractor/preprocessor_config.json
 //!                                                                 lllyasviel/flux_redux_bfl
+//!   vae_tiny/taehv.safetensors [+ config.json]   optional tiny decoder (madebyollin/taehv)
 //! ```
 //!
 //! [`BundlePaths`] names every component's folder (all inside one root by default; any of them
@@ -28,6 +29,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{Error, Result};
 use crate::generator::{Generator, Models};
+use crate::models::taehv::{self, Taehv};
 use crate::models::text::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::text::llama::{Llama, LlamaConfig};
 use crate::models::transformer::{self, Residency, Transformer};
@@ -189,6 +191,9 @@ pub struct BundlePaths {
     pub image_encoder: PathBuf,
     /// SigLIP preprocessor folder.
     pub feature_extractor: PathBuf,
+    /// Optional tiny decoder (TAEHV): a folder (see [`load_taehv`]) or a safetensors file;
+    /// nothing is loaded when it does not exist.
+    pub vae_tiny: PathBuf,
 }
 
 /// The state of one component.
@@ -447,6 +452,7 @@ impl BundlePaths {
             tokenizer_2: root.join("tokenizer_2"),
             image_encoder: root.join("image_encoder"),
             feature_extractor: root.join("feature_extractor"),
+            vae_tiny: root.join("vae_tiny"),
         }
     }
 
@@ -596,13 +602,75 @@ impl BundlePaths {
         let vcfg = self.vae_config()?;
         let vfiles = weight_files(&self.vae, "diffusion_pytorch_model").map_err(status_error(Component::Vae))?;
         let vae = AutoencoderKLHunyuanVideo::load(&vfiles, &vcfg, dtype, device)?;
-        Ok(Models { transformer, vae, vae_dtype: dtype })
+        let tiny_decoder = self.load_tiny_decoder(device, dtype)?;
+        Ok(Models { transformer, vae, vae_dtype: dtype, tiny_decoder })
+    }
+
+    /// The tiny decoder at [`Self::vae_tiny`], or `None` when that path does not exist.
+    pub fn load_tiny_decoder(&self, device: &Device, dtype: DType) -> Result<Option<Taehv>> {
+        if !self.vae_tiny.exists() {
+            return Ok(None);
+        }
+        load_taehv(&self.vae_tiny, device, dtype).map(Some)
+    }
+
+    /// The state of the optional tiny decoder (`None` when absent), reading headers only.
+    pub fn inspect_tiny_decoder(&self) -> Option<Status> {
+        if !self.vae_tiny.exists() {
+            return None;
+        }
+        let (file, cfg) = match taehv_files(&self.vae_tiny) {
+            Ok(fc) => fc,
+            Err(e) => return Some(mismatched(e.to_string())),
+        };
+        let dir = file.parent().unwrap_or(Path::new("."));
+        let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("taehv").to_string();
+        Some(check_weights(
+            dir,
+            &stem,
+            &cfg,
+            |c: &taehv::Config| format!("TAEHV, decoder widths {:?}", c.decoder_widths),
+            |c, vb| Taehv::new(vb, c),
+        ))
     }
 
     /// A [`Generator`] over [`Self::load_models`].
     pub fn load_generator(&self, device: &Device, dtype: DType) -> Result<Generator> {
         Ok(Generator::new(self.load_models(device, dtype)?))
     }
+}
+
+/// Weight file names looked for in a tiny-decoder folder, in order.
+const TAEHV_FILES: [&str; 2] = ["taehv.safetensors", "diffusion_pytorch_model.safetensors"];
+
+/// The weights file and config of a tiny decoder at `path`: a folder holding one of
+/// `taehv.safetensors` / `diffusion_pytorch_model.safetensors` and optionally `config.json` (a
+/// [`taehv::Config`]), or a safetensors file (the released config).
+fn taehv_files(path: &Path) -> Result<(PathBuf, taehv::Config)> {
+    if !path.is_dir() {
+        return Ok((path.to_path_buf(), taehv::Config::default()));
+    }
+    let file = TAEHV_FILES.iter().map(|n| path.join(n)).find(|p| p.is_file()).ok_or_else(|| {
+        Error::invalid("tiny decoder", format!("{} holds none of {}", path.display(), TAEHV_FILES.join(", ")))
+    })?;
+    let cfg_path = path.join("config.json");
+    let cfg = if cfg_path.is_file() {
+        read_json(&cfg_path).map_err(|s| match s {
+            Status::Missing { what } => Error::invalid("tiny decoder", what),
+            Status::Mismatched { reason } => Error::invalid("tiny decoder", reason),
+            Status::Present { summary } => Error::invalid("tiny decoder", summary),
+        })?
+    } else {
+        taehv::Config::default()
+    };
+    Ok((file, cfg))
+}
+
+/// Loads a tiny decoder (TAEHV) from a folder or a safetensors file (see [`taehv_files`] for the
+/// layout) with strict checks: a wrong file names the file, tensor and shapes.
+pub fn load_taehv(path: &Path, device: &Device, dtype: DType) -> Result<Taehv> {
+    let (file, cfg) = taehv_files(path)?;
+    Taehv::load(&[file], &cfg, dtype, device)
 }
 
 fn status_error(c: Component) -> impl Fn(Status) -> Error {

@@ -88,5 +88,6 @@ pub fn fetch(transformer_repo: &str) -> Result<BundlePaths> {
         tokenizer_2,
         image_encoder,
         feature_extractor,
+        vae_tiny: PathBuf::new(),
     })
 }

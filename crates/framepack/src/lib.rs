@@ -22,5 +22,5 @@ pub mod testing;
 pub mod weights;
 
 pub use error::{Error, Result, WeightsError};
-pub use generator::{CancelToken, Generator, Job, Section, Settings};
+pub use generator::{CancelToken, DecoderChoice, Generator, Job, Section, Settings};
 pub use pipeline::{Pipeline, Request};

@@ -13,6 +13,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
+use crate::models::taehv::{self, Taehv};
 use crate::models::transformer::{self, Transformer};
 use crate::models::vae::{self, AutoencoderKLHunyuanVideo};
 use crate::weights;
@@ -101,6 +102,18 @@ pub fn tiny_vae(seed: u64, dtype: DType, device: &Device) -> Result<AutoencoderK
     let cfg = tiny_vae_config();
     let ws = random_weights(seed, 1.0, |vb| AutoencoderKLHunyuanVideo::new(vb, &cfg))?;
     Ok(AutoencoderKLHunyuanVideo::new(VarBuilder::from_tensors(ws, dtype, device), &cfg)?)
+}
+
+/// A TAEHV with 16 latent channels and the released flags, encoder width 8, decoder 16/8/8/8.
+pub fn tiny_taehv_config() -> taehv::Config {
+    taehv::Config { encoder_width: 8, decoder_widths: [16, 8, 8, 8], ..taehv::Config::hunyuan_video() }
+}
+
+/// A tiny random TAEHV (in memory).
+pub fn tiny_taehv(seed: u64, dtype: DType, device: &Device) -> Result<Taehv> {
+    let cfg = tiny_taehv_config();
+    let ws = random_weights(seed, 1.0, |vb| Taehv::new(vb, &cfg))?;
+    Ok(Taehv::new(VarBuilder::from_tensors(ws, dtype, device), &cfg)?)
 }
 
 /// A deterministic test image `(1, 3, H, W)` in `[-1, 1]` (smooth gradients plus a pattern).

@@ -5,7 +5,9 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor};
 use framepack::Error;
-use framepack::generator::{CancelToken, Conditioning, Frame, Generator, Models, Settings, TextConditioning};
+use framepack::generator::{
+    CancelToken, Conditioning, DecoderChoice, Frame, Generator, Models, Settings, TextConditioning,
+};
 use framepack::packing::{Schedule, SectionOrder};
 use framepack::sampling::Sampler;
 use framepack::testing;
@@ -16,6 +18,7 @@ fn generator() -> Generator {
         transformer: testing::tiny_transformer(1, DType::F32, &dev).unwrap(),
         vae: testing::tiny_vae(2, DType::F32, &dev).unwrap(),
         vae_dtype: DType::F32,
+        tiny_decoder: Some(testing::tiny_taehv(3, DType::F32, &dev).unwrap()),
     })
 }
 
@@ -326,4 +329,95 @@ fn sampled_image_latents_are_seeded() {
     assert!(a == run(&g, conditioning(32, 32), sampled.clone()));
     assert!(a != mean);
     assert!(a != run(&g, conditioning(32, 32), Settings { seed: 99, ..sampled }));
+}
+
+fn tiny_settings(schedule: Schedule) -> Settings {
+    Settings { decoder: DecoderChoice::Tiny, ..settings(schedule, 2.4, 9) }
+}
+
+#[test]
+fn tiny_decoder_streams_forward_jobs_as_one_decode_of_all_latents() {
+    let g = generator();
+    let job = g.start(conditioning(32, 32), tiny_settings(Schedule::Geometric)).unwrap();
+    let total = job.total_frames();
+    let mut job = job;
+    let mut video = Vec::new();
+    let mut latents = Vec::new();
+    while let Some(section) = job.next() {
+        let s = section.unwrap();
+        assert!(s.provisional.is_empty(), "a stream has no provisional frames");
+        assert_eq!(s.frame_range, video.len()..video.len() + s.frames.len());
+        if s.index == 0 {
+            latents.push(job.start_latent().unwrap().clone());
+        }
+        latents.push(s.latent_tensor.clone());
+        video.extend(s.frames);
+    }
+    assert_eq!((video.len(), total), (36 * 2 + 1, 36 * 2 + 1));
+    // The stream, section by section, gives the frames of one decode of every latent.
+    let tiny = g.models().tiny_decoder.as_ref().unwrap();
+    let all = Tensor::cat(&latents, 2).unwrap().permute((0, 2, 1, 3, 4)).unwrap();
+    let once = tiny.decode(&all).unwrap().permute((0, 2, 1, 3, 4)).unwrap().affine(2.0, -1.0).unwrap();
+    let once = framepack::generator::to_frames(&once).unwrap();
+    assert_eq!(once.len(), video.len());
+    let max_diff = video
+        .iter()
+        .zip(&once)
+        .flat_map(|(a, b)| a.rgb.iter().zip(&b.rgb).map(|(x, y)| x.abs_diff(*y)))
+        .max()
+        .unwrap();
+    assert!(max_diff <= 1, "streamed and one-shot decodes differ by {max_diff}");
+    // It is not the full VAE's video.
+    let full = run(&g, conditioning(32, 32), settings(Schedule::Geometric, 2.4, 9));
+    assert!(full != video);
+}
+
+#[test]
+fn tiny_decoder_keeps_the_cross_fade_of_inverted_jobs() {
+    let g = generator();
+    let video = run(&g, conditioning(32, 32), tiny_settings(Schedule::InvertedAntiDrifting));
+    assert_eq!(video.len(), 36 * 2 + 1);
+    let mut seen = [false; 256];
+    video.iter().flat_map(|f| &f.rgb).for_each(|&b| seen[b as usize] = true);
+    assert!(seen.iter().filter(|&&s| s).count() > 32, "too few distinct pixel values");
+}
+
+#[test]
+fn previews_decode_every_step_with_the_tiny_decoder() {
+    let g = generator();
+    let sizes = Arc::new(Mutex::new(Vec::new()));
+    let log = sizes.clone();
+    let s = Settings { previews: true, ..settings(Schedule::InvertedAntiDrifting, 2.4, 9) };
+    let job = g.start(conditioning(32, 48), s).unwrap().on_progress(move |p| {
+        log.lock().unwrap().push(p.preview.iter().map(|f| (f.width, f.height, f.rgb.len())).collect::<Vec<_>>());
+    });
+    job.run_to_end().unwrap();
+    let sizes = sizes.lock().unwrap();
+    assert_eq!(sizes.len(), 2 * 4);
+    for step in sizes.iter() {
+        assert_eq!(step, &vec![(32, 48, 32 * 48 * 3); 9], "one preview frame per latent of the window");
+    }
+    // Off by default.
+    let empty = Arc::new(Mutex::new(true));
+    let e = empty.clone();
+    let job = g.start(conditioning(32, 32), settings(Schedule::Geometric, 1.2, 9)).unwrap().on_progress(move |p| {
+        *e.lock().unwrap() &= p.preview.is_empty();
+    });
+    job.run_to_end().unwrap();
+    assert!(*empty.lock().unwrap());
+}
+
+#[test]
+fn the_tiny_decoder_must_exist_when_asked_for() {
+    let dev = Device::Cpu;
+    let g = Generator::new(Models {
+        transformer: testing::tiny_transformer(1, DType::F32, &dev).unwrap(),
+        vae: testing::tiny_vae(2, DType::F32, &dev).unwrap(),
+        vae_dtype: DType::F32,
+        tiny_decoder: None,
+    });
+    for s in [tiny_settings(Schedule::Geometric), Settings { previews: true, ..settings(Schedule::Geometric, 1.2, 9) }] {
+        let err = g.start(conditioning(32, 32), s).err().expect("refused");
+        assert!(err.to_string().contains("tiny decoder"), "{err}");
+    }
 }

@@ -33,6 +33,7 @@ fn generate(transformer: Transformer) -> Vec<Tensor> {
         transformer,
         vae: testing::tiny_vae(2, DType::F32, &dev).unwrap(),
         vae_dtype: DType::F32,
+        tiny_decoder: None,
     });
     let randn = |seed, shape: &[usize]| NoiseRng::new(seed).normal_tensor(shape, &dev).unwrap();
     let cond = Conditioning {

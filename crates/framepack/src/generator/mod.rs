@@ -43,6 +43,7 @@ pub use preview::{LATENT_RGB_BIAS, LATENT_RGB_FACTORS, latent_preview};
 pub use prompts::{PromptSchedule, TimedPrompt};
 
 use crate::error::{Error, Result};
+use crate::models::taehv::{StreamingDecoder, Taehv};
 use crate::models::transformer::{TeaCache, Transformer, TransformerInputs};
 use crate::models::vae::{AutoencoderKLHunyuanVideo, SectionDecoder};
 use crate::packing::{ContextSchedule, Kernel, Schedule, SectionOrder, SectionPlan, Slot};
@@ -62,6 +63,18 @@ pub enum ImageLatent {
     /// A sample `mean + σ·ε` with `ε` from the job's seed (FramePack samples, with torch's
     /// global RNG).
     Sample,
+}
+
+/// Which model turns a job's latents into frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DecoderChoice {
+    /// The HunyuanVideo VAE, with FramePack's section cross-fade (the released behaviour).
+    #[default]
+    Full,
+    /// The tiny decoder (TAEHV) of [`Models::tiny_decoder`]: ≈ 70× fewer operations per pixel.
+    /// Forward jobs decode it as one stream (each section continues the previous one's memory, no
+    /// cross-fade); inverted jobs decode each section as the full VAE would, with the cross-fade.
+    Tiny,
 }
 
 /// Everything about a job that is not conditioning.
@@ -87,6 +100,11 @@ pub struct Settings {
     pub teacache: Option<f64>,
     /// How the start/end images are turned into latents.
     pub image_latent: ImageLatent,
+    /// The decoder of the section frames.
+    pub decoder: DecoderChoice,
+    /// Decode every sampler step's denoised estimate with the tiny decoder (time upscale off: one
+    /// frame per latent) into [`Progress::preview`]. Needs [`Models::tiny_decoder`].
+    pub previews: bool,
 }
 
 impl Default for Settings {
@@ -101,6 +119,8 @@ impl Default for Settings {
             sampler: Sampler::UniPc,
             teacache: None,
             image_latent: ImageLatent::Mean,
+            decoder: DecoderChoice::Full,
+            previews: false,
         }
     }
 }
@@ -191,6 +211,9 @@ pub struct Progress<'a> {
     pub eta: Duration,
     /// The sampler's current x0 prediction `(1, C, W, h, w)` (see [`latent_preview`]).
     pub denoised: &'a Tensor,
+    /// With [`Settings::previews`]: the tiny decoder's frames of `denoised`, one per latent of
+    /// the section, in play order; empty otherwise.
+    pub preview: &'a [Frame],
 }
 
 impl Progress<'_> {
@@ -252,6 +275,8 @@ pub struct Models {
     pub vae: AutoencoderKLHunyuanVideo,
     /// The dtype the VAE weights were loaded in (its inputs are cast to it).
     pub vae_dtype: DType,
+    /// The tiny decoder (TAEHV) for [`DecoderChoice::Tiny`] and previews, if the bundle has one.
+    pub tiny_decoder: Option<Taehv>,
 }
 
 /// Runs generation jobs; cheap to clone and `Send + Sync` (the models are shared).
@@ -295,6 +320,36 @@ impl Generator {
                 ),
             ));
         }
+        let needs_tiny = settings.decoder == DecoderChoice::Tiny || settings.previews;
+        let tiny = match (&self.models.tiny_decoder, needs_tiny) {
+            (None, true) => {
+                return Err(Error::invalid(
+                    "decoder",
+                    "the tiny decoder (or previews) was asked for, but the models have none (bundle folder vae_tiny/)",
+                ));
+            }
+            (Some(t), true) if t.config().latent_channels != cfg.out_channels => {
+                return Err(Error::invalid(
+                    "decoder",
+                    format!(
+                        "the tiny decoder takes {} latent channels but the transformer returns {}",
+                        t.config().latent_channels,
+                        cfg.out_channels
+                    ),
+                ));
+            }
+            (t, _) => t.as_ref(),
+        };
+        let preview_decoder = match tiny {
+            Some(t) if settings.previews => Some(t.with_decoder_time_upscale([false; 3])?),
+            _ => None,
+        };
+        let decoding = match (settings.decoder, tiny) {
+            (DecoderChoice::Tiny, Some(t)) if plan.order == SectionOrder::Forward => {
+                Decoding::Streamed(StreamingDecoder::new(t))
+            }
+            _ => Decoding::Blended(SectionDecoder::new(plan.order, plan.window)?),
+        };
         let start_image = image_5d(&conditioning.start_image, "start image")?;
         let (h, w) = (start_image.dim(3)?, start_image.dim(4)?);
         let f = vcfg.spatial_compression_ratio * cfg.patch_size;
@@ -383,7 +438,8 @@ impl Generator {
         Ok(Job {
             models: self.models.clone(),
             rng: NoiseRng::new(settings.seed),
-            decoder: Some(SectionDecoder::new(plan.order, plan.window)?),
+            decoding: Some(decoding),
+            preview_decoder,
             latents: vec![None; plan.total_latents()],
             image_embeds: conditioning.image_embeds.as_ref().map(|e| e.to_device(&dev)).transpose()?,
             guidance: Tensor::new(&[model_guidance(settings.guidance)], &dev)?,
@@ -435,7 +491,8 @@ pub struct Job {
     schedule: ContextSchedule,
     plan: SectionPlan,
     rng: NoiseRng,
-    decoder: Option<SectionDecoder>,
+    decoding: Option<Decoding>,
+    preview_decoder: Option<Taehv>,
     latents: Vec<Option<Tensor>>,
     image_embeds: Option<Tensor>,
     guidance: Tensor,
@@ -628,9 +685,14 @@ impl Job {
         let steps_total_job = sections * self.settings.steps;
         let steps_before = self.steps_done;
         let progress = &mut self.progress;
+        let preview_decoder = self.preview_decoder.as_ref();
         let mut callback = |step: &Step<'_>| -> Result<()> {
             cancel.check()?;
             if let Some(f) = progress.as_mut() {
+                let preview = match preview_decoder {
+                    Some(d) => to_frames(&tiny_decode(d, step.denoised)?)?,
+                    None => Vec::new(),
+                };
                 let done = steps_before + step.index + 1;
                 let elapsed = started.elapsed();
                 let per_step = elapsed.as_secs_f64() / done as f64;
@@ -643,6 +705,7 @@ impl Job {
                     elapsed,
                     eta,
                     denoised: step.denoised,
+                    preview: &preview,
                 });
             }
             Ok(())
@@ -664,14 +727,31 @@ impl Job {
         };
         let vae = &self.models.vae;
         let vae_dtype = self.models.vae_dtype;
+        let tiny = match self.settings.decoder {
+            DecoderChoice::Tiny => self.models.tiny_decoder.as_ref(),
+            DecoderChoice::Full => None,
+        };
         let mut decode = |z: &Tensor| -> Result<Tensor> {
             cancel.check()?;
-            vae.decode(&vae.unscale_latents(z)?.to_dtype(vae_dtype)?)
+            match tiny {
+                Some(t) => tiny_decode(t, z),
+                None => vae.decode(&vae.unscale_latents(z)?.to_dtype(vae_dtype)?),
+            }
         };
-        let decoder = self.decoder.as_mut().expect("decoder lives until the last section");
-        let mut pixels = decoder.push(&to_push, &mut decode)?;
-        if is_last {
-            let rest = self.decoder.take().expect("present").finish();
+        let mut pixels = match self.decoding.as_mut().expect("decoding lives until the last section") {
+            Decoding::Blended(decoder) => decoder.push(&to_push, &mut decode)?,
+            Decoding::Streamed(stream) => {
+                stream.push(&to_push.permute((0, 2, 1, 3, 4))?)?;
+                let mut frames = Vec::new();
+                while let Some(f) = stream.next_frame()? {
+                    cancel.check()?;
+                    frames.push(f);
+                }
+                Some(Tensor::cat(&frames, 1)?.permute((0, 2, 1, 3, 4))?.affine(2.0, -1.0)?)
+            }
+        };
+        if is_last && let Some(Decoding::Blended(decoder)) = self.decoding.take() {
+            let rest = decoder.finish();
             pixels = match (pixels, rest) {
                 (Some(a), Some(b)) => Some(match self.plan.order {
                     SectionOrder::Forward => Tensor::cat(&[&a, &b], 2)?,
@@ -691,9 +771,12 @@ impl Job {
             SectionOrder::Inverted => total - self.emitted - n..total - self.emitted,
         };
         self.emitted += n;
-        let provisional = match self.decoder.as_ref().and_then(|d| d.pixels().provisional()) {
-            Some(p) => to_frames(p)?,
-            None => Vec::new(),
+        let provisional = match &self.decoding {
+            Some(Decoding::Blended(d)) => match d.pixels().provisional() {
+                Some(p) => to_frames(p)?,
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
         };
         let p = provisional.len();
         let provisional_range = match self.plan.order {
@@ -738,6 +821,33 @@ impl Iterator for Job {
         }
         Some(out)
     }
+}
+
+/// How a job turns its sections' latents into frames.
+enum Decoding {
+    /// Each section with its neighbours, cross-faded (FramePack's decoding; full VAE or tiny).
+    Blended(SectionDecoder),
+    /// Forward jobs with the tiny decoder: one causal stream over all sections.
+    Streamed(StreamingDecoder),
+}
+
+/// Largest tiny-decoder activation decoded all frames at once; larger clips decode frame by
+/// frame (same numbers, constant memory).
+const TINY_PARALLEL_BYTES: usize = 256 << 20;
+
+/// Tiny-decoder pixels `(1, 3, T', H, W)` in `[-1, 1]` of latents `(1, C, T, h, w)`.
+fn tiny_decode(model: &Taehv, z: &Tensor) -> Result<Tensor> {
+    let z = z.permute((0, 2, 1, 3, 4))?;
+    let (n, t, _, h, w) = z.dims5()?;
+    let cfg = model.config();
+    let widest = cfg.decoder_widths.iter().copied().max().unwrap_or(1);
+    let bytes = n * t * cfg.time_upscale() * h * w * cfg.space_upscale().pow(2) * widest * 4;
+    let frames = if bytes <= TINY_PARALLEL_BYTES {
+        model.decode(&z)?
+    } else {
+        Tensor::cat(&StreamingDecoder::new(model).decode(&z)?, 1)?
+    };
+    Ok(frames.permute((0, 2, 1, 3, 4))?.affine(2.0, -1.0)?)
 }
 
 /// Decoded pixels `(1, 3, T, H, W)` in `[-1, 1]` → RGB frames: clamp, `x·127.5 + 127.5`,
