@@ -31,6 +31,7 @@ mod settings;
 mod worker;
 
 pub use framepack;
+pub use framepack::DecoderChoice;
 
 pub use capture::{CaptureCutscene, CaptureFailed, CaptureSource};
 pub use messages::{
@@ -48,7 +49,8 @@ pub use worker::{FramePack, FramePackError, FramePackWorker, GenerationRequest, 
 /// The types most games need.
 pub mod prelude {
     pub use crate::{
-        BufferPolicy, CaptureCutscene, CaptureFailed, CaptureSource, CutscenePlayer, FramePack, FramePackPlugin,
+        BufferPolicy, CaptureCutscene, CaptureFailed, CaptureSource, CutscenePlayer, DecoderChoice, FramePack,
+        FramePackPlugin,
         FramePackSettings, FramePackSystems, GenerationCancelled, GenerationFailed, GenerationFinished,
         GenerationProgress, GenerationRequest, GenerationStarted, JobId, JobTicket, ModelSource, PlaybackState, Preset,
         RgbaImage, SectionReady,

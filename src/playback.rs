@@ -135,6 +135,8 @@ pub struct CutscenePlayer {
     frames: Vec<Option<Vec<u8>>>,
     clock: PlaybackClock,
     uploaded: Option<usize>,
+    preview: Option<Vec<u8>>,
+    preview_shown: bool,
 }
 
 impl CutscenePlayer {
@@ -154,6 +156,8 @@ impl CutscenePlayer {
             frames: vec![None; ticket.total_frames],
             clock: PlaybackClock::new(fps, policy),
             uploaded: None,
+            preview: None,
+            preview_shown: false,
         }
     }
 
@@ -192,8 +196,23 @@ impl CutscenePlayer {
         true
     }
 
+    /// Whether the image shows a preview (the tiny decoder's estimate of the section being
+    /// sampled, sent when the request asks for previews) while the player waits for frames.
+    pub fn showing_preview(&self) -> bool {
+        self.preview_shown
+    }
+
+    /// Keeps a preview frame (RGBA8 of the player's size) to show while waiting; frames of
+    /// another size are ignored.
+    pub(crate) fn receive_preview(&mut self, size: (usize, usize), frame: Vec<u8>) {
+        if size == (self.size.0 as usize, self.size.1 as usize) {
+            self.preview = Some(frame);
+        }
+    }
+
     /// Generation stopped: no frames beyond those received will come.
     pub(crate) fn end_generation(&mut self) {
+        self.preview = None;
         let n = self.available();
         self.frames.truncate(n);
         self.clock.set_total(n);
@@ -216,6 +235,26 @@ pub(crate) fn play_cutscenes(
     for mut player in &mut players {
         let player = &mut *player;
         let shown = player.clock.advance(dt);
+        // Previews stand in while nothing plays: before the first frame, and while buffering
+        // (except under `Loop`, which replays what it has).
+        let waiting = match player.clock.state() {
+            PlaybackState::Waiting => true,
+            PlaybackState::Buffering => player.clock.policy != BufferPolicy::Loop,
+            _ => false,
+        };
+        if waiting {
+            if let (Some(frame), Some(mut image)) = (player.preview.take(), images.get_mut(&player.image)) {
+                image.data = Some(frame);
+                player.preview_shown = true;
+            }
+            if player.preview_shown {
+                continue;
+            }
+        }
+        if player.preview_shown {
+            player.preview_shown = false;
+            player.uploaded = None;
+        }
         if let Some(index) = shown
             && shown != player.uploaded
             && let (Some(Some(frame)), Some(mut image)) = (player.frames.get(index), images.get_mut(&player.image))

@@ -98,6 +98,9 @@ fn receive(worker: Res<FramePackWorker>, mut players: Query<&mut CutscenePlayer>
             Response::Progress(m) => {
                 out.progress.write(m);
             }
+            Response::Preview { job, width, height, frame } => {
+                for_job(job, &mut |p| p.receive_preview((width, height), frame.clone()));
+            }
             Response::Section { ready, width, height, frames } => {
                 for_job(ready.job, &mut |p| {
                     if !p.receive(ready.frames.start, (width, height), &frames) {

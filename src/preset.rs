@@ -3,7 +3,7 @@
 use bevy::asset::io::Reader;
 use bevy::asset::{AssetLoader, LoadContext};
 use bevy::prelude::*;
-use framepack::Settings;
+use framepack::{DecoderChoice, Settings};
 use framepack::packing::Schedule;
 use serde::Deserialize;
 
@@ -24,6 +24,8 @@ use crate::worker::{GenerationRequest, RgbaImage};
 ///     teacache: Some(0.15),
 ///     playback: Pause,
 ///     end_image: None, // or Some("presets/door_end.png"); needs an inverted or symmetric schedule
+///     decoder: Full,   // or Tiny: the bundle's tiny decoder (vae_tiny/), far faster
+///     previews: false, // true: players show the tiny decoder's estimate while a section samples
 /// )
 /// ```
 #[derive(Asset, TypePath, Clone, Debug, PartialEq, Deserialize)]
@@ -56,6 +58,11 @@ pub struct Preset {
     /// is generated towards it, which needs a schedule with context after the window
     /// (`InvertedAntiDrifting` or `Symmetric`).
     pub end_image: Option<String>,
+    /// The decoder of the frames (`Tiny` needs a bundle with a tiny decoder).
+    pub decoder: DecoderChoice,
+    /// Send the tiny decoder's frame of every sampler step's estimate; players show it while
+    /// they wait for frames (needs a bundle with a tiny decoder).
+    pub previews: bool,
     /// The end frame's pixels, read by the asset loader from [`Preset::end_image`].
     #[serde(skip)]
     pub end_pixels: Option<RgbaImage>,
@@ -77,6 +84,8 @@ impl Default for Preset {
             fps: 30.0,
             playback: BufferPolicy::default(),
             end_image: None,
+            decoder: DecoderChoice::Full,
+            previews: false,
             end_pixels: None,
         }
     }
@@ -97,6 +106,8 @@ impl Preset {
             schedule: self.schedule.clone(),
             guidance: self.guidance,
             teacache: self.teacache,
+            decoder: self.decoder,
+            previews: self.previews,
             ..Settings::default()
         }
     }

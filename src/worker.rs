@@ -147,6 +147,8 @@ pub(crate) enum Response {
     Started(GenerationStarted),
     Progress(GenerationProgress),
     Section { ready: SectionReady, width: usize, height: usize, frames: Vec<Vec<u8>> },
+    /// The first frame of the tiny decoder's estimate of the section being sampled (RGBA8).
+    Preview { job: JobId, width: usize, height: usize, frame: Vec<u8> },
     Finished(JobId),
     Failed(GenerationFailed),
     Cancelled(JobId),
@@ -337,6 +339,10 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
     drop(nano);
 }
 
+fn rgba(rgb: &[u8]) -> Vec<u8> {
+    rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect()
+}
+
 fn run_job(
     settings: &FramePackSettings,
     pipeline: &mut Option<Pipeline>,
@@ -384,6 +390,10 @@ fn run_job(
     };
     let progress_out = out.clone();
     let job = job.with_cancel_token(token.clone()).on_progress(move |p| {
+        if let Some(f) = p.preview.first() {
+            let frame = rgba(&f.rgb);
+            progress_out.try_send(Response::Preview { job: id, width: f.width, height: f.height, frame });
+        }
         progress_out.try_send(Response::Progress(GenerationProgress {
             job: id,
             section: p.section,
@@ -405,8 +415,7 @@ fn run_job(
             Ok(s) => s,
             Err(e) => return failed(e),
         };
-        let frames =
-            s.frames.iter().map(|f| f.rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect()).collect();
+        let frames = s.frames.iter().map(|f| rgba(&f.rgb)).collect();
         let ready = SectionReady { job: id, index: s.index, total: s.sections, frames: s.frame_range.clone() };
         if !out.send(Response::Section { ready, width, height, frames }) {
             return JobEnd::GameGone;

@@ -377,3 +377,39 @@ fn capturing_something_that_is_not_a_camera_reports_capture_failed() {
     assert_eq!(log.len(), 1);
     assert!(log[0].error.contains("is not a camera"), "{}", log[0].error);
 }
+
+#[test]
+fn previews_stand_in_on_the_player_until_frames_arrive() {
+    let dir = std::env::temp_dir().join(format!("bevy-framepack-previews-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    bevy_framepack::framepack::testing::write_tiny_bundle(&dir, 3).unwrap();
+    let mut app = app(FramePackSettings::from_dir(&dir));
+    // Inverted: frame 0 only exists after the last section, so the player waits the whole job.
+    let preset = Preset {
+        schedule: Schedule::InvertedAntiDrifting,
+        decoder: DecoderChoice::Tiny,
+        previews: true,
+        ..nano_preset(2.4, 3)
+    };
+    let ticket = generate(&mut app, preset.clone()).unwrap();
+    let player = app.world_mut().resource_scope(|w, mut images: Mut<Assets<Image>>| {
+        w.spawn(CutscenePlayer::new(&ticket, preset.fps, preset.playback, &mut images)).id()
+    });
+    let mut saw_preview = false;
+    update_until(&mut app, "finish", |a| {
+        let p = a.world().get::<CutscenePlayer>(player).unwrap();
+        if p.showing_preview() {
+            assert_eq!(p.available(), 0, "previews only while nothing can play");
+            saw_preview = true;
+        }
+        !a.world().resource::<Log>().finished.is_empty()
+    });
+    assert!(saw_preview, "no preview reached the player");
+    assert!(app.world().resource::<Log>().failed.is_empty());
+    for _ in 0..3 {
+        app.update();
+    }
+    let p = app.world().get::<CutscenePlayer>(player).unwrap();
+    assert!(!p.showing_preview() && p.current_frame().is_some(), "real frames replace the preview");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use framepack::Error;
 use framepack::bundle::{BundlePaths, DeviceChoice, parse_dtype};
-use framepack::generator::Settings;
+use framepack::generator::{DecoderChoice, Frame, Settings};
 use framepack::models::transformer::Residency;
 use framepack::packing::{FPS, Schedule};
 use framepack::pipeline::{Pipeline, Request};
@@ -14,6 +14,16 @@ use framepack::preprocess::RgbImage;
 use framepack::sampling::Sampler;
 use framepack_cli::output::OrderedWriter;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Decoder choice on the command line.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum DecoderArg {
+    /// The HunyuanVideo VAE (the released quality).
+    Full,
+    /// The tiny decoder (TAEHV): far faster, softer details. Needs `vae_tiny/` in the weights
+    /// folder or `--tiny-decoder`.
+    Tiny,
+}
 
 /// Sampler choice on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -88,6 +98,17 @@ pub struct GenerateArgs {
     /// Sampler.
     #[arg(long, value_enum, default_value = "unipc")]
     sampler: SamplerArg,
+    /// Decoder of the frames.
+    #[arg(long, value_enum, default_value = "full")]
+    decoder: DecoderArg,
+    /// The tiny decoder (TAEHV) to use instead of the weights folder's `vae_tiny/`: a
+    /// `taehv.safetensors` file (the released config) or a folder with it and a `config.json`.
+    #[arg(long, value_name = "PATH")]
+    tiny_decoder: Option<PathBuf>,
+    /// Rewrite this PNG after every sampler step with the tiny decoder's frames of the current
+    /// estimate of the section, side by side (needs a tiny decoder).
+    #[arg(long, value_name = "FILE.png")]
+    preview: Option<PathBuf>,
     /// No progress bars (the per-section lines are still printed).
     #[arg(long)]
     quiet: bool,
@@ -140,9 +161,34 @@ fn hub(_: &str) -> framepack::Result<BundlePaths> {
     Err(invalid("weights", "this build cannot download weights (rebuild with the `hf-hub` feature) — give a folder"))
 }
 
+/// Writes `frames` side by side into `path` (through a temporary file, so a viewer never reads
+/// half a PNG).
+fn write_strip(path: &Path, frames: &[Frame]) -> Result<(), String> {
+    let Some(first) = frames.first() else {
+        return Ok(());
+    };
+    let (w, h) = (first.width, first.height);
+    let mut rgb = vec![0u8; frames.len() * w * h * 3];
+    let row = frames.len() * w * 3;
+    for (i, f) in frames.iter().enumerate() {
+        for y in 0..h {
+            rgb[y * row + i * w * 3..y * row + (i + 1) * w * 3].copy_from_slice(&f.rgb[y * w * 3..(y + 1) * w * 3]);
+        }
+    }
+    let tmp = path.with_extension("png.tmp");
+    framepack_cli::video::write_png(&tmp, (frames.len() * w) as u32, h as u32, &rgb).map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 pub fn run(args: GenerateArgs) -> framepack::Result<()> {
     let started = Instant::now();
-    let paths = bundle_paths(&args.weights)?;
+    let mut paths = bundle_paths(&args.weights)?;
+    if let Some(t) = &args.tiny_decoder {
+        if !t.exists() {
+            return Err(invalid("--tiny-decoder", format!("{} not found", t.display())));
+        }
+        paths.vae_tiny = t.clone();
+    }
     let dtype = match &args.dtype {
         Some(d) => parse_dtype(d)?,
         None if args.device == DeviceChoice::Cpu => candle_core::DType::F32,
@@ -160,8 +206,18 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
             SamplerArg::Euler => Sampler::Euler,
         },
         teacache: args.teacache,
+        decoder: match args.decoder {
+            DecoderArg::Full => DecoderChoice::Full,
+            DecoderArg::Tiny => DecoderChoice::Tiny,
+        },
+        previews: args.preview.is_some(),
         ..Settings::default()
     };
+    if let Some(p) = &args.preview
+        && !p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))
+    {
+        return Err(invalid("--preview", format!("{} is not a .png file", p.display())));
+    }
     let (_, plan) = settings.plan()?;
     framepack::generator::PromptSchedule::parse(&args.prompt)?;
     let image = load_image(&args.image, "image")?;
@@ -212,7 +268,14 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
     let steps_bar = multi.add(ProgressBar::new((plan.sections * settings.steps) as u64));
     steps_bar.set_style(style("steps    [{bar:30}] {pos}/{len}  {msg}"));
     let bar = steps_bar.clone();
+    let preview = args.preview.clone();
+    let preview_bar = steps_bar.clone();
     let job = job.on_progress(move |p| {
+        if let Some(path) = &preview
+            && let Err(e) = write_strip(path, p.preview)
+        {
+            preview_bar.println(format!("preview: {e}"));
+        }
         bar.set_position((p.section * p.total_steps + p.step) as u64);
         bar.set_message(format!(
             "section {}/{} step {}/{}  elapsed {}  ETA {}",

@@ -135,6 +135,14 @@ fn info(weights: PathBuf) -> framepack::Result<()> {
     let paths = generate::bundle_paths(&weights)?;
     let report = paths.inspect();
     print!("{report}");
+    match paths.inspect_tiny_decoder() {
+        None => println!("vae_tiny (optional tiny decoder): not present"),
+        Some(framepack::bundle::Status::Present { summary }) => println!("vae_tiny (optional tiny decoder): {summary}"),
+        Some(framepack::bundle::Status::Missing { what }) => println!("vae_tiny (optional tiny decoder): MISSING {what}"),
+        Some(framepack::bundle::Status::Mismatched { reason }) => {
+            println!("vae_tiny (optional tiny decoder): MISMATCHED {reason}")
+        }
+    }
     let problems =
         report.components.iter().filter(|r| !matches!(r.status, framepack::bundle::Status::Present { .. })).count();
     if problems == 0 {

@@ -122,6 +122,15 @@ fn create_file(path: &Path) -> Result<BufWriter<File>, VideoError> {
     File::create(path).map(BufWriter::new).map_err(|source| VideoError::Io { path: path.into(), source })
 }
 
+/// Writes one RGB image (`width·height·3` bytes) as a PNG file.
+pub fn write_png(path: &Path, width: u32, height: u32, rgb: &[u8]) -> Result<(), VideoError> {
+    let mut enc = png::Encoder::new(create_file(path)?, width, height);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    let fail = |e: png::EncodingError| VideoError::Encode { format: "PNG", reason: format!("{}: {e}", path.display()) };
+    enc.write_header().and_then(|mut w| w.write_image_data(rgb)).map_err(fail)
+}
+
 struct PngDir {
     dir: PathBuf,
     size: Size,
@@ -130,13 +139,7 @@ struct PngDir {
 impl FrameSink for PngDir {
     fn push(&mut self, rgb: &[u8]) -> Result<(), VideoError> {
         let index = self.size.check(rgb)?;
-        let path = self.dir.join(format!("frame_{index:05}.png"));
-        let mut enc = png::Encoder::new(create_file(&path)?, self.size.width, self.size.height);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let fail =
-            |e: png::EncodingError| VideoError::Encode { format: "PNG", reason: format!("{}: {e}", path.display()) };
-        enc.write_header().and_then(|mut w| w.write_image_data(rgb)).map_err(fail)
+        write_png(&self.dir.join(format!("frame_{index:05}.png")), self.size.width, self.size.height, rgb)
     }
 
     fn finish(self: Box<Self>) -> Result<(), VideoError> {

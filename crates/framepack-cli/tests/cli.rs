@@ -235,3 +235,41 @@ fn help_documents_every_option() {
         assert!(top.contains(cmd), "{top}");
     }
 }
+
+#[test]
+fn generate_with_the_tiny_decoder_and_step_previews() {
+    let (dir, weights, image) = setup("tiny");
+    let o = framepack(&["info", "--weights", weights.to_str().unwrap()]);
+    assert!(stdout(&o).contains("vae_tiny (optional tiny decoder): 1"), "{}", stdout(&o));
+
+    let frames = dir.join("frames");
+    let preview = dir.join("preview.png");
+    let o = generate(
+        &weights,
+        &image,
+        &frames,
+        &["--schedule", "geometric", "--decoder", "tiny", "--preview", preview.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("wrote 73 frames (32x32"), "{}", stdout(&o));
+    // The last step's estimate: 9 latents, one 32×32 frame each, side by side.
+    let strip = image::open(&preview).unwrap().to_rgb8();
+    assert_eq!(strip.dimensions(), (9 * 32, 32));
+
+    // An explicit file; a missing one and a bundle without vae_tiny/ are one-line errors.
+    let file = dir.join("taehv.safetensors");
+    std::fs::rename(weights.join("vae_tiny/taehv.safetensors"), &file).unwrap();
+    let o = generate(&weights, &image, &dir.join("none"), &["--decoder", "tiny"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("taehv.safetensors"), "{}", stderr(&o));
+    std::fs::remove_dir_all(weights.join("vae_tiny")).unwrap();
+    let o = generate(&weights, &image, &dir.join("none"), &["--decoder", "tiny"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("tiny decoder"), "{}", stderr(&o));
+    let o = generate(&weights, &image, &dir.join("none"), &["--decoder", "tiny", "--tiny-decoder", "/nonexistent.safetensors"]);
+    assert!(stderr(&o).contains("/nonexistent.safetensors"), "{}", stderr(&o));
+    // The released config does not fit the tiny file: the error names the tensor.
+    let o = generate(&weights, &image, &dir.join("gif.gif"), &["--decoder", "tiny", "--tiny-decoder", file.to_str().unwrap()]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("decoder.") && stderr(&o).contains("expected shape"), "{}", stderr(&o));
+}

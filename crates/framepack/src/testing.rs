@@ -297,8 +297,9 @@ fn tiny_preprocessor_json() -> String {
 }
 
 /// Writes a tiny random bundle in the released layout into `root`: the transformer at the root
-/// (two shards + index + config), `vae/`, `text_encoder/` (two shards + index), `tokenizer/`,
-/// `text_encoder_2/`, `tokenizer_2/`, `image_encoder/` and `feature_extractor/`. Every model is
+/// (two shards + index + config), `vae/`, `vae_tiny/` (a TAEHV), `text_encoder/` (two shards +
+/// index), `tokenizer/`, `text_encoder_2/`, `tokenizer_2/`, `image_encoder/` and
+/// `feature_extractor/`. Every model is
 /// random ([`random_weights`]); the widths fit together so the whole pipeline runs.
 pub fn write_tiny_bundle(root: &Path, seed: u64) -> Result<crate::bundle::BundlePaths> {
     let tcfg = tiny_transformer_config();
@@ -310,6 +311,11 @@ pub fn write_tiny_bundle(root: &Path, seed: u64) -> Result<crate::bundle::Bundle
     let vw = random_weights(seed + 1, 1.0, |vb| AutoencoderKLHunyuanVideo::new(vb, &vcfg))?;
     save_safetensors(&vw, &root.join("vae/diffusion_pytorch_model.safetensors"))?;
     write_text(&root.join("vae/config.json"), &vae_config_json(&vcfg))?;
+
+    let tcfg = tiny_taehv_config();
+    let tw = random_weights(seed + 3, 1.0, |vb| Taehv::new(vb, &tcfg))?;
+    save_safetensors(&tw, &root.join("vae_tiny/taehv.safetensors"))?;
+    write_text(&root.join("vae_tiny/config.json"), &serde_json::to_string_pretty(&tcfg).expect("json"))?;
 
     write_tiny_encoders(root, seed + 2)?;
     Ok(crate::bundle::BundlePaths::from_dir(root))
