@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 
 import numpy as np
@@ -34,19 +33,7 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-
-def randomize_(module: torch.nn.Module, seed: int) -> None:
-    """Matrices N(0, 1/fan_in); 1-D `*weight` (norm scales) 1 + 0.1 N(0,1); other 1-D 0.1 N(0,1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim >= 2:
-                v = torch.randn(p.shape, generator=g, dtype=torch.float64) / math.sqrt(p[0].numel())
-            elif name.endswith("weight"):
-                v = 1.0 + 0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64)
-            else:
-                v = 0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64)
-            p.copy_(v.to(p.dtype))
+from fixture_common import randomize_
 
 
 def weights_of(module: torch.nn.Module) -> dict:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import sys
 
@@ -39,6 +38,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from fixture_common import randomize_
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "..", "tests", "fixtures")
@@ -75,19 +76,6 @@ def tiny_layout(th, model, cfg: dict, time_upscale) -> None:
     model.t_downscale = 2 ** sum(b.stride == 2 for b in model.encoder if isinstance(b, th.TPool))
     model.t_upscale = 2 ** sum(b.stride == 2 for b in model.decoder if isinstance(b, th.TGrow))
     model.frames_to_trim = model.t_upscale - 1
-
-
-def seeded_weights_(module: nn.Module, seed: int) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            if p.ndim >= 2:
-                v = torch.randn(p.shape, generator=g, dtype=torch.float64) / math.sqrt(p[0].numel())
-            elif name.endswith("weight"):
-                v = 1.0 + 0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64)
-            else:
-                v = 0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64)
-            p.copy_(v.to(p.dtype))
 
 
 def f32(tensors: dict) -> dict:
@@ -140,7 +128,7 @@ def main() -> int:
     model = th.TAEHV(checkpoint_path=None)
     tiny_layout(th, model, cfg, cfg["decoder_time_upscale"])
     model.eval()
-    seeded_weights_(model, a.seed)
+    randomize_(model, a.seed)
     weights = f32(model.state_dict())
     save_file(weights, os.path.join(a.out, "taehv_tiny_weights.safetensors"), metadata={"config": json.dumps(cfg)})
     write_json(os.path.join(a.out, "taehv_tiny_config.json"), cfg)

@@ -34,6 +34,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from fixture_common import randomize_ as randomize
+
 torch.use_deterministic_algorithms(True)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,23 +99,6 @@ REAL_CONFIG = dict(
     rope_axes_dim=(16, 56, 56),
     image_proj_dim=1152,
 )
-
-
-def randomize(model: torch.nn.Module, seed: int) -> None:
-    """Matrices N(0, 1/fan_in); 1-D '*weight' (norm scales) 1 + 0.1·N(0,1); other 1-D 0.1·N(0,1).
-
-    Drawn in float64 from one generator in parameter order, then cast.
-    """
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                v = torch.randn(p.shape, generator=g, dtype=torch.float64) / math.sqrt(p[0].numel())
-            elif name.endswith("weight"):
-                v = 1.0 + 0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64)
-            else:
-                v = 0.1 * torch.randn(p.shape, generator=g, dtype=torch.float64)
-            p.copy_(v.to(p.dtype))
 
 
 def contiguous_f32(t: torch.Tensor) -> torch.Tensor:
