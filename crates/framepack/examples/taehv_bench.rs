@@ -12,7 +12,7 @@
 //! latents (`4n − 3` frames) at sizes up to `--full-max-pixels` and its per-frame time scaled to
 //! the section's frame count; larger sizes are estimated from the largest measured one by pixel
 //! count (its convolutions cost the same per pixel), and marked so. Peak RSS is the process's
-//! high-water mark during the row.
+//! high-water mark during the row; it includes the weights of all three models (printed first).
 
 use std::time::Instant;
 
@@ -126,6 +126,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let vae = AutoencoderKLHunyuanVideo::new(VarBuilder::from_tensors(vw, DType::F32, &dev), &vcfg)?
         .with_tiling(Tiling::direct())?;
     let section_frames = default_cfg.decoded_frames(args.latents);
+    println!("resident with all three models' weights: {:.2} GiB", bench::rss_gib());
 
     // Warm-up (thread pool, allocator).
     time_taehv(&tiny_narrow, &latents(2, 4, 4)?)?;
