@@ -97,6 +97,8 @@ fn main() {
     app.add_plugins(FramePackPlugin::with_settings(settings))
         .insert_resource(args)
         .init_resource::<Stats>()
+        .init_resource::<CaptureError>()
+        .add_observer(capture_failed)
         .add_systems(Startup, setup)
         .add_systems(Update, (move_player, trigger, cancel, status, headless_script, measure).chain())
         .add_systems(
@@ -211,7 +213,7 @@ fn trigger(
         Some(t) => CaptureSource::Image(t.clone()),
         None => CaptureSource::Camera(scene.camera),
     };
-    commands.trigger(CaptureCutscene { source, preset: scene.preset.clone(), player: screen });
+    commands.trigger(CaptureCutscene { entity: screen, source, preset: scene.preset.clone() });
 }
 
 fn cancel(keys: Res<ButtonInput<KeyCode>>, scene: Res<Scene>, mut fp: FramePack) {
@@ -222,53 +224,49 @@ fn cancel(keys: Res<ButtonInput<KeyCode>>, scene: Res<Scene>, mut fp: FramePack)
     }
 }
 
-#[derive(bevy::ecs::system::SystemParam)]
-struct Events<'w, 's> {
-    started: MessageReader<'w, 's, GenerationStarted>,
-    progress: MessageReader<'w, 's, GenerationProgress>,
-    finished: MessageReader<'w, 's, GenerationFinished>,
-    failed: MessageReader<'w, 's, GenerationFailed>,
-    cancelled: MessageReader<'w, 's, GenerationCancelled>,
-    capture_failed: MessageReader<'w, 's, CaptureFailed>,
+/// The status line's text of a capture that failed, shown by [`status`].
+#[derive(Resource, Default)]
+struct CaptureError(Option<String>);
+
+fn capture_failed(ev: On<CaptureFailed>, mut error: ResMut<CaptureError>) {
+    error.0 = Some(format!("Capture failed: {}", ev.error));
 }
 
 fn status(
-    mut ev: Events,
+    mut events: MessageReader<GenerationEvent>,
+    mut capture: ResMut<CaptureError>,
     mut scene: ResMut<Scene>,
     mut text: Query<&mut Text2d, With<Status>>,
     mut stats: ResMut<Stats>,
 ) {
-    let mut line = None;
-    for m in ev.started.read() {
-        scene.job = Some(m.job);
-        stats.generating = true;
-        line = Some(format!("Generating {} frames…", m.total_frames));
-    }
-    for m in ev.progress.read() {
-        line = Some(format!(
-            "Section {}/{} step {}/{} ({:.0}%, ETA {:.1}s)",
-            m.section + 1,
-            m.sections,
-            m.step,
-            m.total_steps,
-            m.fraction * 100.0,
-            m.eta.as_secs_f32()
-        ));
-    }
-    for _ in ev.finished.read() {
-        stats.generating = false;
-        line = Some("Cutscene generated. C: capture again".into());
-    }
-    for m in ev.failed.read() {
-        stats.generating = false;
-        line = Some(format!("Failed: {}", m.error));
-    }
-    for _ in ev.cancelled.read() {
-        stats.generating = false;
-        line = Some("Cancelled".into());
-    }
-    for m in ev.capture_failed.read() {
-        line = Some(format!("Capture failed: {}", m.error));
+    let mut line = capture.0.take();
+    for ev in events.read() {
+        line = Some(match ev {
+            GenerationEvent::Started { job, total_frames, .. } => {
+                scene.job = Some(*job);
+                stats.generating = true;
+                format!("Generating {total_frames} frames…")
+            }
+            GenerationEvent::Progress { section, sections, step, steps, fraction, eta, .. } => format!(
+                "Section {}/{sections} step {step}/{steps} ({:.0}%, ETA {:.1}s)",
+                section + 1,
+                fraction * 100.0,
+                eta.as_secs_f32()
+            ),
+            GenerationEvent::Section { .. } => continue,
+            GenerationEvent::Finished { .. } => {
+                stats.generating = false;
+                "Cutscene generated. C: capture again".into()
+            }
+            GenerationEvent::Failed { error, .. } => {
+                stats.generating = false;
+                format!("Failed: {error}")
+            }
+            GenerationEvent::Cancelled { .. } => {
+                stats.generating = false;
+                "Cancelled".into()
+            }
+        });
     }
     if let Some(line) = line {
         info!("{line}");

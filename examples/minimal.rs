@@ -1,5 +1,5 @@
 //! The smallest FramePack app: a cutscene generated from a gradient plays on a sprite while it
-//! generates. The default model is the embedded nano model (random weights: the video is noise).
+//! generates. The default model is the embedded nano model, trained on the demo's kind of scene.
 use bevy::prelude::*;
 use bevy_framepack::prelude::*;
 

@@ -1,6 +1,7 @@
 //! "Capture this camera (or the window) now and generate with preset X": trigger
-//! [`CaptureCutscene`]; the frame comes back through Bevy's screenshot API and goes to the
-//! worker as the start image; the player entity then gets a [`CutscenePlayer`].
+//! [`CaptureCutscene`] on the entity that will play it; the frame comes back through Bevy's
+//! screenshot API and goes to the worker as the start image; the entity then gets a
+//! [`CutscenePlayer`], or a [`CaptureFailed`] event says why not.
 
 use bevy::camera::RenderTarget;
 use bevy::prelude::*;
@@ -12,7 +13,7 @@ use crate::preset::Preset;
 use crate::worker::{FramePack, RgbaImage};
 
 /// What to capture.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Reflect)]
 pub enum CaptureSource {
     /// The primary window.
     PrimaryWindow,
@@ -22,25 +23,27 @@ pub enum CaptureSource {
     Image(Handle<Image>),
 }
 
-/// Captures a frame and generates a cutscene from it: `commands.trigger(CaptureCutscene { … })`.
-/// When the frame arrives (a frame or two later) the job is queued and `player` gets a
-/// [`CutscenePlayer`]; a `Sprite`, `ImageNode` or `MeshMaterial3d<StandardMaterial>` on it then
-/// shows the cutscene. Problems are reported with [`CaptureFailed`].
-#[derive(Event, Clone, Debug)]
+/// Captures a frame and generates a cutscene from it, aimed at the entity that will play it:
+/// `commands.trigger(CaptureCutscene { entity: screen, source, preset })`. When the frame
+/// arrives (a frame or two later) the job is queued and the entity gets a [`CutscenePlayer`]; a
+/// `Sprite`, `ImageNode` or `MeshMaterial3d<StandardMaterial>` on it then shows the cutscene.
+/// Problems are reported with a [`CaptureFailed`] event on the same entity.
+#[derive(EntityEvent, Clone, Debug)]
 pub struct CaptureCutscene {
+    /// The entity that receives the [`CutscenePlayer`].
+    pub entity: Entity,
     /// What to capture.
     pub source: CaptureSource,
     /// The preset to generate with (must be loaded when the frame arrives).
     pub preset: Handle<Preset>,
-    /// The entity that receives the [`CutscenePlayer`].
-    pub player: Entity,
 }
 
-/// A [`CaptureCutscene`] could not start a job.
-#[derive(Message, Clone, Debug, PartialEq, Eq)]
+/// A [`CaptureCutscene`] could not start a job: triggered on the entity that was to play it
+/// (`commands.entity(screen).observe(|ev: On<CaptureFailed>| …)`, or a global observer).
+#[derive(EntityEvent, Clone, Debug, PartialEq, Eq)]
 pub struct CaptureFailed {
     /// The entity that was to receive the player.
-    pub player: Entity,
+    pub entity: Entity,
     /// Why.
     pub error: String,
 }
@@ -49,9 +52,8 @@ pub(crate) fn on_capture(
     ev: On<CaptureCutscene>,
     mut commands: Commands,
     cameras: Query<Option<&RenderTarget>, With<Camera>>,
-    mut failed: MessageWriter<CaptureFailed>,
 ) {
-    let player = ev.player;
+    let player = ev.entity;
     let screenshot = match &ev.source {
         CaptureSource::PrimaryWindow => Screenshot::primary_window(),
         CaptureSource::Image(h) => Screenshot::image(h.clone()),
@@ -60,12 +62,12 @@ pub(crate) fn on_capture(
             Ok(Some(RenderTarget::Window(WindowRef::Entity(w)))) => Screenshot::window(*w),
             Ok(Some(RenderTarget::Image(t))) => Screenshot::image(t.handle.clone()),
             Ok(Some(other)) => {
-                failed
-                    .write(CaptureFailed { player, error: format!("cannot capture a camera rendering to {other:?}") });
+                let error = format!("cannot capture a camera rendering to {other:?}");
+                commands.trigger(CaptureFailed { entity: player, error });
                 return;
             }
             Err(_) => {
-                failed.write(CaptureFailed { player, error: format!("{cam} is not a camera") });
+                commands.trigger(CaptureFailed { entity: player, error: format!("{cam} is not a camera") });
                 return;
             }
         },
@@ -76,8 +78,7 @@ pub(crate) fn on_capture(
               mut fp: FramePack,
               presets: Res<Assets<Preset>>,
               mut images: ResMut<Assets<Image>>,
-              mut commands: Commands,
-              mut failed: MessageWriter<CaptureFailed>| {
+              mut commands: Commands| {
             let started = presets.get(&preset).ok_or_else(|| "the preset is not loaded".to_string()).and_then(|p| {
                 let image = RgbaImage::from_image(&cap.image).map_err(|e| e.to_string())?;
                 let ticket = fp.generate(p.request(image)).map_err(|e| e.to_string())?;
@@ -88,7 +89,7 @@ pub(crate) fn on_capture(
                     commands.entity(player).try_insert(p);
                 }
                 Err(error) => {
-                    failed.write(CaptureFailed { player, error });
+                    commands.trigger(CaptureFailed { entity: player, error });
                 }
             }
         },

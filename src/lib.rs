@@ -2,15 +2,15 @@
 //!
 //! - [`FramePackPlugin`] with its [`FramePackSettings`] resource (model source, device, dtype).
 //! - A dedicated worker thread owns the models ([`FramePackWorker`]); start jobs with the
-//!   [`FramePack`] system parameter, follow them with messages ([`GenerationStarted`],
-//!   [`SectionReady`], [`GenerationProgress`], [`GenerationFinished`], [`GenerationFailed`],
-//!   [`GenerationCancelled`]).
+//!   [`FramePack`] system parameter, follow them with [`GenerationEvent`] messages (started,
+//!   progress, section, then finished, failed with a [`GenerationError`], or cancelled).
 //! - [`Preset`] assets (`*.preset.ron`) hold prompt, length, seed, steps, schedule, …
 //! - [`CutscenePlayer`] plays a job's frames into an `Image` while later sections generate;
 //!   a `Sprite`, `ImageNode` or `StandardMaterial` on the same entity is pointed at it.
 //! - Feature `egui`: `FramePackPanelPlugin`, a panel with preset picker, prompt, start/cancel,
 //!   progress and a live thumbnail. Feature `hot`: presets reload when their files change.
-//! - Trigger [`CaptureCutscene`] to capture a camera or the window and generate from that frame.
+//! - Trigger [`CaptureCutscene`] on an entity to capture a camera or the window and generate from
+//!   that frame; the entity gets the [`CutscenePlayer`], or a [`CaptureFailed`] event.
 //!
 //! The default model is the embedded *nano* model: a small transformer and VAE trained on
 //! procedural 64 × 64 game clips (green square walking and jumping, bouncing ball, camera pans),
@@ -34,10 +34,7 @@ pub use framepack;
 pub use framepack::DecoderChoice;
 
 pub use capture::{CaptureCutscene, CaptureFailed, CaptureSource};
-pub use messages::{
-    GenerationCancelled, GenerationFailed, GenerationFinished, GenerationProgress, GenerationStarted, JobId,
-    SectionReady,
-};
+pub use messages::{GenerationError, GenerationEvent, JobId};
 #[cfg(feature = "egui")]
 pub use panel::{FramePackPanel, FramePackPanelPlugin};
 pub use playback::{BufferPolicy, CutscenePlayer, PlaybackClock, PlaybackState};
@@ -50,10 +47,8 @@ pub use worker::{FramePack, FramePackError, FramePackWorker, GenerationRequest, 
 pub mod prelude {
     pub use crate::{
         BufferPolicy, CaptureCutscene, CaptureFailed, CaptureSource, CutscenePlayer, DecoderChoice, FramePack,
-        FramePackPlugin,
-        FramePackSettings, FramePackSystems, GenerationCancelled, GenerationFailed, GenerationFinished,
-        GenerationProgress, GenerationRequest, GenerationStarted, JobId, JobTicket, ModelSource, PlaybackState, Preset,
-        RgbaImage, SectionReady,
+        FramePackError, FramePackPlugin, FramePackSettings, FramePackSystems, GenerationError, GenerationEvent,
+        GenerationRequest, JobId, JobTicket, ModelSource, PlaybackState, Preset, RgbaImage,
     };
     #[cfg(feature = "egui")]
     pub use crate::{FramePackPanel, FramePackPanelPlugin};

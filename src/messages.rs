@@ -1,4 +1,5 @@
-//! Messages the plugin writes as a generation job goes on (read them with `MessageReader`).
+//! What the plugin tells the game about generation jobs: one [`GenerationEvent`] message per
+//! step of a job's life (read them with `MessageReader<GenerationEvent>`).
 
 use std::ops::Range;
 use std::time::Duration;
@@ -6,75 +7,119 @@ use std::time::Duration;
 use bevy::prelude::*;
 
 /// Identifies one generation job (returned by [`FramePack::generate`](crate::FramePack::generate)).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Reflect)]
 pub struct JobId(pub u64);
 
-/// The worker began a job (models loaded, prompts and images encoded).
-#[derive(Message, Clone, Debug, PartialEq)]
-pub struct GenerationStarted {
-    /// The job.
-    pub job: JobId,
-    /// Sections it will generate.
-    pub sections: usize,
-    /// Frames of the finished video.
-    pub total_frames: usize,
-    /// Frame width in pixels.
-    pub width: usize,
-    /// Frame height in pixels.
-    pub height: usize,
+/// Why a job failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Reflect)]
+pub enum GenerationError {
+    /// The model could not be prepared or loaded: missing or mismatched files, a device that
+    /// cannot be opened, a memory budget too small for the model.
+    #[error("cannot load the model: {0}")]
+    ModelLoad(String),
+    /// The model refused the request (images, prompts or settings that do not fit it).
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    /// A tensor operation failed during generation.
+    #[error("inference failed: {0}")]
+    Inference(String),
+    /// Inference panicked; the worker reloads the models for the next job.
+    #[error("inference panicked: {0}")]
+    Panicked(String),
 }
 
-/// A section was generated and decoded; its frames went to the job's [`CutscenePlayer`](crate::CutscenePlayer)s.
-#[derive(Message, Clone, Debug, PartialEq)]
-pub struct SectionReady {
-    /// The job.
-    pub job: JobId,
-    /// Generation-order index of the section (0-based).
-    pub index: usize,
-    /// Sections in the job.
-    pub total: usize,
-    /// Where the section's frames lie in the video.
-    pub frames: Range<usize>,
+impl GenerationError {
+    /// Sorts a core error by where it came from (its message is kept whole).
+    pub(crate) fn from_core(e: &framepack::Error) -> Self {
+        match e {
+            framepack::Error::Weights(_) => Self::ModelLoad(e.to_string()),
+            framepack::Error::Invalid { .. } => Self::InvalidRequest(e.to_string()),
+            framepack::Error::Candle(_) | framepack::Error::Cancelled => Self::Inference(e.to_string()),
+        }
+    }
 }
 
-/// A sampler step finished (progress messages are dropped, not queued, when the game lags).
-#[derive(Message, Clone, Debug, PartialEq)]
-pub struct GenerationProgress {
-    /// The job.
-    pub job: JobId,
-    /// Generation-order index of the section being sampled.
-    pub section: usize,
-    /// Sections in the job.
-    pub sections: usize,
-    /// Steps done in this section.
-    pub step: usize,
-    /// Steps per section.
-    pub total_steps: usize,
-    /// Fraction of the whole job done, in `[0, 1]`.
-    pub fraction: f32,
-    /// Estimated time until sampling ends.
-    pub eta: Duration,
+/// The life of a generation job, in order: `Started`, then `Progress` after every sampler step
+/// and `Section` after every section, then exactly one of `Finished`, `Failed` or `Cancelled`
+/// (a job cancelled while queued gets only `Cancelled`).
+#[derive(Message, Clone, Debug, PartialEq, Reflect)]
+pub enum GenerationEvent {
+    /// The worker began the job (models loaded, prompts and images encoded).
+    Started {
+        /// The job.
+        job: JobId,
+        /// Sections it will generate.
+        sections: usize,
+        /// Frames of the finished video.
+        total_frames: usize,
+        /// Frame width in pixels.
+        width: u32,
+        /// Frame height in pixels.
+        height: u32,
+    },
+    /// A section was generated and decoded; its frames went to the job's
+    /// [`CutscenePlayer`](crate::CutscenePlayer)s.
+    Section {
+        /// The job.
+        job: JobId,
+        /// Generation-order index of the section (0-based).
+        index: usize,
+        /// Sections in the job.
+        sections: usize,
+        /// Where the section's frames lie in the video.
+        frames: Range<usize>,
+    },
+    /// A sampler step finished (progress is dropped, not queued, when the game lags).
+    Progress {
+        /// The job.
+        job: JobId,
+        /// Generation-order index of the section being sampled.
+        section: usize,
+        /// Sections in the job.
+        sections: usize,
+        /// Steps done in this section.
+        step: usize,
+        /// Steps per section.
+        steps: usize,
+        /// Fraction of the whole job done, in `[0, 1]`.
+        fraction: f32,
+        /// Estimated time until sampling ends.
+        eta: Duration,
+    },
+    /// The job generated all its sections.
+    Finished {
+        /// The job.
+        job: JobId,
+    },
+    /// The job failed; the game and the worker keep running.
+    Failed {
+        /// The job.
+        job: JobId,
+        /// What went wrong.
+        error: GenerationError,
+    },
+    /// The job stopped because it was cancelled.
+    Cancelled {
+        /// The job.
+        job: JobId,
+    },
 }
 
-/// A job generated all its sections.
-#[derive(Message, Clone, Debug, PartialEq, Eq)]
-pub struct GenerationFinished {
-    /// The job.
-    pub job: JobId,
-}
+impl GenerationEvent {
+    /// The job the event is about.
+    pub fn job(&self) -> JobId {
+        match self {
+            Self::Started { job, .. }
+            | Self::Section { job, .. }
+            | Self::Progress { job, .. }
+            | Self::Finished { job }
+            | Self::Failed { job, .. }
+            | Self::Cancelled { job } => *job,
+        }
+    }
 
-/// A job failed: bad settings, a model that would not load, an inference error or panic.
-#[derive(Message, Clone, Debug, PartialEq, Eq)]
-pub struct GenerationFailed {
-    /// The job.
-    pub job: JobId,
-    /// What went wrong, in words.
-    pub error: String,
-}
-
-/// A job stopped because it was cancelled.
-#[derive(Message, Clone, Debug, PartialEq, Eq)]
-pub struct GenerationCancelled {
-    /// The job.
-    pub job: JobId,
+    /// Whether this is the job's last event (`Finished`, `Failed` or `Cancelled`).
+    pub fn is_end(&self) -> bool {
+        matches!(self, Self::Finished { .. } | Self::Failed { .. } | Self::Cancelled { .. })
+    }
 }

@@ -20,6 +20,9 @@ pub struct FramePackPanelPlugin;
 impl Plugin for FramePackPanelPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<FramePackPanel>()
+            .add_observer(|ev: On<CaptureFailed>, mut panel: ResMut<FramePackPanel>| {
+                panel.status = format!("capture failed: {}", ev.error);
+            })
             .add_systems(Update, track_jobs)
             .add_systems(EguiPrimaryContextPass, panel_ui);
     }
@@ -40,40 +43,34 @@ pub struct FramePackPanel {
     status: String,
 }
 
-fn track_jobs(
-    mut panel: ResMut<FramePackPanel>,
-    mut started: MessageReader<GenerationStarted>,
-    mut progress: MessageReader<GenerationProgress>,
-    mut finished: MessageReader<GenerationFinished>,
-    mut failed: MessageReader<GenerationFailed>,
-    mut cancelled: MessageReader<GenerationCancelled>,
-    mut capture_failed: MessageReader<CaptureFailed>,
-) {
-    for m in started.read() {
-        panel.job = Some(m.job);
-        panel.fraction = 0.0;
-        panel.status = format!("generating {} frames", m.total_frames);
-    }
-    for m in progress.read() {
-        panel.fraction = m.fraction;
-        panel.eta_secs = m.eta.as_secs_f32();
-        panel.status = format!("section {}/{}, step {}/{}", m.section + 1, m.sections, m.step, m.total_steps);
-    }
-    for _ in finished.read() {
-        panel.job = None;
-        panel.fraction = 1.0;
-        panel.status = "finished".into();
-    }
-    for m in failed.read() {
-        panel.job = None;
-        panel.status = format!("failed: {}", m.error);
-    }
-    for _ in cancelled.read() {
-        panel.job = None;
-        panel.status = "cancelled".into();
-    }
-    for m in capture_failed.read() {
-        panel.status = format!("capture failed: {}", m.error);
+fn track_jobs(mut panel: ResMut<FramePackPanel>, mut events: MessageReader<GenerationEvent>) {
+    for ev in events.read() {
+        match ev {
+            GenerationEvent::Started { job, total_frames, .. } => {
+                panel.job = Some(*job);
+                panel.fraction = 0.0;
+                panel.status = format!("generating {total_frames} frames");
+            }
+            GenerationEvent::Progress { section, sections, step, steps, fraction, eta, .. } => {
+                panel.fraction = *fraction;
+                panel.eta_secs = eta.as_secs_f32();
+                panel.status = format!("section {}/{sections}, step {step}/{steps}", section + 1);
+            }
+            GenerationEvent::Section { .. } => {}
+            GenerationEvent::Finished { .. } => {
+                panel.job = None;
+                panel.fraction = 1.0;
+                panel.status = "finished".into();
+            }
+            GenerationEvent::Failed { error, .. } => {
+                panel.job = None;
+                panel.status = format!("failed: {error}");
+            }
+            GenerationEvent::Cancelled { .. } => {
+                panel.job = None;
+                panel.status = "cancelled".into();
+            }
+        }
     }
 }
 
@@ -136,7 +133,7 @@ fn panel_ui(
         let preset = presets.add(edited);
         panel.status = "capturing".into();
         commands.entity(player).remove::<CutscenePlayer>();
-        commands.trigger(CaptureCutscene { source, preset, player });
+        commands.trigger(CaptureCutscene { entity: player, source, preset });
     }
     Ok(())
 }

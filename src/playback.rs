@@ -1,5 +1,7 @@
 //! Cutscene playback: frames stream into one [`Image`] while later sections still generate.
 
+use std::sync::Arc;
+
 use bevy::asset::RenderAssetUsages;
 use bevy::prelude::*;
 use bevy::render::render_resource::{Extent3d, TextureDimension, TextureFormat};
@@ -132,10 +134,10 @@ pub struct CutscenePlayer {
     job: JobId,
     image: Handle<Image>,
     size: (u32, u32),
-    frames: Vec<Option<Vec<u8>>>,
+    frames: Vec<Option<Arc<[u8]>>>,
     clock: PlaybackClock,
     uploaded: Option<usize>,
-    preview: Option<Vec<u8>>,
+    preview: Option<Arc<[u8]>>,
     preview_shown: bool,
 }
 
@@ -177,14 +179,25 @@ impl CutscenePlayer {
     pub fn current_frame(&self) -> Option<usize> {
         self.uploaded
     }
+    /// The RGBA8 pixels of frame `index`, if received. Every player of a job shares the same
+    /// frame buffers.
+    pub fn frame(&self, index: usize) -> Option<&[u8]> {
+        self.frames.get(index).and_then(|f| f.as_deref())
+    }
+
     /// Frames received so far (in order from the start, without gaps).
     pub fn available(&self) -> usize {
         self.frames.iter().take_while(|f| f.is_some()).count()
     }
 
-    /// Stores frames `start..` (RGBA8 of the player's size); frames of another size are refused.
-    pub(crate) fn receive(&mut self, start: usize, size: (usize, usize), frames: &[Vec<u8>]) -> bool {
-        if size != (self.size.0 as usize, self.size.1 as usize) {
+    fn frame_bytes(&self) -> usize {
+        self.size.0 as usize * self.size.1 as usize * 4
+    }
+
+    /// Stores frames `start..` (RGBA8 of the player's size, shared with the job's other players);
+    /// frames of another size are refused.
+    pub(crate) fn receive(&mut self, start: usize, frames: &[Arc<[u8]>]) -> bool {
+        if frames.iter().any(|f| f.len() != self.frame_bytes()) {
             return false;
         }
         for (i, f) in frames.iter().enumerate() {
@@ -204,8 +217,8 @@ impl CutscenePlayer {
 
     /// Keeps a preview frame (RGBA8 of the player's size) to show while waiting; frames of
     /// another size are ignored.
-    pub(crate) fn receive_preview(&mut self, size: (usize, usize), frame: Vec<u8>) {
-        if size == (self.size.0 as usize, self.size.1 as usize) {
+    pub(crate) fn receive_preview(&mut self, frame: Arc<[u8]>) {
+        if frame.len() == self.frame_bytes() {
             self.preview = Some(frame);
         }
     }
@@ -244,7 +257,7 @@ pub(crate) fn play_cutscenes(
         };
         if waiting {
             if let (Some(frame), Some(mut image)) = (player.preview.take(), images.get_mut(&player.image)) {
-                image.data = Some(frame);
+                image.data = Some(frame.to_vec());
                 player.preview_shown = true;
             }
             if player.preview_shown {
@@ -259,7 +272,7 @@ pub(crate) fn play_cutscenes(
             && shown != player.uploaded
             && let (Some(Some(frame)), Some(mut image)) = (player.frames.get(index), images.get_mut(&player.image))
         {
-            image.data = Some(frame.clone());
+            image.data = Some(frame.to_vec());
             player.uploaded = shown;
         }
     }

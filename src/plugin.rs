@@ -3,12 +3,12 @@
 use bevy::asset::{AssetEventSystems, AssetTrackingSystems};
 use bevy::prelude::*;
 
-use crate::capture::{CaptureFailed, attach_player_images, on_capture};
+use crate::capture::{attach_player_images, on_capture};
 use crate::messages::*;
 use crate::playback::{CutscenePlayer, play_cutscenes};
 use crate::preset::{Preset, PresetLoader};
 use crate::settings::FramePackSettings;
-use crate::worker::{FramePackWorker, Response};
+use crate::worker::{FramePackWorker, JobEnd, Response};
 
 /// FramePack video generation for Bevy: `app.add_plugins(FramePackPlugin)`.
 ///
@@ -55,13 +55,7 @@ impl Plugin for FramePackPlugin {
             .init_resource::<FramePackWorker>()
             .init_asset::<Preset>()
             .init_asset_loader::<PresetLoader>()
-            .add_message::<GenerationStarted>()
-            .add_message::<SectionReady>()
-            .add_message::<GenerationProgress>()
-            .add_message::<GenerationFinished>()
-            .add_message::<GenerationFailed>()
-            .add_message::<GenerationCancelled>()
-            .add_message::<CaptureFailed>()
+            .add_message::<GenerationEvent>()
             .add_observer(on_capture)
             .configure_sets(PreUpdate, FramePackSystems::Receive.after(AssetTrackingSystems))
             .configure_sets(PostUpdate, FramePackSystems::Playback.before(AssetEventSystems))
@@ -71,17 +65,11 @@ impl Plugin for FramePackPlugin {
     }
 }
 
-#[derive(bevy::ecs::system::SystemParam)]
-struct Writers<'w> {
-    started: MessageWriter<'w, GenerationStarted>,
-    section: MessageWriter<'w, SectionReady>,
-    progress: MessageWriter<'w, GenerationProgress>,
-    finished: MessageWriter<'w, GenerationFinished>,
-    failed: MessageWriter<'w, GenerationFailed>,
-    cancelled: MessageWriter<'w, GenerationCancelled>,
-}
-
-fn receive(worker: Res<FramePackWorker>, mut players: Query<&mut CutscenePlayer>, mut out: Writers) {
+fn receive(
+    worker: Res<FramePackWorker>,
+    mut players: Query<&mut CutscenePlayer>,
+    mut events: MessageWriter<GenerationEvent>,
+) {
     let mut for_job = |job: JobId, f: &mut dyn FnMut(&mut CutscenePlayer)| {
         for mut p in &mut players {
             if p.job() == job {
@@ -90,39 +78,39 @@ fn receive(worker: Res<FramePackWorker>, mut players: Query<&mut CutscenePlayer>
         }
     };
     for response in worker.drain() {
-        match response {
-            Response::Started(m) => {
-                for_job(m.job, &mut |p| p.generation_total(m.total_frames));
-                out.started.write(m);
+        let event = match response {
+            Response::Started { job, sections, total_frames, width, height } => {
+                for_job(job, &mut |p| p.generation_total(total_frames));
+                GenerationEvent::Started { job, sections, total_frames, width, height }
             }
-            Response::Progress(m) => {
-                out.progress.write(m);
+            Response::Progress { job, section, sections, step, steps, fraction, eta } => {
+                GenerationEvent::Progress { job, section, sections, step, steps, fraction, eta }
             }
-            Response::Preview { job, width, height, frame } => {
-                for_job(job, &mut |p| p.receive_preview((width, height), frame.clone()));
+            Response::Preview { job, frame } => {
+                for_job(job, &mut |p| p.receive_preview(frame.clone()));
+                continue;
             }
-            Response::Section { ready, width, height, frames } => {
-                for_job(ready.job, &mut |p| {
-                    if !p.receive(ready.frames.start, (width, height), &frames) {
-                        warn!("CutscenePlayer of job {:?}: frames of {width}x{height} do not fit its image", ready.job);
+            Response::Section { job, index, sections, range, frames } => {
+                for_job(job, &mut |p| {
+                    if !p.receive(range.start, &frames) {
+                        warn!("CutscenePlayer of job {job:?}: the section's frames do not fit its image");
                     }
                 });
-                out.section.write(ready);
+                GenerationEvent::Section { job, index, sections, frames: range }
             }
-            Response::Finished(job) => {
+            Response::Ended { job, end } => {
                 for_job(job, &mut |p| p.end_generation());
-                out.finished.write(GenerationFinished { job });
+                match end {
+                    JobEnd::Done => GenerationEvent::Finished { job },
+                    JobEnd::Cancelled | JobEnd::GameGone => GenerationEvent::Cancelled { job },
+                    JobEnd::Failed(error) => {
+                        error!("FramePack job {job:?} failed: {error}");
+                        GenerationEvent::Failed { job, error }
+                    }
+                }
             }
-            Response::Failed(m) => {
-                for_job(m.job, &mut |p| p.end_generation());
-                error!("FramePack job {:?} failed: {}", m.job, m.error);
-                out.failed.write(m);
-            }
-            Response::Cancelled(job) => {
-                for_job(job, &mut |p| p.end_generation());
-                out.cancelled.write(GenerationCancelled { job });
-            }
-        }
+        };
+        events.write(event);
     }
 }
 

@@ -6,9 +6,14 @@
 //! rather than queueing them. Cancelling flips the running job's [`CancelToken`] (checked
 //! after every sampler step) or marks a queued job to be skipped. Shutdown (on `AppExit`, or
 //! when the resource is dropped) cancels the running job and joins the thread. A panic or an
-//! error inside inference becomes a [`GenerationFailed`] message.
+//! error inside inference becomes a [`GenerationEvent::Failed`] message.
+//!
+//! The thread knows nothing of the ECS: it sends [`Response`]s, and only the plugin's receive
+//! system turns them into messages and player frames. Frames travel as `Arc<[u8]>`, shared by
+//! every player of the job.
 
 use std::collections::HashSet;
+use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,15 +148,14 @@ pub(crate) enum Command {
     Shutdown,
 }
 
+/// What the worker thread reports (frames are RGBA8 of the job's size).
 pub(crate) enum Response {
-    Started(GenerationStarted),
-    Progress(GenerationProgress),
-    Section { ready: SectionReady, width: usize, height: usize, frames: Vec<Vec<u8>> },
-    /// The first frame of the tiny decoder's estimate of the section being sampled (RGBA8).
-    Preview { job: JobId, width: usize, height: usize, frame: Vec<u8> },
-    Finished(JobId),
-    Failed(GenerationFailed),
-    Cancelled(JobId),
+    Started { job: JobId, sections: usize, total_frames: usize, width: u32, height: u32 },
+    Progress { job: JobId, section: usize, sections: usize, step: usize, steps: usize, fraction: f32, eta: Duration },
+    Section { job: JobId, index: usize, sections: usize, range: Range<usize>, frames: Vec<Arc<[u8]>> },
+    /// The first frame of the tiny decoder's estimate of the section being sampled.
+    Preview { job: JobId, frame: Arc<[u8]> },
+    Ended { job: JobId, end: JobEnd },
 }
 
 #[derive(Default)]
@@ -242,11 +246,12 @@ impl Out {
     }
 }
 
+/// How a job ended.
 #[derive(Debug, PartialEq)]
-enum JobEnd {
+pub(crate) enum JobEnd {
     Done,
     Cancelled,
-    Failed(String),
+    Failed(GenerationError),
     GameGone,
 }
 
@@ -258,7 +263,7 @@ impl Drop for TempDir {
     }
 }
 
-fn load_pipeline(settings: &FramePackSettings, nano: &mut Option<TempDir>) -> Result<Pipeline, String> {
+fn load_pipeline(settings: &FramePackSettings, nano: &mut Option<TempDir>) -> Result<Pipeline, GenerationError> {
     let paths = match &settings.model {
         ModelSource::Directory(dir) => BundlePaths::from_dir(dir),
         ModelSource::Nano => {
@@ -266,22 +271,23 @@ fn load_pipeline(settings: &FramePackSettings, nano: &mut Option<TempDir>) -> Re
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let dir = std::env::temp_dir().join(format!("bevy_framepack_nano_{}_{n}", std::process::id()));
             let guard = TempDir(dir.clone());
-            crate::nano::write_bundle(&dir)
-                .map_err(|e| format!("cannot write the nano model to {}: {e}", dir.display()))?;
+            crate::nano::write_bundle(&dir).map_err(|e| {
+                GenerationError::ModelLoad(format!("cannot write the nano model to {}: {e}", dir.display()))
+            })?;
             *nano = Some(guard);
             BundlePaths::from_dir(&dir)
         }
     };
-    let device = settings.device.open().map_err(|e| e.to_string())?;
+    let device = settings.device.open().map_err(|e| GenerationError::ModelLoad(e.to_string()))?;
     Pipeline::load_with(&paths, &device, settings.dtype, settings.residency())
-        .map_err(|e| format!("cannot load the model: {e}"))
+        .map_err(|e| GenerationError::ModelLoad(e.to_string()))
 }
 
 /// Runs one job, turning a panic into a failure; `true` when it panicked.
 fn guarded(job: impl FnOnce() -> JobEnd) -> (JobEnd, bool) {
     match catch_unwind(AssertUnwindSafe(job)) {
         Ok(end) => (end, false),
-        Err(panic) => (JobEnd::Failed(format!("inference panicked: {}", panic_text(panic.as_ref()))), true),
+        Err(panic) => (JobEnd::Failed(GenerationError::Panicked(panic_text(panic.as_ref()))), true),
     }
 }
 
@@ -308,7 +314,7 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
             let mut s = lock(&shared);
             if s.cancelled.remove(&id) {
                 drop(s);
-                if !out.send(Response::Cancelled(id)) {
+                if !out.send(Response::Ended { job: id, end: JobEnd::Cancelled }) {
                     break;
                 }
                 continue;
@@ -325,13 +331,10 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
             // The models may be in any state after a panic: load them again next time.
             pipeline = None;
         }
-        let response = match end {
-            JobEnd::Done => Response::Finished(id),
-            JobEnd::Cancelled => Response::Cancelled(id),
-            JobEnd::Failed(error) => Response::Failed(GenerationFailed { job: id, error }),
-            JobEnd::GameGone => break,
-        };
-        if !out.send(response) {
+        if end == JobEnd::GameGone {
+            break;
+        }
+        if !out.send(Response::Ended { job: id, end }) {
             break;
         }
     }
@@ -339,7 +342,7 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
     drop(nano);
 }
 
-fn rgba(rgb: &[u8]) -> Vec<u8> {
+fn rgba(rgb: &[u8]) -> Arc<[u8]> {
     rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect()
 }
 
@@ -356,7 +359,7 @@ fn run_job(
         if token.is_cancelled() || matches!(e, framepack::Error::Cancelled) {
             JobEnd::Cancelled
         } else {
-            JobEnd::Failed(e.to_string())
+            JobEnd::Failed(GenerationError::from_core(&e))
         }
     };
     if pipeline.is_none() {
@@ -371,11 +374,11 @@ fn run_job(
     }
     let image = match request.image.to_rgb() {
         Ok(i) => i,
-        Err(e) => return JobEnd::Failed(format!("start image: {e}")),
+        Err(e) => return JobEnd::Failed(GenerationError::InvalidRequest(format!("start image: {e}"))),
     };
     let end_image = match request.end_image.as_ref().map(RgbaImage::to_rgb).transpose() {
         Ok(i) => i,
-        Err(e) => return JobEnd::Failed(format!("end image: {e}")),
+        Err(e) => return JobEnd::Failed(GenerationError::InvalidRequest(format!("end image: {e}"))),
     };
     let req = Request {
         image,
@@ -391,23 +394,27 @@ fn run_job(
     let progress_out = out.clone();
     let job = job.with_cancel_token(token.clone()).on_progress(move |p| {
         if let Some(f) = p.preview.first() {
-            let frame = rgba(&f.rgb);
-            progress_out.try_send(Response::Preview { job: id, width: f.width, height: f.height, frame });
+            progress_out.try_send(Response::Preview { job: id, frame: rgba(&f.rgb) });
         }
-        progress_out.try_send(Response::Progress(GenerationProgress {
+        progress_out.try_send(Response::Progress {
             job: id,
             section: p.section,
             sections: p.sections,
             step: p.step,
-            total_steps: p.total_steps,
+            steps: p.total_steps,
             fraction: p.fraction() as f32,
             eta: p.eta,
-        }))
+        })
     });
     let (width, height) = job.frame_size();
-    let started =
-        GenerationStarted { job: id, sections: job.plan().sections, total_frames: job.total_frames(), width, height };
-    if !out.send(Response::Started(started)) {
+    let started = Response::Started {
+        job: id,
+        sections: job.plan().sections,
+        total_frames: job.total_frames(),
+        width: width as u32,
+        height: height as u32,
+    };
+    if !out.send(started) {
         return JobEnd::GameGone;
     }
     for section in job {
@@ -416,8 +423,9 @@ fn run_job(
             Err(e) => return failed(e),
         };
         let frames = s.frames.iter().map(|f| rgba(&f.rgb)).collect();
-        let ready = SectionReady { job: id, index: s.index, total: s.sections, frames: s.frame_range.clone() };
-        if !out.send(Response::Section { ready, width, height, frames }) {
+        let section =
+            Response::Section { job: id, index: s.index, sections: s.sections, range: s.frame_range.clone(), frames };
+        if !out.send(section) {
             return JobEnd::GameGone;
         }
     }
@@ -516,8 +524,8 @@ impl FramePack<'_> {
         })
     }
 
-    /// Cancels a queued or running job; a [`GenerationCancelled`] message follows (unless the
-    /// job had already ended).
+    /// Cancels a queued or running job; a [`GenerationEvent::Cancelled`] message follows
+    /// (unless the job had already ended).
     pub fn cancel(&mut self, job: JobId) {
         if let Some(t) = &self.worker.thread {
             t.cancel(job);
@@ -539,8 +547,10 @@ mod tests {
         assert_eq!(guarded(|| JobEnd::Done), (JobEnd::Done, false));
         let (end, panicked) = guarded(|| panic!("index out of bounds: the len is 3"));
         assert!(panicked);
-        assert_eq!(end, JobEnd::Failed("inference panicked: index out of bounds: the len is 3".into()));
+        let JobEnd::Failed(e) = end else { panic!("{end:?}") };
+        assert_eq!(e, GenerationError::Panicked("index out of bounds: the len is 3".into()));
+        assert_eq!(e.to_string(), "inference panicked: index out of bounds: the len is 3");
         let (end, _) = guarded(|| std::panic::panic_any(7u8));
-        assert_eq!(end, JobEnd::Failed("inference panicked: unknown panic".into()));
+        assert_eq!(end, JobEnd::Failed(GenerationError::Panicked("unknown panic".into())));
     }
 }

@@ -11,32 +11,67 @@ use bevy_framepack::framepack::packing::Schedule;
 use bevy_framepack::prelude::*;
 use bevy_framepack::{FramePackError, FramePackWorker};
 
-#[derive(Resource, Default, Debug)]
-struct Log {
-    started: Vec<GenerationStarted>,
-    sections: Vec<SectionReady>,
-    progress: usize,
-    finished: Vec<JobId>,
-    failed: Vec<GenerationFailed>,
-    cancelled: Vec<JobId>,
+/// `GenerationEvent::Started`'s fields.
+#[derive(Debug)]
+struct Started {
+    total_frames: usize,
+    width: u32,
+    height: u32,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn collect(
-    mut log: ResMut<Log>,
-    mut a: MessageReader<GenerationStarted>,
-    mut b: MessageReader<SectionReady>,
-    mut c: MessageReader<GenerationProgress>,
-    mut d: MessageReader<GenerationFinished>,
-    mut e: MessageReader<GenerationFailed>,
-    mut f: MessageReader<GenerationCancelled>,
-) {
-    log.started.extend(a.read().cloned());
-    log.sections.extend(b.read().cloned());
-    log.progress += c.read().count();
-    log.finished.extend(d.read().map(|m| m.job));
-    log.failed.extend(e.read().cloned());
-    log.cancelled.extend(f.read().map(|m| m.job));
+/// `GenerationEvent::Section`'s fields.
+#[derive(Debug)]
+struct Section {
+    index: usize,
+    total: usize,
+    frames: std::ops::Range<usize>,
+}
+
+#[derive(Debug)]
+struct Failed {
+    job: JobId,
+    error: String,
+}
+
+#[derive(Resource, Default, Debug)]
+struct Log {
+    started: Vec<Started>,
+    sections: Vec<Section>,
+    progress: usize,
+    finished: Vec<JobId>,
+    failed: Vec<Failed>,
+    cancelled: Vec<JobId>,
+    /// Every job's events in order, to check that each ends exactly once, last.
+    order: Vec<GenerationEvent>,
+}
+
+fn collect(mut log: ResMut<Log>, mut events: MessageReader<GenerationEvent>) {
+    for ev in events.read() {
+        log.order.push(ev.clone());
+        match ev.clone() {
+            GenerationEvent::Started { total_frames, width, height, .. } => {
+                log.started.push(Started { total_frames, width, height })
+            }
+            GenerationEvent::Section { index, sections, frames, .. } => {
+                log.sections.push(Section { index, total: sections, frames })
+            }
+            GenerationEvent::Progress { .. } => log.progress += 1,
+            GenerationEvent::Finished { job } => log.finished.push(job),
+            GenerationEvent::Failed { job, error } => log.failed.push(Failed { job, error: error.to_string() }),
+            GenerationEvent::Cancelled { job } => log.cancelled.push(job),
+        }
+    }
+}
+
+/// Each job's events end with exactly one end event, and nothing follows it.
+fn assert_each_job_ends_once(log: &Log) {
+    let mut ended = std::collections::HashSet::new();
+    for ev in &log.order {
+        assert!(!ended.contains(&ev.job()), "{ev:?} after the end of its job");
+        if ev.is_end() {
+            ended.insert(ev.job());
+        }
+    }
 }
 
 fn app(settings: FramePackSettings) -> App {
@@ -90,10 +125,21 @@ fn round_trip_streams_sections_into_a_player() {
     let ticket = generate(&mut app, preset.clone()).unwrap();
     assert_eq!((ticket.width, ticket.height), (32, 32));
     assert!(ticket.sections >= 2);
-    let player = app.world_mut().resource_scope(|w, mut images: Mut<Assets<Image>>| {
-        w.spawn(CutscenePlayer::new(&ticket, preset.fps, preset.playback, &mut images)).id()
+    let (player, second) = app.world_mut().resource_scope(|w, mut images: Mut<Assets<Image>>| {
+        let a = w.spawn(CutscenePlayer::new(&ticket, preset.fps, preset.playback, &mut images)).id();
+        let b = w.spawn(CutscenePlayer::new(&ticket, preset.fps, preset.playback, &mut images)).id();
+        (a, b)
     });
     update_until(&mut app, "finish", |a| !a.world().resource::<Log>().finished.is_empty());
+    {
+        // Two players of one job share its frames' memory.
+        let (a, b) = (app.world().get::<CutscenePlayer>(player).unwrap(), app.world().get::<CutscenePlayer>(second).unwrap());
+        for i in 0..ticket.total_frames {
+            let (fa, fb) = (a.frame(i).unwrap(), b.frame(i).unwrap());
+            assert_eq!(fa.len(), 32 * 32 * 4);
+            assert!(std::ptr::eq(fa, fb), "frame {i} is copied per player");
+        }
+    }
     {
         let log = app.world().resource::<Log>();
         assert_eq!(log.finished, [ticket.id]);
@@ -106,6 +152,7 @@ fn round_trip_streams_sections_into_a_player() {
         let want: Vec<_> = (0..ticket.sections).map(|i| (i, ticket.sections)).collect();
         assert_eq!(idx, want);
         assert_eq!(log.sections.last().unwrap().frames.end, ticket.total_frames);
+        assert_each_job_ends_once(log);
     }
     let p = app.world().get::<CutscenePlayer>(player).unwrap();
     assert_eq!(p.available(), ticket.total_frames);
@@ -162,6 +209,7 @@ fn cancel_running_and_queued_jobs() {
     assert_eq!(log.cancelled, [a.id, b.id]);
     assert!(log.finished.is_empty() && log.failed.is_empty());
     assert!(log.sections.len() < a.sections);
+    assert_each_job_ends_once(log);
     // The worker is still there for the next job.
     let c = generate(&mut app, nano_preset(1.0, 1)).unwrap();
     update_until(&mut app, "next job", |a| a.world().resource::<Log>().finished.contains(&c.id));
@@ -362,19 +410,23 @@ struct CaptureLog(Vec<CaptureFailed>);
 #[test]
 fn capturing_something_that_is_not_a_camera_reports_capture_failed() {
     let mut app = app(FramePackSettings::default());
-    app.init_resource::<CaptureLog>()
-        .add_systems(Update, |mut r: MessageReader<CaptureFailed>, mut log: ResMut<CaptureLog>| {
-            log.0.extend(r.read().cloned())
-        });
+    app.init_resource::<CaptureLog>();
     let not_a_camera = app.world_mut().spawn_empty().id();
+    // The failure is an event on the player entity.
+    let player = app
+        .world_mut()
+        .spawn_empty()
+        .observe(|ev: On<CaptureFailed>, mut log: ResMut<CaptureLog>| log.0.push(ev.event().clone()))
+        .id();
     app.world_mut().trigger(CaptureCutscene {
+        entity: player,
         source: CaptureSource::Camera(not_a_camera),
         preset: Handle::default(),
-        player: not_a_camera,
     });
     app.update();
     let log = &app.world().resource::<CaptureLog>().0;
     assert_eq!(log.len(), 1);
+    assert_eq!(log[0].entity, player);
     assert!(log[0].error.contains("is not a camera"), "{}", log[0].error);
 }
 
