@@ -94,7 +94,8 @@ fn main() {
     // With `--features egui`: the FramePack panel (preset picker, prompt, start/cancel, progress).
     #[cfg(feature = "egui")]
     app.add_plugins((bevy_egui::EguiPlugin::default(), FramePackPanelPlugin)).add_systems(PostStartup, panel_target);
-    app.add_plugins(FramePackPlugin::with_settings(settings))
+    app.add_plugins(FramePackPlugin)
+        .insert_resource(settings)
         .insert_resource(args)
         .init_resource::<Stats>()
         .init_resource::<CaptureError>()

@@ -1,6 +1,6 @@
 //! FramePack video generation as a Bevy plugin: `app.add_plugins(FramePackPlugin)`.
 //!
-//! - [`FramePackPlugin`] with its [`FramePackSettings`] resource (model source, device, dtype).
+//! - [`FramePackPlugin`] with its [`FramePackSettings`] resource (model source, device, precision).
 //! - A dedicated worker thread owns the models ([`FramePackWorker`]); start jobs with the
 //!   [`FramePack`] system parameter, follow them with [`GenerationEvent`] messages (started,
 //!   progress, section, then finished, failed with a [`GenerationError`], or cancelled).
@@ -38,9 +38,9 @@ pub use messages::{GenerationError, GenerationEvent, JobId};
 #[cfg(feature = "egui")]
 pub use panel::{FramePackPanel, FramePackPanelPlugin};
 pub use playback::{BufferPolicy, CutscenePlayer, PlaybackClock, PlaybackState};
-pub use plugin::{FramePackPlugin, FramePackPluginWithSettings, FramePackSystems};
+pub use plugin::{FramePackPlugin, FramePackSystems};
 pub use preset::{Preset, PresetLoader, PresetLoaderError};
-pub use settings::{FramePackSettings, ModelSource};
+pub use settings::{FramePackSettings, ModelSource, Precision};
 pub use worker::{FramePack, FramePackError, FramePackWorker, GenerationRequest, JobTicket, RgbaImage};
 
 /// The types most games need.
@@ -48,7 +48,7 @@ pub mod prelude {
     pub use crate::{
         BufferPolicy, CaptureCutscene, CaptureFailed, CaptureSource, CutscenePlayer, DecoderChoice, FramePack,
         FramePackError, FramePackPlugin, FramePackSettings, FramePackSystems, GenerationError, GenerationEvent,
-        GenerationRequest, JobId, JobTicket, ModelSource, PlaybackState, Preset, RgbaImage,
+        GenerationRequest, JobId, JobTicket, ModelSource, PlaybackState, Precision, Preset, RgbaImage,
     };
     #[cfg(feature = "egui")]
     pub use crate::{FramePackPanel, FramePackPanelPlugin};

@@ -11,7 +11,7 @@ use crate::messages::JobId;
 use crate::worker::JobTicket;
 
 /// What playback does when it reaches a frame that is not generated yet.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Reflect)]
 pub enum BufferPolicy {
     /// Keep showing the last frame and keep the clock running: when frames arrive, playback
     /// jumps to where the clock is (real-time, may skip frames).
@@ -24,7 +24,7 @@ pub enum BufferPolicy {
 }
 
 /// Where playback stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Reflect)]
 pub enum PlaybackState {
     /// No frame yet.
     Waiting,
@@ -38,7 +38,7 @@ pub enum PlaybackState {
 
 /// The playback state machine, free of rendering: feed it time and the number of frames
 /// available, ask it which frame to show.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Reflect)]
 pub struct PlaybackClock {
     fps: f32,
     policy: BufferPolicy,
@@ -129,14 +129,17 @@ impl PlaybackClock {
 /// Plays a generation job into an [`Image`]. Put the image on a `Sprite`, an `ImageNode` or a
 /// `StandardMaterial`: the image keeps its size, so the GPU texture is reused, and its pixels
 /// live in the render world only (`RenderAssetUsages::RENDER_WORLD`).
-#[derive(Component, Debug)]
+#[derive(Component, Debug, Reflect)]
+#[reflect(Component, Debug)]
 pub struct CutscenePlayer {
     job: JobId,
     image: Handle<Image>,
     size: (u32, u32),
+    #[reflect(ignore)]
     frames: Vec<Option<Arc<[u8]>>>,
     clock: PlaybackClock,
     uploaded: Option<usize>,
+    #[reflect(ignore)]
     preview: Option<Arc<[u8]>>,
     preview_shown: bool,
 }

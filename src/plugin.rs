@@ -12,29 +12,11 @@ use crate::worker::{FramePackWorker, JobEnd, Response};
 
 /// FramePack video generation for Bevy: `app.add_plugins(FramePackPlugin)`.
 ///
-/// Settings live in the [`FramePackSettings`] resource (insert it before or after adding the
-/// plugin, or use [`FramePackPlugin::with_settings`]). Needs `AssetPlugin` (part of
+/// Settings live in the [`FramePackSettings`] resource: insert it before or after adding the
+/// plugin (the plugin inserts the default only when it is absent). Needs `AssetPlugin` (part of
 /// `DefaultPlugins`; add it yourself next to `MinimalPlugins`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FramePackPlugin;
-
-impl FramePackPlugin {
-    /// The plugin plus settings, for those who prefer a builder:
-    /// `app.add_plugins(FramePackPlugin::with_settings(FramePackSettings::from_dir("models/framepack")))`.
-    pub fn with_settings(settings: FramePackSettings) -> FramePackPluginWithSettings {
-        FramePackPluginWithSettings(settings)
-    }
-}
-
-/// [`FramePackPlugin`] that also inserts its [`FramePackSettings`] (see [`FramePackPlugin::with_settings`]).
-#[derive(Clone, Debug)]
-pub struct FramePackPluginWithSettings(pub FramePackSettings);
-
-impl Plugin for FramePackPluginWithSettings {
-    fn build(&self, app: &mut App) {
-        app.insert_resource(self.0.clone()).add_plugins(FramePackPlugin);
-    }
-}
 
 /// The plugin's systems, ordered against Bevy's sets.
 #[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -52,6 +34,9 @@ pub enum FramePackSystems {
 impl Plugin for FramePackPlugin {
     fn build(&self, app: &mut App) {
         app.init_resource::<FramePackSettings>()
+            .register_type::<FramePackSettings>()
+            .register_type::<CutscenePlayer>()
+            .register_type::<GenerationEvent>()
             .init_resource::<FramePackWorker>()
             .init_asset::<Preset>()
             .init_asset_loader::<PresetLoader>()

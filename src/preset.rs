@@ -3,8 +3,8 @@
 use bevy::asset::io::Reader;
 use bevy::asset::{AssetLoader, LoadContext};
 use bevy::prelude::*;
-use framepack::{DecoderChoice, Settings};
 use framepack::packing::Schedule;
+use framepack::{DecoderChoice, Settings};
 use serde::Deserialize;
 
 use crate::playback::BufferPolicy;

@@ -7,8 +7,34 @@ use candle_core::DType;
 use framepack::bundle::DeviceChoice;
 use framepack::models::transformer::Residency;
 
+/// The number format of the weights and activations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Reflect)]
+pub enum Precision {
+    /// f32 on the CPU (which has no fast bf16 matrix product), bf16 on a GPU: what the
+    /// `framepack` CLI picks.
+    #[default]
+    Auto,
+    /// 32-bit floats.
+    F32,
+    /// 16-bit floats (IEEE half).
+    F16,
+    /// bfloat16 (GPU only: the CPU VAE refuses it).
+    Bf16,
+}
+
+impl Precision {
+    /// The dtype on `device`.
+    pub(crate) fn dtype(self, device: DeviceChoice) -> DType {
+        match (self, device) {
+            (Self::Auto, DeviceChoice::Cpu) | (Self::F32, _) => DType::F32,
+            (Self::Auto, _) | (Self::Bf16, _) => DType::BF16,
+            (Self::F16, _) => DType::F16,
+        }
+    }
+}
+
 /// Where the worker loads its models from.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Reflect)]
 pub enum ModelSource {
     /// The embedded nano model (8.5 MB, f16): a small FramePack transformer and VAE trained on
     /// procedural 64 × 64 game clips (see `assets/nano/MODEL_CARD.md`), written to a temporary
@@ -24,14 +50,16 @@ pub enum ModelSource {
 /// The plugin's settings. Insert it before or after adding [`FramePackPlugin`](crate::FramePackPlugin)
 /// (the plugin only inserts the default when it is absent); it is read when the worker thread
 /// starts, at the first generation request.
-#[derive(Resource, Clone, Debug, PartialEq)]
+#[derive(Resource, Clone, Debug, PartialEq, Reflect)]
+#[reflect(Resource, Default, Debug, PartialEq)]
 pub struct FramePackSettings {
     /// The model bundle.
     pub model: ModelSource,
     /// The device inference runs on (CUDA and Metal need `framepack`'s `cuda`/`metal` features).
+    #[reflect(ignore)]
     pub device: DeviceChoice,
-    /// The weights' dtype.
-    pub dtype: DType,
+    /// The weights' and activations' number format.
+    pub precision: Precision,
     /// Low-VRAM mode: device memory in bytes the transformer's weights may occupy; its blocks
     /// then stream from the memory-mapped checkpoint (`framepack::models::transformer::Residency`).
     /// `None` keeps every weight on the device.
@@ -46,7 +74,7 @@ impl Default for FramePackSettings {
         Self {
             model: ModelSource::Nano,
             device: DeviceChoice::Cpu,
-            dtype: DType::F32,
+            precision: Precision::Auto,
             low_vram_budget: None,
             response_capacity: 8,
         }
@@ -68,10 +96,14 @@ impl FramePackSettings {
         self.device = device;
         self
     }
-    /// Sets the dtype.
-    pub fn with_dtype(mut self, dtype: DType) -> Self {
-        self.dtype = dtype;
+    /// Sets the precision.
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
         self
+    }
+    /// The dtype the worker loads the models in.
+    pub(crate) fn dtype(&self) -> DType {
+        self.precision.dtype(self.device)
     }
     /// Streams the transformer's blocks within `bytes` of device memory for weights.
     pub fn with_low_vram_budget(mut self, bytes: u64) -> Self {

@@ -150,12 +150,38 @@ pub(crate) enum Command {
 
 /// What the worker thread reports (frames are RGBA8 of the job's size).
 pub(crate) enum Response {
-    Started { job: JobId, sections: usize, total_frames: usize, width: u32, height: u32 },
-    Progress { job: JobId, section: usize, sections: usize, step: usize, steps: usize, fraction: f32, eta: Duration },
-    Section { job: JobId, index: usize, sections: usize, range: Range<usize>, frames: Vec<Arc<[u8]>> },
+    Started {
+        job: JobId,
+        sections: usize,
+        total_frames: usize,
+        width: u32,
+        height: u32,
+    },
+    Progress {
+        job: JobId,
+        section: usize,
+        sections: usize,
+        step: usize,
+        steps: usize,
+        fraction: f32,
+        eta: Duration,
+    },
+    Section {
+        job: JobId,
+        index: usize,
+        sections: usize,
+        range: Range<usize>,
+        frames: Vec<Arc<[u8]>>,
+    },
     /// The first frame of the tiny decoder's estimate of the section being sampled.
-    Preview { job: JobId, frame: Arc<[u8]> },
-    Ended { job: JobId, end: JobEnd },
+    Preview {
+        job: JobId,
+        frame: Arc<[u8]>,
+    },
+    Ended {
+        job: JobId,
+        end: JobEnd,
+    },
 }
 
 #[derive(Default)]
@@ -279,7 +305,7 @@ fn load_pipeline(settings: &FramePackSettings, nano: &mut Option<TempDir>) -> Re
         }
     };
     let device = settings.device.open().map_err(|e| GenerationError::ModelLoad(e.to_string()))?;
-    Pipeline::load_with(&paths, &device, settings.dtype, settings.residency())
+    Pipeline::load_with(&paths, &device, settings.dtype(), settings.residency())
         .map_err(|e| GenerationError::ModelLoad(e.to_string()))
 }
 

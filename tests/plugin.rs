@@ -133,7 +133,8 @@ fn round_trip_streams_sections_into_a_player() {
     update_until(&mut app, "finish", |a| !a.world().resource::<Log>().finished.is_empty());
     {
         // Two players of one job share its frames' memory.
-        let (a, b) = (app.world().get::<CutscenePlayer>(player).unwrap(), app.world().get::<CutscenePlayer>(second).unwrap());
+        let (a, b) =
+            (app.world().get::<CutscenePlayer>(player).unwrap(), app.world().get::<CutscenePlayer>(second).unwrap());
         for i in 0..ticket.total_frames {
             let (fa, fb) = (a.frame(i).unwrap(), b.frame(i).unwrap());
             assert_eq!(fa.len(), 32 * 32 * 4);

@@ -138,7 +138,9 @@ fn info(weights: PathBuf) -> framepack::Result<()> {
     match paths.inspect_tiny_decoder() {
         None => println!("vae_tiny (optional tiny decoder): not present"),
         Some(framepack::bundle::Status::Present { summary }) => println!("vae_tiny (optional tiny decoder): {summary}"),
-        Some(framepack::bundle::Status::Missing { what }) => println!("vae_tiny (optional tiny decoder): MISSING {what}"),
+        Some(framepack::bundle::Status::Missing { what }) => {
+            println!("vae_tiny (optional tiny decoder): MISSING {what}")
+        }
         Some(framepack::bundle::Status::Mismatched { reason }) => {
             println!("vae_tiny (optional tiny decoder): MISMATCHED {reason}")
         }

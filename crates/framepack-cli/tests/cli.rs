@@ -266,11 +266,24 @@ fn generate_with_the_tiny_decoder_and_step_previews() {
     let o = generate(&weights, &image, &dir.join("none"), &["--decoder", "tiny"]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("tiny decoder"), "{}", stderr(&o));
-    let o = generate(&weights, &image, &dir.join("none"), &["--decoder", "tiny", "--tiny-decoder", "/nonexistent.safetensors"]);
+    let o = generate(
+        &weights,
+        &image,
+        &dir.join("none"),
+        &["--decoder", "tiny", "--tiny-decoder", "/nonexistent.safetensors"],
+    );
     assert!(stderr(&o).contains("/nonexistent.safetensors"), "{}", stderr(&o));
     // The released config does not fit the tiny file: the error names the tensor.
-    let o = generate(&weights, &image, &dir.join("gif.gif"), &["--decoder", "tiny", "--tiny-decoder", file.to_str().unwrap()]);
+    let o = generate(
+        &weights,
+        &image,
+        &dir.join("gif.gif"),
+        &["--decoder", "tiny", "--tiny-decoder", file.to_str().unwrap()],
+    );
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains("encoder.0.weight") && e.contains(file.to_str().unwrap()) && e.contains("expected shape"), "{e}");
+    assert!(
+        e.contains("encoder.0.weight") && e.contains(file.to_str().unwrap()) && e.contains("expected shape"),
+        "{e}"
+    );
 }

@@ -34,12 +34,8 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        sizes: vec![(128, 96), (320, 240), (640, 608)],
-        latents: 18,
-        full_latents: 2,
-        full_max_pixels: 80_000,
-    };
+    let mut a =
+        Args { sizes: vec![(128, 96), (320, 240), (640, 608)], latents: 18, full_latents: 2, full_max_pixels: 80_000 };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
@@ -58,7 +54,9 @@ fn parse_args() -> Result<Args, String> {
             "--full-latents" => a.full_latents = num(&value()?)?,
             "--full-max-pixels" => a.full_max_pixels = num(&value()?)?,
             "-h" | "--help" => {
-                println!("options: --sizes 128x96,320x240,640x608 --latents 18 --full-latents 2 --full-max-pixels 80000");
+                println!(
+                    "options: --sizes 128x96,320x240,640x608 --latents 18 --full-latents 2 --full-max-pixels 80000"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown option {other}")),

@@ -360,12 +360,8 @@ fn tiny_decoder_streams_forward_jobs_as_one_decode_of_all_latents() {
     let once = tiny.decode(&all).unwrap().permute((0, 2, 1, 3, 4)).unwrap().affine(2.0, -1.0).unwrap();
     let once = framepack::generator::to_frames(&once).unwrap();
     assert_eq!(once.len(), video.len());
-    let max_diff = video
-        .iter()
-        .zip(&once)
-        .flat_map(|(a, b)| a.rgb.iter().zip(&b.rgb).map(|(x, y)| x.abs_diff(*y)))
-        .max()
-        .unwrap();
+    let max_diff =
+        video.iter().zip(&once).flat_map(|(a, b)| a.rgb.iter().zip(&b.rgb).map(|(x, y)| x.abs_diff(*y))).max().unwrap();
     assert!(max_diff <= 1, "streamed and one-shot decodes differ by {max_diff}");
     // It is not the full VAE's video.
     let full = run(&g, conditioning(32, 32), settings(Schedule::Geometric, 2.4, 9));
@@ -416,7 +412,8 @@ fn the_tiny_decoder_must_exist_when_asked_for() {
         vae_dtype: DType::F32,
         tiny_decoder: None,
     });
-    for s in [tiny_settings(Schedule::Geometric), Settings { previews: true, ..settings(Schedule::Geometric, 1.2, 9) }] {
+    for s in [tiny_settings(Schedule::Geometric), Settings { previews: true, ..settings(Schedule::Geometric, 1.2, 9) }]
+    {
         let err = g.start(conditioning(32, 32), s).err().expect("refused");
         assert!(err.to_string().contains("tiny decoder"), "{err}");
     }

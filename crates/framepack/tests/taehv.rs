@@ -161,7 +161,10 @@ fn taehv_wrong_checkpoints_name_file_tensor_and_shapes() {
     w.remove("decoder.22.weight");
     let path = write_file("missing", &w);
     let err = Taehv::load(&[&path], &cfg, DType::F32, &Device::Cpu).unwrap_err();
-    assert!(matches!(err, Error::Weights(WeightsError::Missing { ref name, .. }) if name == "decoder.22.weight"), "{err}");
+    assert!(
+        matches!(err, Error::Weights(WeightsError::Missing { ref name, .. }) if name == "decoder.22.weight"),
+        "{err}"
+    );
 
     // The released default config does not fit the tiny file.
     let err = Taehv::load(&[fixture("taehv_tiny_weights.safetensors")], &Config::default(), DType::F32, &Device::Cpu)

@@ -22,7 +22,14 @@ pub(crate) struct Conv3x3 {
 }
 
 impl Conv3x3 {
-    pub(crate) fn new(vb: VarBuilder, c_in: usize, c_out: usize, bias: bool, stride: usize, relu: bool) -> Result<Self> {
+    pub(crate) fn new(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        bias: bool,
+        stride: usize,
+        relu: bool,
+    ) -> Result<Self> {
         let weight = vb.get((c_out, c_in, 3, 3), "weight")?;
         let bias = if bias { Some(vb.get(c_out, "bias")?) } else { None };
         Ok(Self { weight, bias, stride, relu })
@@ -112,9 +119,15 @@ pub(crate) enum Layer {
     Conv(Conv3x3),
     Mem(MemBlock),
     /// Stacks `stride` consecutive frames along the channels and mixes them down to one.
-    TimePool { stride: usize, conv: Pointwise },
+    TimePool {
+        stride: usize,
+        conv: Pointwise,
+    },
     /// Mixes each frame up to `stride` frames' channels and splits them into frames.
-    TimeGrow { stride: usize, conv: Pointwise },
+    TimeGrow {
+        stride: usize,
+        conv: Pointwise,
+    },
     /// Nearest-neighbour upsampling by an integer factor.
     Upsample(usize),
 }
@@ -128,7 +141,14 @@ pub(crate) struct Block {
 }
 
 impl Layer {
-    pub(crate) fn conv(vb: VarBuilder, c_in: usize, c_out: usize, bias: bool, stride: usize, relu: bool) -> Result<Self> {
+    pub(crate) fn conv(
+        vb: VarBuilder,
+        c_in: usize,
+        c_out: usize,
+        bias: bool,
+        stride: usize,
+        relu: bool,
+    ) -> Result<Self> {
         Ok(Self::Conv(Conv3x3::new(vb, c_in, c_out, bias, stride, relu)?))
     }
 

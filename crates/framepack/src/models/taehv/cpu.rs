@@ -36,7 +36,10 @@ impl Shapes {
         self.w + 2
     }
     fn scratch(&self) -> Scratch {
-        Scratch { padded: vec![0f32; self.c_total * self.hp() * self.wp()], grid: vec![0f32; self.o * self.h * self.wp()] }
+        Scratch {
+            padded: vec![0f32; self.c_total * self.hp() * self.wp()],
+            grid: vec![0f32; self.o * self.h * self.wp()],
+        }
     }
 }
 

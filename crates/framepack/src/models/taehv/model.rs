@@ -54,7 +54,10 @@ fn build_decoder(vb: VarBuilder, cfg: &Config, stored_strides: [usize; 3]) -> ca
         blocks.push(Block { index: base + 3, layer: Layer::Upsample(flag(cfg.decoder_space_upscale[stage])) });
         let grow = time_grow_index(stage);
         let stride = flag(cfg.decoder_time_upscale[stage]);
-        blocks.push(Block { index: grow, layer: Layer::time_grow(vb.pp(grow), n[stage], stride, stored_strides[stage])? });
+        blocks.push(Block {
+            index: grow,
+            layer: Layer::time_grow(vb.pp(grow), n[stage], stride, stored_strides[stage])?,
+        });
         let relu = stage == 2;
         blocks.push(Block {
             index: base + 5 + usize::from(relu),
@@ -171,7 +174,10 @@ impl Taehv {
     fn check(&self, x: &Tensor, channels: usize, what: &'static str) -> Result<(usize, usize, usize, usize)> {
         let dims = x.dims();
         let [n, t, c, h, w] = *dims else {
-            return Err(Error::invalid(what, format!("expected (batch, frames, channels, height, width), got {dims:?}")));
+            return Err(Error::invalid(
+                what,
+                format!("expected (batch, frames, channels, height, width), got {dims:?}"),
+            ));
         };
         if c != channels {
             return Err(Error::invalid(what, format!("expected {channels} channels, got shape {dims:?}")));
