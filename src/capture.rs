@@ -96,27 +96,31 @@ pub(crate) fn on_capture(
     );
 }
 
-type NewPlayers<'a> = (
-    &'a CutscenePlayer,
-    Option<&'a mut Sprite>,
-    Option<&'a mut ImageNode>,
-    Option<&'a MeshMaterial3d<StandardMaterial>>,
-);
-
-/// Points a new player's `Sprite`, `ImageNode` or `StandardMaterial` at its image.
+/// Points a new player's `Sprite`, `ImageNode` or `StandardMaterial` (with the plugin's `2d`,
+/// `ui` and `3d` features) at its image.
+#[allow(unused_variables, unused_mut)]
 pub(crate) fn attach_player_images(
-    mut players: Query<NewPlayers, Added<CutscenePlayer>>,
-    materials: Option<ResMut<Assets<StandardMaterial>>>,
+    players: Query<(Entity, &CutscenePlayer), Added<CutscenePlayer>>,
+    #[cfg(feature = "2d")] mut sprites: Query<&mut Sprite>,
+    #[cfg(feature = "ui")] mut nodes: Query<&mut ImageNode>,
+    #[cfg(feature = "3d")] materials: (
+        Query<&MeshMaterial3d<StandardMaterial>>,
+        Option<ResMut<Assets<StandardMaterial>>>,
+    ),
 ) {
-    let mut materials = materials;
-    for (player, sprite, node, material) in &mut players {
-        if let Some(mut s) = sprite {
+    #[cfg(feature = "3d")]
+    let (handles, mut materials) = materials;
+    for (entity, player) in &players {
+        #[cfg(feature = "2d")]
+        if let Ok(mut s) = sprites.get_mut(entity) {
             s.image = player.image().clone();
         }
-        if let Some(mut n) = node {
+        #[cfg(feature = "ui")]
+        if let Ok(mut n) = nodes.get_mut(entity) {
             n.image = player.image().clone();
         }
-        if let (Some(m), Some(materials)) = (material, materials.as_mut())
+        #[cfg(feature = "3d")]
+        if let (Ok(m), Some(materials)) = (handles.get(entity), materials.as_mut())
             && let Some(mut m) = materials.get_mut(&m.0)
         {
             m.base_color_texture = Some(player.image().clone());
