@@ -25,7 +25,7 @@ use bevy::ecs::system::SystemParam;
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use framepack::bundle::BundlePaths;
-use framepack::pipeline::{Pipeline, Request};
+use framepack::pipeline::{Pipeline, Request, RequestPlan};
 use framepack::preprocess::RgbImage;
 use framepack::{CancelToken, Settings};
 
@@ -80,9 +80,10 @@ impl RgbaImage {
         self.height
     }
 
-    fn to_rgb(&self) -> Result<RgbImage, String> {
+    fn to_rgb(&self) -> Result<RgbImage, FramePackError> {
         let rgb = self.rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
-        RgbImage::new(self.width as usize, self.height as usize, rgb).map_err(|e| e.to_string())
+        RgbImage::new(self.width as usize, self.height as usize, rgb)
+            .map_err(|e| FramePackError::InvalidImage(e.to_string()))
     }
 }
 
@@ -102,6 +103,17 @@ pub struct GenerationRequest {
 }
 
 impl GenerationRequest {
+    /// The core's request (RGB images), as the worker runs it.
+    fn to_core(&self) -> Result<Request, FramePackError> {
+        Ok(Request {
+            image: self.image.to_rgb()?,
+            end_image: self.end_image.as_ref().map(RgbaImage::to_rgb).transpose()?,
+            prompt: self.prompt.clone(),
+            resolution: self.resolution,
+            settings: self.settings.clone(),
+        })
+    }
+
     /// A request with FramePack's default settings.
     pub fn new(image: RgbaImage, prompt: impl Into<String>) -> Self {
         Self {
@@ -144,7 +156,7 @@ pub enum FramePackError {
 }
 
 pub(crate) enum Command {
-    Generate { id: JobId, request: Box<GenerationRequest> },
+    Generate { id: JobId, request: Box<Request>, plan: Box<RequestPlan> },
     Shutdown,
 }
 
@@ -328,9 +340,9 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
     let mut pipeline: Option<Pipeline> = None;
     let mut nano: Option<TempDir> = None;
     while let Ok(cmd) = rx.recv() {
-        let (id, request) = match cmd {
+        let (id, request, plan) = match cmd {
             Command::Shutdown => break,
-            Command::Generate { id, request } => (id, request),
+            Command::Generate { id, request, plan } => (id, request, plan),
         };
         if out.stop.load(Ordering::SeqCst) {
             break;
@@ -347,7 +359,8 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
             }
             s.current = Some((id, token.clone()));
         }
-        let (end, panicked) = guarded(|| run_job(&settings, &mut pipeline, &mut nano, id, &request, &token, &out));
+        let (end, panicked) =
+            guarded(|| run_job(&settings, &mut pipeline, &mut nano, id, (&request, &plan), &token, &out));
         {
             let mut s = lock(&shared);
             s.current = None;
@@ -377,7 +390,7 @@ fn run_job(
     pipeline: &mut Option<Pipeline>,
     nano: &mut Option<TempDir>,
     id: JobId,
-    request: &GenerationRequest,
+    (request, plan): (&Request, &RequestPlan),
     token: &CancelToken,
     out: &Out,
 ) -> JobEnd {
@@ -398,22 +411,7 @@ fn run_job(
     if token.is_cancelled() {
         return JobEnd::Cancelled;
     }
-    let image = match request.image.to_rgb() {
-        Ok(i) => i,
-        Err(e) => return JobEnd::Failed(GenerationError::InvalidRequest(format!("start image: {e}"))),
-    };
-    let end_image = match request.end_image.as_ref().map(RgbaImage::to_rgb).transpose() {
-        Ok(i) => i,
-        Err(e) => return JobEnd::Failed(GenerationError::InvalidRequest(format!("end image: {e}"))),
-    };
-    let req = Request {
-        image,
-        end_image,
-        prompt: request.prompt.clone(),
-        resolution: request.resolution,
-        settings: request.settings.clone(),
-    };
-    let job = match p.start(&req) {
+    let job = match p.start_planned(request, plan) {
         Ok(j) => j,
         Err(e) => return failed(e),
     };
@@ -516,15 +514,8 @@ impl FramePack<'_> {
     /// Validates the request and queues it; the worker runs jobs one after another. Returns
     /// the job's id and frame geometry at once (never blocks on inference).
     pub fn generate(&mut self, request: GenerationRequest) -> Result<JobTicket, FramePackError> {
-        let invalid = |e: framepack::Error| FramePackError::InvalidRequest(e.to_string());
-        let (_, plan) = request.settings.plan().map_err(invalid)?;
-        framepack::generator::PromptSchedule::parse(&request.prompt).map_err(invalid)?;
-        let (h, w) = framepack::preprocess::find_nearest_bucket(
-            request.image.height as usize,
-            request.image.width as usize,
-            request.resolution,
-        )
-        .map_err(invalid)?;
+        let request = request.to_core()?;
+        let plan = request.plan().map_err(|e| FramePackError::InvalidRequest(e.to_string()))?;
         let worker = &mut *self.worker;
         if worker.shut_down {
             return Err(FramePackError::WorkerUnavailable("the worker has shut down".into()));
@@ -537,17 +528,18 @@ impl FramePack<'_> {
         let id = JobId(worker.next_id);
         worker.next_id += 1;
         let thread = worker.thread.as_ref().expect("started above");
+        let ticket = JobTicket {
+            id,
+            width: plan.width as u32,
+            height: plan.height as u32,
+            total_frames: plan.total_frames(),
+            sections: plan.sections.sections,
+        };
         thread
             .tx
-            .send(Command::Generate { id, request: Box::new(request) })
+            .send(Command::Generate { id, request: Box::new(request), plan: Box::new(plan) })
             .map_err(|_| FramePackError::WorkerUnavailable("the worker thread has stopped".into()))?;
-        Ok(JobTicket {
-            id,
-            width: w as u32,
-            height: h as u32,
-            total_frames: plan.total_frames(),
-            sections: plan.sections,
-        })
+        Ok(ticket)
     }
 
     /// Cancels a queued or running job; a [`GenerationEvent::Cancelled`] message follows

@@ -218,10 +218,17 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
     {
         return Err(invalid("--preview", format!("{} is not a .png file", p.display())));
     }
-    let (_, plan) = settings.plan()?;
-    framepack::generator::PromptSchedule::parse(&args.prompt)?;
     let image = load_image(&args.image, "image")?;
     let end_image = args.end_image.as_deref().map(|p| load_image(p, "end image")).transpose()?;
+    let request = Request {
+        image,
+        end_image,
+        prompt: args.prompt.clone(),
+        resolution: args.resolution,
+        settings: settings.clone(),
+    };
+    let planned = request.plan()?;
+    let plan = &planned.sections;
     if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .map_err(|e| invalid("out", format!("cannot create {}: {e}", parent.display())))?;
@@ -244,14 +251,7 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
     };
     let mut pipeline = Pipeline::load_with(&paths, &device, dtype, residency)?;
     spinner.set_message("encoding prompt and image");
-    let request = Request {
-        image,
-        end_image,
-        prompt: args.prompt.clone(),
-        resolution: args.resolution,
-        settings: settings.clone(),
-    };
-    let job = pipeline.start(&request)?;
+    let job = pipeline.start_planned(&request, &planned)?;
     spinner.finish_and_clear();
     let (width, height) = job.frame_size();
     let total = job.total_frames();

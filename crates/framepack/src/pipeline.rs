@@ -19,6 +19,7 @@ use crate::models::text::llama::LlamaConfig;
 use crate::models::text::{PromptCache, PromptEncoder, PromptEncoderFiles, PromptEncoderOptions, PromptFeatures};
 use crate::models::transformer::Residency;
 use crate::models::vision::{SiglipVisionConfig, SiglipVisionModel};
+use crate::packing::{ContextSchedule, SectionPlan};
 use crate::preprocess::{self, RgbImage};
 
 /// FramePack's resolution class.
@@ -49,6 +50,47 @@ impl Request {
             resolution: DEFAULT_RESOLUTION,
             settings: Settings::default(),
         }
+    }
+}
+
+/// Everything a [`Request`] will produce, checked once by [`Request::plan`]: callers (the
+/// pipeline, the CLI, the Bevy plugin) read the frame size and counts from it and pass it on
+/// instead of checking the request again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RequestPlan {
+    /// Frame width in pixels (the start image's bucket).
+    pub width: usize,
+    /// Frame height in pixels.
+    pub height: usize,
+    /// The resolved context schedule.
+    pub schedule: ContextSchedule,
+    /// Sections, window and order.
+    pub sections: SectionPlan,
+    /// The parsed prompt.
+    pub prompts: PromptSchedule,
+}
+
+impl RequestPlan {
+    /// Frames of the finished video.
+    pub fn total_frames(&self) -> usize {
+        self.sections.total_frames()
+    }
+
+    /// The prompt of every section, in generation order.
+    pub fn section_prompts(&self) -> Vec<String> {
+        self.prompts.for_sections(&self.sections)
+    }
+}
+
+impl Request {
+    /// Checks the settings, the prompt and the image against the resolution buckets and
+    /// returns what the job will produce. Nothing is loaded or computed.
+    pub fn plan(&self) -> Result<RequestPlan> {
+        let (schedule, sections) = self.settings.plan()?;
+        let prompts = PromptSchedule::parse(&self.prompt)?;
+        let (height, width) =
+            preprocess::find_nearest_bucket(self.image.height(), self.image.width(), self.resolution)?;
+        Ok(RequestPlan { width, height, schedule, sections, prompts })
     }
 }
 
@@ -161,11 +203,11 @@ impl Pipeline {
         &mut self.prompt_cache
     }
 
-    /// Buckets, resizes and center-crops the start image (and the end image to the same size).
-    pub fn prepare_images(&self, request: &Request) -> Result<PreparedImages> {
-        let img = &request.image;
-        let (h, w) = preprocess::find_nearest_bucket(img.height(), img.width(), request.resolution)?;
-        let start = preprocess::resize_and_center_crop(img, w, h)?;
+    /// Resizes and center-crops the start image to the plan's bucket (and the end image to the
+    /// same size).
+    pub fn prepare_images(&self, request: &Request, plan: &RequestPlan) -> Result<PreparedImages> {
+        let (w, h) = (plan.width, plan.height);
+        let start = preprocess::resize_and_center_crop(&request.image, w, h)?;
         let end = request.end_image.as_ref().map(|e| preprocess::resize_and_center_crop(e, w, h)).transpose()?;
         Ok(PreparedImages { start, end })
     }
@@ -188,10 +230,8 @@ impl Pipeline {
     }
 
     /// Everything a [`Job`] needs, encoded.
-    pub fn conditioning(&mut self, request: &Request) -> Result<Conditioning> {
-        let schedule = PromptSchedule::parse(&request.prompt)?;
-        let (_, plan) = request.settings.plan()?;
-        let per_section = schedule.for_sections(&plan);
+    pub fn conditioning(&mut self, request: &Request, plan: &RequestPlan) -> Result<Conditioning> {
+        let per_section = plan.section_prompts();
         let texts: Vec<&str> = per_section.iter().map(String::as_str).collect();
         let features = self.encode_prompts(&texts)?;
         let text = features
@@ -203,7 +243,7 @@ impl Pipeline {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let images = self.prepare_images(request)?;
+        let images = self.prepare_images(request, plan)?;
         let image_embeds = self.image_embeds(&images.start)?;
         Ok(Conditioning {
             start_image: preprocess::image_to_tensor(&images.start, &self.device)?,
@@ -213,9 +253,20 @@ impl Pipeline {
         })
     }
 
-    /// Encodes the request and starts a job.
+    /// Plans the request ([`Request::plan`]), encodes it and starts a job.
     pub fn start(&mut self, request: &Request) -> Result<Job> {
-        let conditioning = self.conditioning(request)?;
-        self.generator.start(conditioning, request.settings.clone())
+        let plan = request.plan()?;
+        self.start_planned(request, &plan)
+    }
+
+    /// Encodes a request already planned with [`Request::plan`] and starts its job.
+    pub fn start_planned(&mut self, request: &Request, plan: &RequestPlan) -> Result<Job> {
+        let conditioning = self.conditioning(request, plan)?;
+        self.generator.start_planned(
+            conditioning,
+            request.settings.clone(),
+            plan.schedule.clone(),
+            plan.sections.clone(),
+        )
     }
 }

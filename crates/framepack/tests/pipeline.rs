@@ -46,7 +46,7 @@ fn tiny_bundle_runs_end_to_end_for_both_loops() {
     let prompt = "[0s: a cat sits on the grass] [1.2s: the cat jumps]";
     for (k, schedule) in [Schedule::InvertedAntiDrifting, Schedule::Geometric].into_iter().enumerate() {
         let r = request(schedule.clone(), prompt);
-        let images = p.prepare_images(&r).unwrap();
+        let images = p.prepare_images(&r, &r.plan().unwrap()).unwrap();
         // 48×40 → the 640-class bucket nearest in aspect, scaled to 32: 32×32 here.
         assert_eq!((images.start.width(), images.start.height()), (32, 32));
         let a = video(&mut p, &r);

@@ -309,6 +309,18 @@ impl Generator {
     /// Validates everything and prepares a job; nothing is computed until it is iterated.
     pub fn start(&self, conditioning: Conditioning, settings: Settings) -> Result<Job> {
         let (schedule, plan) = settings.plan()?;
+        self.start_planned(conditioning, settings, schedule, plan)
+    }
+
+    /// [`Self::start`] with the schedule and section plan of [`Settings::plan`] (or
+    /// [`crate::pipeline::Request::plan`]) already computed.
+    pub fn start_planned(
+        &self,
+        conditioning: Conditioning,
+        settings: Settings,
+        schedule: ContextSchedule,
+        plan: SectionPlan,
+    ) -> Result<Job> {
         let cfg = self.models.transformer.config();
         let vcfg = self.models.vae.config();
         if vcfg.latent_channels != cfg.in_channels || cfg.in_channels != cfg.out_channels {
