@@ -271,7 +271,7 @@ fn low_vram_budget_streams_the_nano_model_or_explains_why_not() {
     assert!(error.contains("memory budget"), "{error}");
 
     // The smallest budget that works streams every block of the nano transformer.
-    let cfg = bevy_framepack::framepack::nano::dit::nano_transformer_config();
+    let cfg = framepack_train::dit::nano_transformer_config();
     let plan = MemoryPlan::new(&cfg, candle_core::DType::F32, Residency::Resident).unwrap();
     let minimum = plan.fixed_bytes + 2 * plan.block_bytes.iter().max().unwrap();
     let mut streamed = app(FramePackSettings::default().with_low_vram_budget(minimum));
@@ -435,7 +435,7 @@ fn capturing_something_that_is_not_a_camera_reports_capture_failed() {
 fn previews_stand_in_on_the_player_until_frames_arrive() {
     let dir = std::env::temp_dir().join(format!("bevy-framepack-previews-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    bevy_framepack::framepack::testing::write_tiny_bundle(&dir, 3).unwrap();
+    framepack_train::testing::write_tiny_bundle(&dir, 3).unwrap();
     let mut app = app(FramePackSettings::from_dir(&dir));
     // Inverted: frame 0 only exists after the last section, so the player waits the whole job.
     let preset = Preset {

@@ -8,7 +8,7 @@ use clap::Args;
 use framepack::bundle::BundlePaths;
 use framepack::models::transformer::Transformer;
 use framepack::models::vae::AutoencoderKLHunyuanVideo;
-use framepack::nano::{bundle, dit, train};
+use framepack_train::{bundle, dit, train};
 use framepack::{Pipeline, Result};
 
 /// Arguments of `framepack train-nano`.
@@ -130,11 +130,11 @@ fn prepare_bundle(out: &Path, root: &Path, settings: &dit::DitTraining) -> Resul
     vcfg.scaling_factor = 1.0 / std;
     println!("latent std {std:.4}: scaling_factor {:.4}", vcfg.scaling_factor);
     bundle::write_vae(root, &vae_weights, &vcfg)?;
-    framepack::testing::write_tiny_encoders(root, ENCODER_SEED)?;
+    framepack_train::testing::write_tiny_encoders(root, ENCODER_SEED)?;
     let tcfg = dit::nano_transformer_config();
     let first = root.join("transformer.init.safetensors");
-    let w = framepack::testing::random_weights(settings.seed, 1.0, |vb| Transformer::new(vb, &tcfg))?;
-    framepack::testing::save_safetensors(&w, &first)?;
+    let w = framepack_train::testing::random_weights(settings.seed, 1.0, |vb| Transformer::new(vb, &tcfg))?;
+    framepack_train::testing::save_safetensors(&w, &first)?;
     bundle::write_transformer(root, &first, &tcfg)?;
     std::fs::remove_file(&first).map_err(|e| invalid("training run", format!("{}: {e}", first.display())))
 }

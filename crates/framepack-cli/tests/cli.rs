@@ -30,7 +30,7 @@ fn stdout(o: &Output) -> String {
 fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
     let dir = temp_dir(name);
     let weights = dir.join("weights");
-    framepack::testing::write_tiny_bundle(&weights, 5).unwrap();
+    framepack_train::testing::write_tiny_bundle(&weights, 5).unwrap();
     let image = dir.join("start.png");
     let (w, h) = (96u32, 80u32);
     let data: Vec<u8> = (0..w * h * 3).map(|i| ((i * 7) % 251) as u8).collect();

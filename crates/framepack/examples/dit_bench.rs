@@ -4,7 +4,7 @@
 //! frames, 64 text and 729 image tokens: 3,737 tokens in joint attention).
 //!
 //! ```text
-//! cargo run --release -p framepack --features testing --example dit_bench -- [--runs 5] [--threads 2]
+//! cargo run --release -p framepack --example dit_bench -- [--runs 5] [--threads 2]
 //!     [--python PATH] [--reference DIR] [--no-torch] [--breakdown]
 //! ```
 //!
@@ -191,7 +191,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
     let dev = Device::Cpu;
     let cfg = medium_config();
-    let ws = framepack::testing::random_weights(2024, 1.0, |vb| Transformer::new(vb, &cfg))?;
+    let ws = framepack_train::testing::random_weights(2024, 1.0, |vb| Transformer::new(vb, &cfg))?;
     let params: usize = ws.values().map(|t| t.elem_count()).sum();
     let model = Transformer::new(VarBuilder::from_tensors(ws, DType::F32, &dev), &cfg)?;
     let work = Workload::new(&dev)?;

@@ -7,7 +7,7 @@
 //! design; its sampling cost is the same.
 //!
 //! ```text
-//! cargo run --release -p framepack --features testing --example section_bench -- [--sections 20]
+//! cargo run --release -p framepack --example section_bench -- [--sections 20]
 //!     [--size 256] [--steps 4] [--schedule geometric,inverted] [--threads 2]
 //! ```
 //!
@@ -22,7 +22,7 @@ use candle_nn::VarBuilder;
 use framepack::generator::{Conditioning, Generator, Models, NoiseRng, Settings, TextConditioning};
 use framepack::models::transformer::{Config, Transformer};
 use framepack::packing::{Schedule, Slot};
-use framepack::testing;
+use framepack_train::testing;
 
 #[path = "support/bench.rs"]
 mod bench;

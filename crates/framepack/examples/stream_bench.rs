@@ -2,7 +2,7 @@
 //! memory-mapped checkpoint under several budgets, against the same model fully resident.
 //!
 //! ```text
-//! cargo run --release -p framepack --features testing --example stream_bench -- [--dual 2] [--single 4]
+//! cargo run --release -p framepack --example stream_bench -- [--dual 2] [--single 4]
 //!     [--budgets 0,3,5] [--dir /var/tmp]
 //! ```
 //!
@@ -127,8 +127,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let all = MemoryPlan::new(&cfg, DType::F32, Residency::Resident)?;
     if !path.exists() {
         let t0 = Instant::now();
-        let ws = framepack::testing::random_weights(5, 1.0, |vb| Transformer::new(vb, &cfg))?;
-        framepack::testing::save_safetensors(&ws, &path)?;
+        let ws = framepack_train::testing::random_weights(5, 1.0, |vb| Transformer::new(vb, &cfg))?;
+        framepack_train::testing::save_safetensors(&ws, &path)?;
         println!(
             "wrote {} ({:.2} GiB) in {:.0} s",
             path.display(),

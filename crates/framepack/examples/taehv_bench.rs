@@ -2,7 +2,7 @@
 //! HunyuanVideo VAE and with TAEHV, random f32 weights, CPU.
 //!
 //! ```text
-//! cargo run --release -p framepack --features testing --example taehv_bench -- \
+//! cargo run --release -p framepack --example taehv_bench -- \
 //!     [--sizes 128x96,320x240,640x608] [--latents 18] [--full-latents 2] [--full-max-pixels 80000]
 //! ```
 //!
@@ -20,7 +20,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use framepack::models::taehv::{self, StreamingDecoder, Taehv};
 use framepack::models::vae::{AutoencoderKLHunyuanVideo, Config as VaeConfig, Tiling};
-use framepack::testing::random_weights;
+use framepack_train::testing::random_weights;
 
 #[path = "support/bench.rs"]
 mod bench;

@@ -12,13 +12,10 @@ pub mod generator;
 #[cfg(feature = "hf-hub")]
 pub mod hub;
 pub mod models;
-pub mod nano;
 pub mod packing;
 pub mod pipeline;
 pub mod preprocess;
 pub mod sampling;
-#[cfg(feature = "testing")]
-pub mod testing;
 pub mod weights;
 
 pub use error::{Error, Result, WeightsError};

@@ -8,7 +8,7 @@ use framepack::Error;
 use framepack::bundle::{BundlePaths, Component, DeviceChoice, Status, parse_dtype};
 use framepack::generator::{Conditioning, NoiseRng, Settings, TextConditioning};
 use framepack::packing::Schedule;
-use framepack::testing;
+use framepack_train::testing;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("framepack-test-{}-{name}", std::process::id()));

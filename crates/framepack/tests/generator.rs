@@ -10,7 +10,7 @@ use framepack::generator::{
 };
 use framepack::packing::{Schedule, SectionOrder};
 use framepack::sampling::Sampler;
-use framepack::testing;
+use framepack_train::testing;
 
 fn generator() -> Generator {
     let dev = Device::Cpu;

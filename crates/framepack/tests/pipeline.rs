@@ -10,7 +10,7 @@ use framepack::generator::{Frame, Settings};
 use framepack::packing::Schedule;
 use framepack::pipeline::{Pipeline, Request};
 use framepack::preprocess::RgbImage;
-use framepack::testing;
+use framepack_train::testing;
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("framepack-test-{}-{name}", std::process::id()));

@@ -8,7 +8,7 @@ use framepack::Error;
 use framepack::generator::{Conditioning, Generator, Models, NoiseRng, Settings, TextConditioning};
 use framepack::models::transformer::{Config, MemoryPlan, Residency, Transformer};
 use framepack::packing::Schedule;
-use framepack::testing;
+use framepack_train::testing;
 
 fn weights_file(name: &str, cfg: &Config) -> PathBuf {
     let path = std::env::temp_dir().join(format!("framepack-test-{}-{name}.safetensors", std::process::id()));

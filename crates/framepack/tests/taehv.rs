@@ -176,7 +176,7 @@ fn taehv_wrong_checkpoints_name_file_tensor_and_shapes() {
 }
 
 fn random_weights(cfg: &Config, seed: u64) -> HashMap<String, Tensor> {
-    framepack::testing::random_weights(seed, 1.0, |vb| Taehv::new(vb, cfg)).unwrap()
+    framepack_train::testing::random_weights(seed, 1.0, |vb| Taehv::new(vb, cfg)).unwrap()
 }
 
 fn model(cfg: &Config, w: &HashMap<String, Tensor>, dtype: DType) -> Taehv {

@@ -4,7 +4,7 @@
 use candle_core::{DType, Device, Tensor};
 use framepack::generator::NoiseRng;
 use framepack::models::transformer::{TEACACHE_COEFFICIENTS, TeaCache, Transformer, TransformerInputs};
-use framepack::testing;
+use framepack_train::testing;
 
 struct Inputs {
     x: Tensor,

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use framepack::models::transformer::{Transformer, TransformerInputs};
 use framepack::models::vae::AutoencoderKLHunyuanVideo;
-use framepack::testing;
+use framepack_train::testing;
 
 /// A VarMap holding `tensors` as trainable variables.
 fn varmap(tensors: std::collections::HashMap<String, Tensor>) -> VarMap {

@@ -1,7 +1,7 @@
 //! Tiny random models for tests, examples and demos (feature `testing`).
 //!
 //! Every model is built by walking its constructor with
-//! [`weights::requested_shapes`](crate::weights::requested_shapes) and filling each tensor from
+//! [`weights::requested_shapes`](framepack::weights::requested_shapes) and filling each tensor from
 //! a hash of `(seed, tensor index, element index)`: deterministic, platform-independent, and
 //! scaled like a fan-in initialisation so activations stay finite. Nothing here is meant to
 //! produce a meaningful video — only the full pipeline at toy sizes, in seconds.
@@ -12,11 +12,11 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::error::{Error, Result};
-use crate::models::taehv::{self, Taehv};
-use crate::models::transformer::{self, Transformer};
-use crate::models::vae::{self, AutoencoderKLHunyuanVideo};
-use crate::weights;
+use framepack::{Error, Result};
+use framepack::models::taehv::{self, Taehv};
+use framepack::models::transformer::{self, Transformer};
+use framepack::models::vae::{self, AutoencoderKLHunyuanVideo};
+use framepack::weights;
 
 /// A transformer of width 16 (2 heads × 8), one dual and one single block, every history
 /// embedder and the image projection, 16 latent channels.
@@ -148,7 +148,7 @@ pub fn write_text(path: &Path, text: &str) -> Result<()> {
 }
 
 fn io_error(path: &Path, e: std::io::Error) -> Error {
-    Error::invalid("path", format!("{}: {e}", path.display()))
+    crate::invalid("path", format!("{}: {e}", path.display()))
 }
 
 fn vae_config_json(cfg: &vae::Config) -> String {
@@ -195,7 +195,7 @@ pub fn save_sharded(tensors: &HashMap<String, Tensor>, dir: &Path, stem: &str, s
 }
 
 /// Words of the tiny tokenizers (anything else is `<unk>`); the last ones are the nano clips'
-/// prompt words ([`crate::nano::clips::Action::phrase`]).
+/// prompt words ([`crate::clips::Action::phrase`]).
 pub const TINY_WORDS: [&str; 35] = [
     "a", "cat", "dog", "runs", "jumps", "sits", "on", "the", "grass", "in", "garden", "video", "system", "user",
     "describe", "objects", "camera", "moves", "slowly", "man", "dances", "light", "red", "blue", "green", "square",
@@ -301,7 +301,7 @@ fn tiny_preprocessor_json() -> String {
 /// index), `tokenizer/`, `text_encoder_2/`, `tokenizer_2/`, `image_encoder/` and
 /// `feature_extractor/`. Every model is
 /// random ([`random_weights`]); the widths fit together so the whole pipeline runs.
-pub fn write_tiny_bundle(root: &Path, seed: u64) -> Result<crate::bundle::BundlePaths> {
+pub fn write_tiny_bundle(root: &Path, seed: u64) -> Result<framepack::bundle::BundlePaths> {
     let tcfg = tiny_transformer_config();
     let tw = random_weights(seed, 1.0, |vb| Transformer::new(vb, &tcfg))?;
     save_sharded(&tw, root, "diffusion_pytorch_model", 2)?;
@@ -318,16 +318,16 @@ pub fn write_tiny_bundle(root: &Path, seed: u64) -> Result<crate::bundle::Bundle
     write_text(&root.join("vae_tiny/config.json"), &serde_json::to_string_pretty(&tcfg).expect("json"))?;
 
     write_tiny_encoders(root, seed + 2)?;
-    Ok(crate::bundle::BundlePaths::from_dir(root))
+    Ok(framepack::bundle::BundlePaths::from_dir(root))
 }
 
 /// Writes the tiny random text and image encoders of a bundle into `root`: `text_encoder/`
 /// (two shards + index), `tokenizer/`, `text_encoder_2/`, `tokenizer_2/`, `image_encoder/` and
 /// `feature_extractor/`, with widths 16 (Llama), 8 (CLIP pooled) and 8 (SigLIP).
 pub fn write_tiny_encoders(root: &Path, seed: u64) -> Result<()> {
-    use crate::models::text::clip::{ClipTextConfig, ClipTextModel};
-    use crate::models::text::llama::{Llama, LlamaConfig};
-    use crate::models::vision::{SiglipVisionConfig, SiglipVisionModel};
+    use framepack::models::text::clip::{ClipTextConfig, ClipTextModel};
+    use framepack::models::text::llama::{Llama, LlamaConfig};
+    use framepack::models::vision::{SiglipVisionConfig, SiglipVisionModel};
 
     let llama_json = tiny_llama_config_json();
     let llama_cfg = LlamaConfig::from_json(&llama_json)?;

@@ -9,8 +9,8 @@
 
 use candle_core::{Device, Tensor};
 
-use crate::error::{Error, Result};
-use crate::generator::NoiseRng;
+use framepack::Result;
+use framepack::generator::NoiseRng;
 
 /// What happens in a clip. Every action has a word (or two) for prompts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -153,12 +153,12 @@ pub fn clip(seed: u64, cfg: &ClipConfig) -> Result<Clip> {
 /// action and one ball).
 pub fn clip_with(seed: u64, actions: &[Action], cfg: &ClipConfig) -> Result<Clip> {
     if cfg.width < 16 || cfg.height < 16 || cfg.frames == 0 || !cfg.fps.is_finite() || cfg.fps <= 0.0 {
-        return Err(Error::invalid("clip config", format!("{cfg:?}: need at least 16 × 16 px, 1 frame, fps > 0")));
+        return Err(crate::invalid("clip config", format!("{cfg:?}: need at least 16 × 16 px, 1 frame, fps > 0")));
     }
     if actions.iter().filter(|a| a.moves_player()).count() > 1
         || actions.iter().filter(|a| a.moves_camera()).count() > 1
     {
-        return Err(Error::invalid("clip actions", format!("{actions:?}: one player and one camera action at most")));
+        return Err(crate::invalid("clip actions", format!("{actions:?}: one player and one camera action at most")));
     }
     let mut scene = Scene::new(seed, cfg);
     scene.ball = actions.contains(&Action::Bounce);

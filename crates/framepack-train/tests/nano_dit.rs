@@ -3,11 +3,12 @@
 
 use candle_core::{DType, Device, Tensor};
 use framepack::bundle::BundlePaths;
-use framepack::nano::clips::ClipConfig;
-use framepack::nano::dit::{self, ClipLatents, DitTraining};
-use framepack::nano::train::RunFiles;
+use framepack_train::clips::ClipConfig;
+use framepack_train::dit::{self, ClipLatents, DitTraining};
+use framepack_train::train::RunFiles;
 use framepack::packing::{ContextSchedule, SectionPlan};
-use framepack::{Pipeline, testing};
+use framepack::Pipeline;
+use framepack_train::testing;
 
 fn temp(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("framepack-nano-dit-{name}-{}", std::process::id()));
@@ -120,7 +121,7 @@ fn flow_matching_steps_lower_the_loss_on_a_fixed_batch() {
     let sigmas = [0.3, 0.8];
     let eps = rng.normal_tensor(batch.x0.dims(), &Device::Cpu).unwrap();
     let map = VarMap::new();
-    let cfg = framepack::testing::tiny_transformer_config();
+    let cfg = framepack_train::testing::tiny_transformer_config();
     let model = framepack::models::transformer::Transformer::new(
         VarBuilder::from_varmap(&map, DType::F32, &Device::Cpu),
         &framepack::models::transformer::Config { guidance_embeds: false, ..cfg },

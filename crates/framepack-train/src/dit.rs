@@ -1,7 +1,7 @@
 //! Training of the nano model, stage 2: the packed transformer, by flow matching on the latents
 //! of the stage-1 VAE.
 //!
-//! Every example is one section of a clip, laid out exactly as [`crate::generator`] lays it out
+//! Every example is one section of a clip, laid out exactly as [`framepack::generator`] lays it out
 //! at inference: a schedule (forward geometric or inverted anti-drifting, drawn per example), a
 //! plan of 1 to `max_sections` sections and a section of it are drawn, and
 //! [`ContextSchedule::layout`] fills the 1x/2x/4x history from the clip's own latents (the start
@@ -21,15 +21,15 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use super::clips::{self, ClipConfig};
-use super::train::{RunFiles, init_weights, io};
-use crate::error::{Error, Result};
-use crate::generator::NoiseRng;
-use crate::models::transformer::{self, Transformer, TransformerInputs};
-use crate::models::vae::AutoencoderKLHunyuanVideo;
-use crate::packing::{ContextSchedule, Kernel, SectionPlan, Slot, latent_to_frames};
-use crate::preprocess::RgbImage;
-use crate::sampling::model_timestep;
+use crate::clips::{self, ClipConfig};
+use crate::train::{RunFiles, init_weights, io};
+use framepack::Result;
+use framepack::generator::NoiseRng;
+use framepack::models::transformer::{self, Transformer, TransformerInputs};
+use framepack::models::vae::AutoencoderKLHunyuanVideo;
+use framepack::packing::{ContextSchedule, Kernel, SectionPlan, Slot, latent_to_frames};
+use framepack::preprocess::RgbImage;
+use framepack::sampling::model_timestep;
 
 /// The nano transformer: width 128 (4 heads × 32), 2 dual-stream and 4 single-stream blocks,
 /// one refiner block, every history embedder and the image projection; text, pooled and image
@@ -104,7 +104,7 @@ impl DitTraining {
             || self.sizes.is_empty()
             || self.sizes.iter().flatten().any(|s| *s == 0 || s % 16 != 0)
         {
-            return Err(Error::invalid(
+            return Err(crate::invalid(
                 "training settings",
                 format!(
                     "{self:?}: need batch, max_sections and window ≥ 1, at least one clip per size and \
@@ -154,7 +154,7 @@ impl ClipLatents {
     /// Encodes the clips of `seeds` (`frames` frames each) with the pipeline's VAE and encoders;
     /// `on_clip` sees the count done.
     pub fn encode(
-        pipeline: &mut crate::Pipeline,
+        pipeline: &mut framepack::Pipeline,
         seeds: &[u64],
         cfg: &ClipConfig,
         mut on_clip: impl FnMut(usize),
@@ -250,7 +250,7 @@ impl ClipLatents {
         let z = &self.latents[clip];
         let (_, c, t, h, w) = z.dims5()?;
         if plan.total_latents() > t {
-            return Err(Error::invalid(
+            return Err(crate::invalid(
                 "training clip",
                 format!("a {}-section plan needs {} latents, the clip has {t}", plan.sections, plan.total_latents()),
             ));
@@ -269,7 +269,7 @@ impl ClipLatents {
             let i = [Kernel::X1, Kernel::X2, Kernel::X4]
                 .iter()
                 .position(|k| *k == g.kernel)
-                .ok_or_else(|| Error::invalid("schedule", format!("kernel {} is not one of the model's", g.kernel)))?;
+                .ok_or_else(|| crate::invalid("schedule", format!("kernel {} is not one of the model's", g.kernel)))?;
             let parts = g.slots.iter().map(|s| slot(*s)).collect::<Result<Vec<_>>>()?;
             let n = g.indices.len();
             groups[i] = Some((Tensor::cat(&parts, 2)?, Tensor::from_vec(g.indices.clone(), (1, n), z.device())?));
@@ -318,7 +318,7 @@ fn stack(items: Vec<Batch>) -> Result<Batch> {
         if items[0].groups[i].is_some() {
             let parts = items
                 .iter()
-                .map(|b| b.groups[i].clone().ok_or_else(|| Error::invalid("batch", "schedules with different groups")))
+                .map(|b| b.groups[i].clone().ok_or_else(|| crate::invalid("batch", "schedules with different groups")))
                 .collect::<Result<Vec<_>>>()?;
             let lat = parts.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
             let idx = parts.iter().map(|p| p.1.clone()).collect::<Vec<_>>();
@@ -364,7 +364,7 @@ pub fn clip_frames(settings: &DitTraining) -> usize {
 /// step's loss. Returns the step reached.
 pub fn train_dit(
     dir: &Path,
-    pipeline: &mut crate::Pipeline,
+    pipeline: &mut framepack::Pipeline,
     settings: &DitTraining,
     mut on_encode: impl FnMut(usize, usize),
     mut on_step: impl FnMut(&DitStepLoss),
@@ -375,7 +375,7 @@ pub fn train_dit(
     let dev = Device::Cpu;
     let cfg = nano_transformer_config();
     let mut map = VarMap::new();
-    let shapes = crate::weights::requested_shapes(|vb| Transformer::new(vb, &cfg))?;
+    let shapes = framepack::weights::requested_shapes(|vb| Transformer::new(vb, &cfg))?;
     // The output projection starts at zero, so the first prediction is a zero velocity.
     init_weights(&map, shapes, settings.seed, |name| name.starts_with("proj_out."))?;
     let start = files.resume(&mut map)?;
@@ -407,7 +407,7 @@ pub fn train_dit(
         opt.backward_step(&loss)?;
         let entry = DitStepLoss { step, loss: loss.to_scalar()?, seconds: t0.elapsed().as_secs_f64() };
         if !entry.loss.is_finite() {
-            return Err(Error::invalid("training", format!("the loss diverged at step {step}: {entry:?}")));
+            return Err(crate::invalid("training", format!("the loss diverged at step {step}: {entry:?}")));
         }
         writeln!(log, "{},{},{:.3}", entry.step, entry.loss, entry.seconds).map_err(|e| io(&files.log, e))?;
         on_step(&entry);

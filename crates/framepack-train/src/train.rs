@@ -14,10 +14,10 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use super::clips::{self, ClipConfig};
-use crate::error::{Error, Result};
-use crate::generator::NoiseRng;
-use crate::models::vae::{self, AutoencoderKLHunyuanVideo};
+use crate::clips::{self, ClipConfig};
+use framepack::{Error, Result};
+use framepack::generator::NoiseRng;
+use framepack::models::vae::{self, AutoencoderKLHunyuanVideo};
 
 /// The nano model's VAE: HunyuanVideo's layout (×8 space, ×4 time, 16 latent channels) with
 /// channels 16/32/32/32, one layer per block and 4 norm groups.
@@ -135,7 +135,7 @@ impl RunFiles {
 }
 
 pub(crate) fn io(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::invalid("training run", format!("{}: {e}", path.display()))
+    crate::invalid("training run", format!("{}: {e}", path.display()))
 }
 
 /// Trains (or resumes training of) the nano VAE in `dir`; `on_step` sees every step's losses.
@@ -146,7 +146,7 @@ pub fn train_vae(dir: &Path, settings: &VaeTraining, mut on_step: impl FnMut(&St
         || !(settings.frames - 1).is_multiple_of(4)
         || !settings.size.is_multiple_of(8)
     {
-        return Err(Error::invalid(
+        return Err(crate::invalid(
             "training settings",
             format!("{settings:?}: need batch ≥ 1, frames = 4k + 1 and a size divisible by 8"),
         ));
@@ -156,7 +156,7 @@ pub fn train_vae(dir: &Path, settings: &VaeTraining, mut on_step: impl FnMut(&St
     let dev = Device::Cpu;
     let cfg = nano_vae_config();
     let mut map = VarMap::new();
-    let shapes = crate::weights::requested_shapes(|vb| AutoencoderKLHunyuanVideo::new(vb, &cfg))?;
+    let shapes = framepack::weights::requested_shapes(|vb| AutoencoderKLHunyuanVideo::new(vb, &cfg))?;
     init_weights(&map, shapes, settings.seed, |_| false)?;
     let start = files.resume(&mut map)?;
     let vae = AutoencoderKLHunyuanVideo::new(VarBuilder::from_varmap(&map, DType::F32, &dev), &cfg)?;
@@ -185,7 +185,7 @@ pub fn train_vae(dir: &Path, settings: &VaeTraining, mut on_step: impl FnMut(&St
             seconds: t0.elapsed().as_secs_f64(),
         };
         if !entry.loss.is_finite() {
-            return Err(Error::invalid("training", format!("the loss diverged at step {step}: {entry:?}")));
+            return Err(crate::invalid("training", format!("the loss diverged at step {step}: {entry:?}")));
         }
         writeln!(log, "{},{},{},{},{:.3}", entry.step, entry.loss, entry.recon, entry.kl, entry.seconds)
             .map_err(|e| io(&files.log, e))?;

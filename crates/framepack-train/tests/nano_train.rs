@@ -1,6 +1,6 @@
 //! The nano VAE's training runs: checkpoints, the loss log, resuming, bad settings.
 
-use framepack::nano::train::{self, RunFiles, VaeTraining};
+use framepack_train::train::{self, RunFiles, VaeTraining};
 
 fn settings(steps: usize) -> VaeTraining {
     VaeTraining { steps, batch: 1, frames: 5, size: 32, checkpoint_every: 2, ..VaeTraining::default() }

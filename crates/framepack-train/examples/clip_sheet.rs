@@ -2,10 +2,10 @@
 //! frame across.
 //!
 //! ```text
-//! cargo run -p framepack-cli --example clip_sheet -- [--seeds 0..8] [--step 8] [--out clips.png]
+//! cargo run -p framepack-train --example clip_sheet -- [--seeds 0..8] [--step 8] [--out clips.png]
 //! ```
 
-use framepack::nano::clips::{self, ClipConfig};
+use framepack_train::clips::{self, ClipConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut seeds, mut step, mut out) = (0u64..8, 8usize, "clips.png".to_string());

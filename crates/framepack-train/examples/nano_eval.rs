@@ -9,10 +9,10 @@
 //!    geometric and naive repeated image-to-video from the last frame;
 //! 3. CPU wall time per section against the section's play time (36 frames at 30 fps).
 //!
-//! `cargo run --release -p framepack --features testing --example nano_eval -- [--bundle DIR]
+//! `cargo run --release -p framepack-train --example nano_eval -- [--bundle DIR]
 //! [--clips N] [--steps N] [--threads N]`
 
-#[path = "support/bench.rs"]
+#[path = "../../framepack/examples/support/bench.rs"]
 mod bench;
 
 use std::path::PathBuf;
@@ -21,9 +21,9 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use framepack::bundle::BundlePaths;
 use framepack::generator::Frame;
-use framepack::nano::clips::{self, ClipConfig};
-use framepack::nano::dit::{ClipLatents, first_frame};
-use framepack::nano::train::psnr;
+use framepack_train::clips::{self, ClipConfig};
+use framepack_train::dit::{ClipLatents, first_frame};
+use framepack_train::train::psnr;
 use framepack::packing::{ContextSchedule, FPS, Schedule, SectionPlan, latent_to_frames};
 use framepack::preprocess::RgbImage;
 use framepack::sampling::{Sampler, section_sigmas};

@@ -2,7 +2,7 @@
 //! the actions, and motion that does what the action says.
 
 use candle_core::Device;
-use framepack::nano::clips::{self, Action, Clip, ClipConfig, PLAYER_RGB};
+use framepack_train::clips::{self, Action, Clip, ClipConfig, PLAYER_RGB};
 
 fn cfg() -> ClipConfig {
     ClipConfig { frames: 30, ..ClipConfig::default() }

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 
-use super::train::io;
-use crate::error::Result;
-use crate::models::{transformer, vae};
+use crate::train::io;
+use framepack::Result;
+use framepack::models::{transformer, vae};
 
 /// Files of the released layout that are weights (converted by [`export_f16`]); everything else
 /// is copied as is.
