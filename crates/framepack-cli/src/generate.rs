@@ -218,6 +218,7 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
     {
         return Err(invalid("--preview", format!("{} is not a .png file", p.display())));
     }
+    framepack_cli::video::Format::from_path(&args.out).map_err(|e| invalid("out", e.to_string()))?;
     let image = load_image(&args.image, "image")?;
     let end_image = args.end_image.as_deref().map(|p| load_image(p, "end image")).transpose()?;
     let request = Request {

@@ -59,12 +59,21 @@ pub enum Format {
 }
 
 impl Format {
-    /// The format a path asks for.
-    pub fn from_path(path: &Path) -> Self {
-        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
-            Some("mp4") => Format::Mp4,
-            Some("gif") => Format::Gif,
-            _ => Format::PngDir,
+    /// The format a path asks for: `.mp4`, `.gif`, or a folder of PNGs (a path without an
+    /// extension, or an existing folder). Any other extension is an error rather than a folder
+    /// named like a video.
+    pub fn from_path(path: &Path) -> Result<Self, VideoError> {
+        if path.is_dir() {
+            return Ok(Format::PngDir);
+        }
+        match path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).as_deref() {
+            Some("mp4") => Ok(Format::Mp4),
+            Some("gif") => Ok(Format::Gif),
+            None => Ok(Format::PngDir),
+            Some(other) => Err(VideoError::Unsupported(format!(
+                "{}: unknown output format `.{other}` (use .mp4, .gif, or a folder name without an extension for PNGs)",
+                path.display()
+            ))),
         }
     }
 }
@@ -85,7 +94,7 @@ pub fn create(path: &Path, width: u32, height: u32, fps: u32) -> Result<Box<dyn 
         )));
     }
     let size = Size { width, height, count: 0 };
-    Ok(match Format::from_path(path) {
+    Ok(match Format::from_path(path)? {
         Format::PngDir => {
             std::fs::create_dir_all(path).map_err(|source| VideoError::Io { path: path.into(), source })?;
             Box::new(PngDir { dir: path.into(), size })

@@ -189,6 +189,8 @@ fn errors_are_one_line() {
     one_line(&generate(&weights, &image, &out, &["--guidance=-1"]), 1, "guidance");
     one_line(&generate(&weights, &image, &out, &["--window", "0"]), 1, "window");
     one_line(&generate(&weights, &image, &out, &["--device", "cuda"]), 1, "cuda");
+    one_line(&generate(&weights, &image, &dir.join("clip.avi"), &[]), 1, "clip.avi");
+    assert!(!dir.join("clip.avi").exists(), "no folder named like a video");
     one_line(
         &generate(&weights, &image, &out, &["--schedule", "geometric", "--end-image", image.to_str().unwrap()]),
         1,

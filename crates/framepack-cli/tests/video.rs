@@ -122,9 +122,11 @@ fn gif_and_png_sequences_round_trip() {
 
 #[test]
 fn bad_sizes_are_errors_not_panics() {
-    assert_eq!(Format::from_path(&PathBuf::from("a/b.MP4")), Format::Mp4);
-    assert_eq!(Format::from_path(&PathBuf::from("a/b.gif")), Format::Gif);
-    assert_eq!(Format::from_path(&PathBuf::from("a/b")), Format::PngDir);
+    assert_eq!(Format::from_path(&PathBuf::from("a/b.MP4")).unwrap(), Format::Mp4);
+    assert_eq!(Format::from_path(&PathBuf::from("a/b.gif")).unwrap(), Format::Gif);
+    assert_eq!(Format::from_path(&PathBuf::from("a/b")).unwrap(), Format::PngDir);
+    let err = Format::from_path(&PathBuf::from("a/clip.avi")).unwrap_err().to_string();
+    assert!(err.contains("clip.avi") && err.contains(".avi"), "{err}");
     assert!(matches!(video::create(&out("odd.mp4"), 63, 48, 30), Err(VideoError::Unsupported(_))));
     assert!(matches!(video::create(&out("zero.gif"), 0, 48, 30), Err(VideoError::Unsupported(_))));
     let mut sink = video::create(&out("short.mp4"), W, H, 30).unwrap();

@@ -74,7 +74,7 @@ fn geometric_content_follows_the_appended_history() {
 
 #[test]
 fn inverted_matches_spec_timeline_5s_window_9() {
-    // Spec §3.2: n = 4, paddings 3,2,1,0.
+    // FramePack's inverted loop with 4 sections pads its windows by 3, 2, 1, 0.
     let s = ContextSchedule::inverted_anti_drifting();
     let rows: [(i64, i64, i64, i64); 4] = [(28, 36, 37, 40), (19, 27, 28, 31), (10, 18, 19, 22), (1, 9, 10, 13)];
     for (k, (a, b, post, x4)) in rows.into_iter().enumerate() {
@@ -137,7 +137,7 @@ fn token_counts_640x608_are_17500() {
     assert_eq!(t.groups, vec![(Kernel::X1, 3040), (Kernel::X4, 400), (Kernel::X2, 380)]);
     assert_eq!(t.total(), 17_500);
     assert_eq!(ContextSchedule::inverted_anti_drifting().context_tokens(9, 80, 76).unwrap().total(), 17_500);
-    // Spec §2.14 table, every official bucket (H×W in pixels, totals of image tokens).
+    // Every bucket of FramePack's 640 class (H×W in pixels) and its image-token totals.
     for (h, w, total) in [
         (416, 960, 17_970),
         (448, 864, 17_402),

@@ -1,10 +1,10 @@
 //! The generation loop: from a start image and encoded conditioning to a stream of decoded
-//! sections (spec §3).
+//! sections.
 //!
 //! [`Generator`] holds the transformer and the VAE (shared, `Send + Sync`); [`Generator::start`]
 //! turns [`Conditioning`] (start/end image pixels, SigLIP features, encoded prompts) and
 //! [`Settings`] into a [`Job`], an iterator that samples, decodes and yields one [`Section`] per
-//! iteration. Both loops of spec §3 are the same code driven by the context schedule:
+//! iteration. FramePack's two section loops are the same code driven by the context schedule:
 //!
 //! - **inverted anti-drifting** (original checkpoint): sections are generated end first; each
 //!   [`Section`] carries the frames that became final, which lie *before* everything yielded
@@ -20,7 +20,8 @@
 //! prepends the start latent, F1's first section starts with it.
 //!
 //! Noise comes from one seeded [`NoiseRng`] stream per job, consumed section by section
-//! (spec §4.4; not torch's numbers). Same inputs and seed give bit-identical frames on the CPU.
+//! (FramePack draws each section's noise from one seeded generator too; these are not torch's
+//! numbers). Same inputs and seed give bit-identical frames on the CPU.
 //!
 //! The job runs on whatever thread drives the iterator; a [`CancelToken`] (clone it to another
 //! thread) is checked before every model call and after every sampler step, and a progress
@@ -289,11 +290,6 @@ impl Generator {
     /// A generator over loaded models.
     pub fn new(models: Models) -> Self {
         Self { models: Arc::new(models) }
-    }
-
-    /// A generator over shared models.
-    pub fn from_shared(models: Arc<Models>) -> Self {
-        Self { models }
     }
 
     /// The models.
@@ -729,7 +725,8 @@ impl Job {
             self.latents[info.latents.start + k] = Some(new.narrow(2, k, 1)?);
         }
 
-        // Decode: FramePack's first/last-section rules (spec §3.4).
+        // FramePack decodes the start latent with F1's first section and with the inverted loop's
+        // last one (the section next to the start frame).
         let is_last = index + 1 == sections;
         let start = self.start_latent.as_ref().expect("encoded");
         let to_push = match self.plan.order {

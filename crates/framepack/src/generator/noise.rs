@@ -1,4 +1,4 @@
-//! The job's noise: one seeded stream per job, consumed section by section (spec §4.4).
+//! The job's noise: one seeded stream per job, consumed section by section.
 //!
 //! FramePack draws every section's `randn(1, 16, W, h, w)` from one CPU `torch.Generator`
 //! seeded once per job. Reproducing torch's mt19937 + Box–Muller bit for bit is not attempted:

@@ -1,4 +1,4 @@
-//! Cheap latent previews (spec §3.5): a per-pixel linear map from the 16 latent channels to RGB,
+//! Cheap latent previews (as FramePack's demo shows while it samples): a per-pixel linear map from the 16 latent channels to RGB,
 //! no VAE involved.
 
 use candle_core::{DType, Tensor};

@@ -673,7 +673,7 @@ impl Transformer {
         self.forward_impl(inputs, trace, None, true)
     }
 
-    /// [`Transformer::forward`] with TeaCache (spec §6.2): when the block-0 modulated image tokens
+    /// [`Transformer::forward`] with TeaCache: when the block-0 modulated image tokens
     /// changed little since the last computed step, the 60 blocks are skipped and the cached
     /// image-token residual is added instead. `cache` carries the state across the steps of one
     /// section; [`TeaCache::reset`] it (or make a new one) for every section.
@@ -807,7 +807,9 @@ impl Transformer {
 /// `P(x) = 733.226126x⁴ − 401.131952x³ + 67.5869174x² − 3.149878x + 0.0961237896`.
 pub const TEACACHE_COEFFICIENTS: [f64; 5] = [733.226126, -401.131952, 67.5869174, -3.149878, 0.0961237896];
 
-/// TeaCache state for the steps of one section (FramePack's flavour, spec §6.2).
+/// TeaCache state for the steps of one section (FramePack's flavour: the relative L1 change of
+/// block 0's modulated image tokens, rescaled by a fixed polynomial, accumulated until it passes
+/// the threshold).
 ///
 /// The first and the last step always compute. Every other step adds
 /// `P(mean|m − m_prev| / mean|m_prev|)` of the block-0 modulated image tokens `m` to an

@@ -1,4 +1,4 @@
-//! Low-VRAM mode (spec §6.1): the blocks' weights stay in the memory-mapped checkpoint on the
+//! Low-VRAM mode: the blocks' weights stay in the memory-mapped checkpoint on the
 //! host and are moved to the device just ahead of use, one block ahead on a helper thread; the
 //! leading blocks that fit a memory budget stay resident.
 
