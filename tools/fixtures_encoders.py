@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the encoder and preprocessing fixtures in tests/fixtures/.
+"""Regenerate the encoder and preprocessing fixtures in crates/framepack/tests/fixtures/.
 
     llama_tiny.safetensors            LlamaModel, hidden states (HunyuanVideo uses hidden_states[-3])
     clip_text_tiny.safetensors        CLIPTextModel, last_hidden_state + pooler_output
@@ -20,7 +20,7 @@ four files are tensor-identical to the shared reference harness for the same lib
 (torch 2.15, transformers 5.23, Pillow 13).
 
     python3 -m venv .venv && .venv/bin/pip install torch transformers safetensors numpy pillow
-    .venv/bin/python tools/fixtures_encoders.py [--out tests/fixtures]
+    .venv/bin/python tools/fixtures_encoders.py [--out crates/framepack/tests/fixtures]
 """
 from __future__ import annotations
 
@@ -295,7 +295,7 @@ def pil_cases(out_dir: str) -> None:
 def main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
+    ap.add_argument("--out", default=os.path.join(here, "..", "crates", "framepack", "tests", "fixtures"))
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""Regenerate tests/fixtures/{schedules,unipc_toy}.safetensors (sigma schedules, Euler, UniPC).
+"""Regenerate crates/framepack/tests/fixtures/{schedules,unipc_toy}.safetensors (sigma schedules, Euler, UniPC).
 
 Reference implementations: diffusers' FlowMatchEulerDiscreteScheduler for the schedules and
 Euler, and FramePack's own `sample_unipc` (bh1) for UniPC, loaded at run time from a checkout
 of lllyasviel/FramePack (never copied into this repository).
 
     python3 -m venv .venv && .venv/bin/pip install torch diffusers safetensors numpy
-    .venv/bin/python tools/fixtures_sampling.py --framepack-src PATH/TO/FramePack [--out tests/fixtures]
+    .venv/bin/python tools/fixtures_sampling.py --framepack-src PATH/TO/FramePack [--out crates/framepack/tests/fixtures]
 
 Without --framepack-src only schedules.safetensors is written. Tensors are bit-identical to
 the shared reference for the same library versions (torch 2.15, diffusers 0.42.1).
@@ -111,7 +111,7 @@ def unipc(out_dir: str, framepack_src: str) -> None:
 def main() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.join(here, "..", "tests", "fixtures"))
+    ap.add_argument("--out", default=os.path.join(here, "..", "crates", "framepack", "tests", "fixtures"))
     ap.add_argument("--framepack-src", default=os.environ.get("FRAMEPACK_SRC"))
     args = ap.parse_args()
     torch.set_num_threads(2)

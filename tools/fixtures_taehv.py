@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the TAEHV fixtures of tests/fixtures from upstream's own taehv.py (CPU, float32).
+"""Regenerate the TAEHV fixtures of crates/framepack/tests/fixtures from upstream's own taehv.py (CPU, float32).
 
 TAEHV (madebyollin/taehv, MIT) fixes its widths in the constructor, so the tiny model is the
 upstream TAEHV object with its `encoder` / `decoder` nn.Sequentials replaced by the same layout
@@ -42,7 +42,7 @@ from safetensors.torch import save_file
 from fixture_common import randomize_
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, "..", "tests", "fixtures")
+DEFAULT_OUT = os.path.join(HERE, "..", "crates", "framepack", "tests", "fixtures")
 
 
 def import_upstream(src: str):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate the packed-transformer test fixtures with diffusers (CPU, float32 and float64).
 
-Writes into --out (default: tests/fixtures next to this repository's root):
+Writes into --out (default: crates/framepack/tests/fixtures):
   transformer_tiny_config.json           tiny HunyuanVideoFramepackTransformer3DModel config
   transformer_tiny_weights.safetensors   seeded random weights, diffusers parameter names
   transformer_tiny_case_{a,b,c}.safetensors
@@ -365,7 +365,7 @@ def compare(out_dir: str, ref_dir: str, names: list[str], atol: float = 1e-4) ->
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default=os.path.join(REPO, "tests", "fixtures"))
+    ap.add_argument("--out", default=os.path.join(REPO, "crates", "framepack", "tests", "fixtures"))
     ap.add_argument("--real-keys", help="also write the real model's key list to this JSON file")
     ap.add_argument("--compare", help="directory with fixtures to compare against, tensor by tensor")
     ap.add_argument("--threads", type=int, default=2)

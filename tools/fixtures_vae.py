@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the VAE fixtures of tests/fixtures with diffusers (CPU, float32/float64).
+"""Regenerate the VAE fixtures of crates/framepack/tests/fixtures with diffusers (CPU, float32/float64).
 
 Reproduces the shared reference harness's VAE part bit for bit (same configs, seeds and call
 order): vae_tiny_config.json, vae_tiny_weights.safetensors, vae_tiny_{img,vid5,vid21}.safetensors.
@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 torch.use_deterministic_algorithms(True)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_OUT = os.path.join(HERE, "..", "tests", "fixtures")
+DEFAULT_OUT = os.path.join(HERE, "..", "crates", "framepack", "tests", "fixtures")
 
 TINY_VAE_CONFIG = dict(
     in_channels=3,

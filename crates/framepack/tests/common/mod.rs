@@ -12,7 +12,7 @@ pub const REL_L2: f64 = 1e-5;
 pub const ATOL: f64 = 1e-4;
 
 pub fn fixture_path(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 pub fn load_fixture(name: &str) -> HashMap<String, Tensor> {
