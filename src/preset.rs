@@ -3,8 +3,8 @@
 use bevy::asset::io::Reader;
 use bevy::asset::{AssetLoader, LoadContext};
 use bevy::prelude::*;
-use framepack::packing::Schedule;
-use framepack::{DecoderChoice, Settings};
+use framepack::packing::ScheduleChoice;
+use framepack::{DecoderChoice, JobSettings};
 use serde::Deserialize;
 
 use crate::playback::BufferPolicy;
@@ -43,7 +43,7 @@ pub struct Preset {
     pub steps: usize,
     /// Context schedule (`Geometric` streams frames in play order; `InvertedAntiDrifting` is
     /// the original checkpoint's loop, whose frames only play once generation ends).
-    pub schedule: Schedule,
+    pub schedule: ScheduleChoice,
     /// Distilled guidance scale.
     pub guidance: f64,
     /// Resolution class of the output buckets.
@@ -70,14 +70,14 @@ pub struct Preset {
 
 impl Default for Preset {
     fn default() -> Self {
-        let s = Settings::default();
+        let s = JobSettings::default();
         Self {
             name: String::new(),
             prompt: String::new(),
             seconds: s.seconds,
             seed: s.seed,
             steps: s.steps,
-            schedule: Schedule::Geometric,
+            schedule: ScheduleChoice::Geometric,
             guidance: s.guidance,
             resolution: framepack::pipeline::DEFAULT_RESOLUTION,
             teacache: None,
@@ -98,8 +98,8 @@ impl Preset {
     }
 
     /// The generator settings of this preset.
-    pub fn settings(&self) -> Settings {
-        Settings {
+    pub fn settings(&self) -> JobSettings {
+        JobSettings {
             seconds: self.seconds,
             seed: self.seed,
             steps: self.steps,
@@ -108,7 +108,7 @@ impl Preset {
             teacache: self.teacache,
             decoder: self.decoder,
             previews: self.previews,
-            ..Settings::default()
+            ..JobSettings::default()
         }
     }
 

@@ -27,7 +27,7 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use framepack::bundle::BundlePaths;
 use framepack::pipeline::{Pipeline, Request, RequestPlan};
 use framepack::preprocess::RgbImage;
-use framepack::{CancelToken, Settings};
+use framepack::{CancelToken, JobSettings};
 
 use crate::messages::*;
 use crate::settings::{FramePackSettings, ModelSource};
@@ -99,7 +99,7 @@ pub struct GenerationRequest {
     /// Resolution class of the output buckets (640 in FramePack).
     pub resolution: usize,
     /// Length, seed, steps, schedule, TeaCache, …
-    pub settings: Settings,
+    pub settings: JobSettings,
 }
 
 impl GenerationRequest {
@@ -121,7 +121,7 @@ impl GenerationRequest {
             end_image: None,
             prompt: prompt.into(),
             resolution: framepack::pipeline::DEFAULT_RESOLUTION,
-            settings: Settings::default(),
+            settings: JobSettings::default(),
         }
     }
 }

@@ -7,7 +7,7 @@ use bevy::ecs::system::RunSystemOnce;
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 use bevy_framepack::framepack::models::transformer::{MemoryPlan, Residency};
-use bevy_framepack::framepack::packing::Schedule;
+use bevy_framepack::framepack::packing::ScheduleChoice;
 use bevy_framepack::prelude::*;
 use bevy_framepack::{FramePackError, FramePackWorker};
 
@@ -98,7 +98,7 @@ fn nano_preset(seconds: f64, steps: usize) -> Preset {
         prompt: "a cat walks".into(),
         seconds,
         steps,
-        schedule: Schedule::Geometric,
+        schedule: ScheduleChoice::Geometric,
         resolution: 32,
         playback: BufferPolicy::Pause,
         ..Preset::default()
@@ -439,7 +439,7 @@ fn previews_stand_in_on_the_player_until_frames_arrive() {
     let mut app = app(FramePackSettings::from_dir(&dir));
     // Inverted: frame 0 only exists after the last section, so the player waits the whole job.
     let preset = Preset {
-        schedule: Schedule::InvertedAntiDrifting,
+        schedule: ScheduleChoice::InvertedAntiDrifting,
         decoder: DecoderChoice::Tiny,
         previews: true,
         ..nano_preset(2.4, 3)

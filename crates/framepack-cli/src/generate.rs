@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use clap::{Args, ValueEnum};
 use framepack::Error;
 use framepack::bundle::{BundlePaths, DeviceChoice, parse_dtype};
-use framepack::generator::{DecoderChoice, Frame, Settings};
+use framepack::generator::{DecoderChoice, Frame, JobSettings};
 use framepack::models::transformer::Residency;
-use framepack::packing::{FPS, Schedule};
+use framepack::packing::{FPS, ScheduleChoice};
 use framepack::pipeline::{Pipeline, Request};
 use framepack::preprocess::RgbImage;
 use framepack::sampling::Sampler;
@@ -62,7 +62,7 @@ pub struct GenerateArgs {
     /// generated first), `geometric` (the F1 model: forward, frames are written as they come),
     /// `first-frame` or `symmetric`. Use the one the checkpoint was trained for.
     #[arg(long, default_value = "inverted")]
-    schedule: Schedule,
+    schedule: ScheduleChoice,
     /// Latent frames per section (FramePack: 9, i.e. 36 video frames).
     #[arg(long, default_value_t = 9)]
     window: usize,
@@ -194,7 +194,7 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
         None if args.device == DeviceChoice::Cpu => candle_core::DType::F32,
         None => candle_core::DType::BF16,
     };
-    let settings = Settings {
+    let settings = JobSettings {
         seconds: args.seconds,
         seed: args.seed,
         steps: args.steps,
@@ -211,7 +211,7 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
             DecoderArg::Tiny => DecoderChoice::Tiny,
         },
         previews: args.preview.is_some(),
-        ..Settings::default()
+        ..JobSettings::default()
     };
     if let Some(p) = &args.preview
         && !p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png"))

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use framepack::packing::{Kernel, Schedule, SectionPlan, Slot};
+use framepack::packing::{Kernel, ScheduleChoice, SectionPlan, Slot};
 use generate::GenerateArgs;
 
 /// FramePack video generation (packed-context next-section diffusion).
@@ -42,7 +42,7 @@ enum Command {
         seconds: f64,
         /// Context schedule: geometric (F1), inverted (original), first-frame, symmetric.
         #[arg(long, default_value = "geometric")]
-        schedule: Schedule,
+        schedule: ScheduleChoice,
         /// Latent frames per section (FramePack uses 9).
         #[arg(long, default_value_t = 9)]
         window: usize,
@@ -74,7 +74,7 @@ fn slot_name(s: &Slot) -> String {
 
 fn plan(
     seconds: f64,
-    schedule: Schedule,
+    schedule: ScheduleChoice,
     window: usize,
     width: usize,
     height: usize,
@@ -151,7 +151,7 @@ fn info(weights: PathBuf) -> framepack::Result<()> {
         println!("complete: every component is present and matches its config");
         Ok(())
     } else {
-        report.require(&framepack::bundle::Component::ALL).map_err(|e| match e {
+        report.require(&framepack::bundle::BundlePart::ALL).map_err(|e| match e {
             framepack::Error::Invalid { reason, .. } => framepack::Error::Invalid {
                 what: "weights",
                 reason: format!("{problems} component(s) missing or mismatched; first: {reason}"),

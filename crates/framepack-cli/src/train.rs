@@ -8,8 +8,8 @@ use clap::Args;
 use framepack::bundle::BundlePaths;
 use framepack::models::transformer::Transformer;
 use framepack::models::vae::AutoencoderKLHunyuanVideo;
-use framepack_train::{bundle, dit, train};
 use framepack::{Pipeline, Result};
+use framepack_train::{bundle, dit, train};
 
 /// Arguments of `framepack train-nano`.
 #[derive(Args)]

@@ -21,13 +21,13 @@ use std::time::Instant;
 use candle_core::{DType, Device, Tensor};
 use framepack::bundle::BundlePaths;
 use framepack::generator::Frame;
-use framepack_train::clips::{self, ClipConfig};
-use framepack_train::dit::{ClipLatents, first_frame};
-use framepack_train::train::psnr;
-use framepack::packing::{ContextSchedule, FPS, Schedule, SectionPlan, latent_to_frames};
+use framepack::packing::{ContextSchedule, FPS, ScheduleChoice, SectionPlan, latent_to_frames};
 use framepack::preprocess::RgbImage;
 use framepack::sampling::{Sampler, section_sigmas};
 use framepack::{Pipeline, Request, Result};
+use framepack_train::clips::{self, ClipConfig};
+use framepack_train::dit::{ClipLatents, first_frame};
+use framepack_train::train::psnr;
 
 struct Args {
     bundle: PathBuf,
@@ -95,7 +95,7 @@ fn to_image(f: &Frame) -> Result<RgbImage> {
     RgbImage::new(f.width, f.height, f.rgb.clone())
 }
 
-fn request(image: RgbImage, prompt: &str, seconds: f64, schedule: Schedule, steps: usize, seed: u64) -> Request {
+fn request(image: RgbImage, prompt: &str, seconds: f64, schedule: ScheduleChoice, steps: usize, seed: u64) -> Request {
     let mut r = Request::new(image, prompt);
     r.resolution = 64;
     r.settings.seconds = seconds;
@@ -193,9 +193,10 @@ fn main() -> Result<()> {
     // 2. Drift over 10 sections, and 3. wall time per section.
     let seconds = 10.0 * (4 * window) as f64 / FPS;
     let mut rows: Vec<(&str, Vec<(f64, f64)>, Vec<f64>)> = Vec::new();
-    for (name, schedule) in
-        [("inverted anti-drifting", Schedule::InvertedAntiDrifting), ("forward geometric", Schedule::Geometric)]
-    {
+    for (name, schedule) in [
+        ("inverted anti-drifting", ScheduleChoice::InvertedAntiDrifting),
+        ("forward geometric", ScheduleChoice::Geometric),
+    ] {
         let mut d = Vec::new();
         let mut times = Vec::new();
         for (i, &seed) in seeds.iter().take(a.drift_clips).enumerate() {
@@ -230,7 +231,7 @@ fn main() -> Result<()> {
                 image,
                 &clip.prompt,
                 (4 * window) as f64 / FPS,
-                Schedule::Geometric,
+                ScheduleChoice::Geometric,
                 a.steps,
                 (i * 10 + k) as u64,
             );

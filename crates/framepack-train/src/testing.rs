@@ -12,11 +12,11 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use framepack::{Error, Result};
 use framepack::models::taehv::{self, Taehv};
 use framepack::models::transformer::{self, Transformer};
 use framepack::models::vae::{self, AutoencoderKLHunyuanVideo};
 use framepack::weights;
+use framepack::{Error, Result};
 
 /// A transformer of width 16 (2 heads × 8), one dual and one single block, every history
 /// embedder and the image projection, 16 latent channels.

@@ -15,9 +15,9 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::clips::{self, ClipConfig};
-use framepack::{Error, Result};
 use framepack::generator::NoiseRng;
 use framepack::models::vae::{self, AutoencoderKLHunyuanVideo};
+use framepack::{Error, Result};
 
 /// The nano model's VAE: HunyuanVideo's layout (×8 space, ×4 time, 16 latent channels) with
 /// channels 16/32/32/32, one layer per block and 4 norm groups.

@@ -2,13 +2,13 @@
 //! flow-matching step, checkpoints and resume.
 
 use candle_core::{DType, Device, Tensor};
+use framepack::Pipeline;
 use framepack::bundle::BundlePaths;
+use framepack::packing::{ContextSchedule, SectionPlan};
 use framepack_train::clips::ClipConfig;
 use framepack_train::dit::{self, ClipLatents, DitTraining};
-use framepack_train::train::RunFiles;
-use framepack::packing::{ContextSchedule, SectionPlan};
-use framepack::Pipeline;
 use framepack_train::testing;
+use framepack_train::train::RunFiles;
 
 fn temp(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("framepack-nano-dit-{name}-{}", std::process::id()));

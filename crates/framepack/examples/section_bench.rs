@@ -19,9 +19,9 @@ use std::time::Instant;
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
-use framepack::generator::{Conditioning, Generator, Models, NoiseRng, Settings, TextConditioning};
+use framepack::generator::{Conditioning, Generator, JobSettings, Models, NoiseRng, TextConditioning};
 use framepack::models::transformer::{Config, Transformer};
-use framepack::packing::{Schedule, Slot};
+use framepack::packing::{ScheduleChoice, Slot};
 use framepack_train::testing;
 
 #[path = "support/bench.rs"]
@@ -32,7 +32,7 @@ struct Args {
     sections: usize,
     size: usize,
     steps: usize,
-    schedules: Vec<Schedule>,
+    schedules: Vec<ScheduleChoice>,
     threads: usize,
 }
 
@@ -41,7 +41,7 @@ fn parse_args() -> Result<Args, String> {
         sections: 20,
         size: 256,
         steps: 4,
-        schedules: vec![Schedule::Geometric, Schedule::InvertedAntiDrifting],
+        schedules: vec![ScheduleChoice::Geometric, ScheduleChoice::InvertedAntiDrifting],
         threads: 2,
     };
     let mut it = std::env::args().skip(1);
@@ -56,7 +56,7 @@ fn parse_args() -> Result<Args, String> {
             "--schedule" => {
                 a.schedules = value()?
                     .split(',')
-                    .map(|s| s.parse::<Schedule>().map_err(|e| e.to_string()))
+                    .map(|s| s.parse::<ScheduleChoice>().map_err(|e| e.to_string()))
                     .collect::<Result<_, _>>()?
             }
             "--bench" => {}
@@ -128,7 +128,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }],
         })
     };
-    let window = Settings::default().window;
+    let window = JobSettings::default().window;
     let seconds_for = |sections: usize| (sections * 4 * window) as f64 / 30.0;
     println!(
         "small random model (width 128, 2 dual + 2 single blocks, tiny VAE), {}x{} px, {} steps, {} threads",
@@ -136,12 +136,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     for schedule in &args.schedules {
-        let settings = |sections| Settings {
+        let settings = |sections| JobSettings {
             seconds: seconds_for(sections),
             steps: args.steps,
             schedule: schedule.clone(),
             teacache: None,
-            ..Settings::default()
+            ..JobSettings::default()
         };
         generator.start(conditioning()?, settings(1))?.run_to_end()?;
 

@@ -105,7 +105,7 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
 
 /// One part of a bundle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Component {
+pub enum BundlePart {
     /// The packed transformer (root or `transformer/`).
     Transformer,
     /// `vae/`.
@@ -124,49 +124,49 @@ pub enum Component {
     FeatureExtractor,
 }
 
-impl Component {
+impl BundlePart {
     /// Every component, in report order.
-    pub const ALL: [Component; 8] = [
-        Component::Transformer,
-        Component::Vae,
-        Component::TextEncoder,
-        Component::Tokenizer,
-        Component::TextEncoder2,
-        Component::Tokenizer2,
-        Component::ImageEncoder,
-        Component::FeatureExtractor,
+    pub const ALL: [BundlePart; 8] = [
+        BundlePart::Transformer,
+        BundlePart::Vae,
+        BundlePart::TextEncoder,
+        BundlePart::Tokenizer,
+        BundlePart::TextEncoder2,
+        BundlePart::Tokenizer2,
+        BundlePart::ImageEncoder,
+        BundlePart::FeatureExtractor,
     ];
 
     /// The folder name in the released layout.
     pub fn folder(self) -> &'static str {
         match self {
-            Component::Transformer => "transformer",
-            Component::Vae => "vae",
-            Component::TextEncoder => "text_encoder",
-            Component::Tokenizer => "tokenizer",
-            Component::TextEncoder2 => "text_encoder_2",
-            Component::Tokenizer2 => "tokenizer_2",
-            Component::ImageEncoder => "image_encoder",
-            Component::FeatureExtractor => "feature_extractor",
+            BundlePart::Transformer => "transformer",
+            BundlePart::Vae => "vae",
+            BundlePart::TextEncoder => "text_encoder",
+            BundlePart::Tokenizer => "tokenizer",
+            BundlePart::TextEncoder2 => "text_encoder_2",
+            BundlePart::Tokenizer2 => "tokenizer_2",
+            BundlePart::ImageEncoder => "image_encoder",
+            BundlePart::FeatureExtractor => "feature_extractor",
         }
     }
 
     /// What it is, in words.
     pub fn describe(self) -> &'static str {
         match self {
-            Component::Transformer => "packed HunyuanVideo transformer",
-            Component::Vae => "HunyuanVideo VAE",
-            Component::TextEncoder => "Llama text encoder",
-            Component::Tokenizer => "Llama tokenizer",
-            Component::TextEncoder2 => "CLIP-L text encoder",
-            Component::Tokenizer2 => "CLIP tokenizer",
-            Component::ImageEncoder => "SigLIP image encoder",
-            Component::FeatureExtractor => "SigLIP preprocessor config",
+            BundlePart::Transformer => "packed HunyuanVideo transformer",
+            BundlePart::Vae => "HunyuanVideo VAE",
+            BundlePart::TextEncoder => "Llama text encoder",
+            BundlePart::Tokenizer => "Llama tokenizer",
+            BundlePart::TextEncoder2 => "CLIP-L text encoder",
+            BundlePart::Tokenizer2 => "CLIP tokenizer",
+            BundlePart::ImageEncoder => "SigLIP image encoder",
+            BundlePart::FeatureExtractor => "SigLIP preprocessor config",
         }
     }
 }
 
-impl fmt::Display for Component {
+impl fmt::Display for BundlePart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.folder())
     }
@@ -220,7 +220,7 @@ pub enum Status {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ComponentReport {
     /// The component.
-    pub component: Component,
+    pub component: BundlePart,
     /// Its folder.
     pub dir: PathBuf,
     /// Present, missing or mismatched.
@@ -230,13 +230,13 @@ pub struct ComponentReport {
 /// What [`BundlePaths::inspect`] found for every component.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BundleReport {
-    /// One entry per [`Component::ALL`].
+    /// One entry per [`BundlePart::ALL`].
     pub components: Vec<ComponentReport>,
 }
 
 impl BundleReport {
     /// The report of one component.
-    pub fn get(&self, c: Component) -> &ComponentReport {
+    pub fn get(&self, c: BundlePart) -> &ComponentReport {
         self.components.iter().find(|r| r.component == c).expect("every component is reported")
     }
 
@@ -246,7 +246,7 @@ impl BundleReport {
     }
 
     /// Fails with the first problem among `needed`, in one line.
-    pub fn require(&self, needed: &[Component]) -> Result<()> {
+    pub fn require(&self, needed: &[BundlePart]) -> Result<()> {
         for c in needed {
             let r = self.get(*c);
             match &r.status {
@@ -457,45 +457,45 @@ impl BundlePaths {
     }
 
     /// The folder of a component.
-    pub fn dir(&self, c: Component) -> &Path {
+    pub fn dir(&self, c: BundlePart) -> &Path {
         match c {
-            Component::Transformer => &self.transformer,
-            Component::Vae => &self.vae,
-            Component::TextEncoder => &self.text_encoder,
-            Component::Tokenizer => &self.tokenizer,
-            Component::TextEncoder2 => &self.text_encoder_2,
-            Component::Tokenizer2 => &self.tokenizer_2,
-            Component::ImageEncoder => &self.image_encoder,
-            Component::FeatureExtractor => &self.feature_extractor,
+            BundlePart::Transformer => &self.transformer,
+            BundlePart::Vae => &self.vae,
+            BundlePart::TextEncoder => &self.text_encoder,
+            BundlePart::Tokenizer => &self.tokenizer,
+            BundlePart::TextEncoder2 => &self.text_encoder_2,
+            BundlePart::Tokenizer2 => &self.tokenizer_2,
+            BundlePart::ImageEncoder => &self.image_encoder,
+            BundlePart::FeatureExtractor => &self.feature_extractor,
         }
     }
 
     /// The transformer's config.
     pub fn transformer_config(&self) -> Result<transformer::Config> {
-        read_json(&self.transformer.join("config.json")).map_err(status_error(Component::Transformer))
+        read_json(&self.transformer.join("config.json")).map_err(status_error(BundlePart::Transformer))
     }
 
     /// The VAE's config.
     pub fn vae_config(&self) -> Result<vae::Config> {
-        read_json(&self.vae.join("config.json")).map_err(status_error(Component::Vae))
+        read_json(&self.vae.join("config.json")).map_err(status_error(BundlePart::Vae))
     }
 
     /// Checks every component (configs and safetensors headers only; nothing is loaded).
     pub fn inspect(&self) -> BundleReport {
-        let components = Component::ALL
+        let components = BundlePart::ALL
             .iter()
             .map(|&c| ComponentReport { component: c, dir: self.dir(c).to_path_buf(), status: self.inspect_one(c) })
             .collect();
         BundleReport { components }
     }
 
-    fn inspect_one(&self, c: Component) -> Status {
+    fn inspect_one(&self, c: BundlePart) -> Status {
         let dir = self.dir(c);
         if !dir.is_dir() {
             return missing(format!("folder {} not found", dir.display()));
         }
         match c {
-            Component::Transformer => check_model(
+            BundlePart::Transformer => check_model(
                 dir,
                 "diffusion_pytorch_model",
                 |cfg: &transformer::Config| {
@@ -517,7 +517,7 @@ impl BundlePaths {
                     Transformer::new(vb, cfg)
                 },
             ),
-            Component::Vae => check_model(
+            BundlePart::Vae => check_model(
                 dir,
                 "diffusion_pytorch_model",
                 |cfg: &vae::Config| {
@@ -525,21 +525,21 @@ impl BundlePaths {
                 },
                 |cfg, vb| AutoencoderKLHunyuanVideo::new(vb, cfg),
             ),
-            Component::TextEncoder => check_model_json(
+            BundlePart::TextEncoder => check_model_json(
                 dir,
                 "model",
                 LlamaConfig::from_json,
                 |cfg: &LlamaConfig| format!("{} layers, width {}", cfg.num_hidden_layers, cfg.hidden_size),
                 |cfg, vb| Llama::new(vb, cfg),
             ),
-            Component::TextEncoder2 => check_model_json(
+            BundlePart::TextEncoder2 => check_model_json(
                 dir,
                 "model",
                 ClipTextConfig::from_json,
                 |cfg: &ClipTextConfig| format!("{} layers, width {}", cfg.num_hidden_layers, cfg.hidden_size),
                 |cfg, vb| ClipTextModel::new(vb, cfg),
             ),
-            Component::ImageEncoder => check_model_json(
+            BundlePart::ImageEncoder => check_model_json(
                 dir,
                 "model",
                 SiglipVisionConfig::from_json,
@@ -554,7 +554,7 @@ impl BundlePaths {
                 },
                 |cfg, vb| SiglipVisionModel::new(vb, cfg),
             ),
-            Component::Tokenizer | Component::Tokenizer2 => {
+            BundlePart::Tokenizer | BundlePart::Tokenizer2 => {
                 let path = dir.join("tokenizer.json");
                 match check_file(&path, "tokenizer.json") {
                     Status::Present { summary } => match crate::models::text::load_tokenizer(&path) {
@@ -564,7 +564,7 @@ impl BundlePaths {
                     other => other,
                 }
             }
-            Component::FeatureExtractor => {
+            BundlePart::FeatureExtractor => {
                 let path = dir.join("preprocessor_config.json");
                 match check_file(&path, "preprocessor_config.json") {
                     Status::Present { summary } => match siglip_input_size(&path) {
@@ -586,21 +586,21 @@ impl BundlePaths {
     /// [`Self::load_models`] with the transformer's blocks placed by `residency` (low-VRAM block
     /// streaming from the memory-mapped files).
     pub fn load_models_with(&self, device: &Device, dtype: DType, residency: Residency) -> Result<Models> {
-        let report_one = |c: Component| BundleReport {
+        let report_one = |c: BundlePart| BundleReport {
             components: vec![ComponentReport {
                 component: c,
                 dir: self.dir(c).to_path_buf(),
                 status: self.inspect_one(c),
             }],
         };
-        report_one(Component::Transformer).require(&[Component::Transformer])?;
-        report_one(Component::Vae).require(&[Component::Vae])?;
+        report_one(BundlePart::Transformer).require(&[BundlePart::Transformer])?;
+        report_one(BundlePart::Vae).require(&[BundlePart::Vae])?;
         let tcfg = self.transformer_config()?;
-        let tfiles =
-            weight_files(&self.transformer, "diffusion_pytorch_model").map_err(status_error(Component::Transformer))?;
+        let tfiles = weight_files(&self.transformer, "diffusion_pytorch_model")
+            .map_err(status_error(BundlePart::Transformer))?;
         let transformer = Transformer::load(&tfiles, &tcfg, dtype, device, residency)?;
         let vcfg = self.vae_config()?;
-        let vfiles = weight_files(&self.vae, "diffusion_pytorch_model").map_err(status_error(Component::Vae))?;
+        let vfiles = weight_files(&self.vae, "diffusion_pytorch_model").map_err(status_error(BundlePart::Vae))?;
         let vae = AutoencoderKLHunyuanVideo::load(&vfiles, &vcfg, dtype, device)?;
         let tiny_decoder = self.load_tiny_decoder(device, dtype)?;
         Ok(Models { transformer, vae, vae_dtype: dtype, tiny_decoder })
@@ -673,7 +673,7 @@ pub fn load_taehv(path: &Path, device: &Device, dtype: DType) -> Result<Taehv> {
     Taehv::load(&[file], &cfg, dtype, device)
 }
 
-fn status_error(c: Component) -> impl Fn(Status) -> Error {
+fn status_error(c: BundlePart) -> impl Fn(Status) -> Error {
     move |s| match s {
         Status::Missing { what } => {
             Error::invalid("model bundle", format!("{} ({}) is missing: {what}", c, c.describe()))

@@ -19,5 +19,5 @@ pub mod sampling;
 pub mod weights;
 
 pub use error::{Error, Result, WeightsError};
-pub use generator::{CancelToken, DecoderChoice, Generator, Job, Section, Settings};
+pub use generator::{CancelToken, DecoderChoice, Generator, Job, JobSettings, Section};
 pub use pipeline::{Pipeline, Request};

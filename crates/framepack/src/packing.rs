@@ -593,7 +593,7 @@ pub fn latent_to_frames(latents: usize) -> usize {
 
 /// A schedule by name, or written out; what presets and the CLI hold.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub enum Schedule {
+pub enum ScheduleChoice {
     /// [`ContextSchedule::geometric`].
     Geometric,
     /// [`ContextSchedule::inverted_anti_drifting`].
@@ -606,30 +606,30 @@ pub enum Schedule {
     Custom(ContextSchedule),
 }
 
-impl Schedule {
+impl ScheduleChoice {
     /// The schedule this names.
     pub fn resolve(&self) -> ContextSchedule {
         match self {
-            Schedule::Geometric => ContextSchedule::geometric(),
-            Schedule::InvertedAntiDrifting => ContextSchedule::inverted_anti_drifting(),
-            Schedule::FirstFramePriority => ContextSchedule::first_frame_priority(),
-            Schedule::Symmetric => ContextSchedule::symmetric(),
-            Schedule::Custom(s) => s.clone(),
+            ScheduleChoice::Geometric => ContextSchedule::geometric(),
+            ScheduleChoice::InvertedAntiDrifting => ContextSchedule::inverted_anti_drifting(),
+            ScheduleChoice::FirstFramePriority => ContextSchedule::first_frame_priority(),
+            ScheduleChoice::Symmetric => ContextSchedule::symmetric(),
+            ScheduleChoice::Custom(s) => s.clone(),
         }
     }
 }
 
-impl FromStr for Schedule {
+impl FromStr for ScheduleChoice {
     type Err = Error;
 
     /// Parses `geometric` (alias `f1`), `inverted` (alias `original`), `first-frame` or
     /// `symmetric`.
     fn from_str(s: &str) -> Result<Self> {
         Ok(match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "geometric" | "f1" | "forward" => Schedule::Geometric,
-            "inverted" | "inverted-anti-drifting" | "original" => Schedule::InvertedAntiDrifting,
-            "first-frame" | "first-frame-priority" => Schedule::FirstFramePriority,
-            "symmetric" => Schedule::Symmetric,
+            "geometric" | "f1" | "forward" => ScheduleChoice::Geometric,
+            "inverted" | "inverted-anti-drifting" | "original" => ScheduleChoice::InvertedAntiDrifting,
+            "first-frame" | "first-frame-priority" => ScheduleChoice::FirstFramePriority,
+            "symmetric" => ScheduleChoice::Symmetric,
             other => {
                 return Err(Error::invalid(
                     "schedule",

@@ -2,7 +2,7 @@
 //! encoding (cached by prompt text), and the [`Generator`].
 //!
 //! [`Pipeline::start`] takes a [`Request`] — start image, prompt (optionally timestamped,
-//! `[0s: …] [2s-4s: …]`), optional end image, resolution base and [`Settings`] — and returns a
+//! `[0s: …] [2s-4s: …]`), optional end image, resolution base and [`JobSettings`] — and returns a
 //! [`Job`] that yields the decoded sections. The text encoders (the Llama alone is ~16 GB in
 //! bf16) are loaded only when a prompt is not cached yet and dropped right after encoding; the
 //! SigLIP encoder is kept.
@@ -11,9 +11,9 @@ use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 
-use crate::bundle::{BundlePaths, Component};
+use crate::bundle::{BundlePart, BundlePaths};
 use crate::error::{Error, Result};
-use crate::generator::{Conditioning, Generator, Job, PromptSchedule, Settings, TextConditioning};
+use crate::generator::{Conditioning, Generator, Job, JobSettings, PromptSchedule, TextConditioning};
 use crate::models::text::clip::ClipTextConfig;
 use crate::models::text::llama::LlamaConfig;
 use crate::models::text::{PromptCache, PromptEncoder, PromptEncoderFiles, PromptEncoderOptions, PromptFeatures};
@@ -37,7 +37,7 @@ pub struct Request {
     /// Resolution class of the buckets (640 in FramePack).
     pub resolution: usize,
     /// Length, seed, steps, schedule, TeaCache, …
-    pub settings: Settings,
+    pub settings: JobSettings,
 }
 
 impl Request {
@@ -48,7 +48,7 @@ impl Request {
             end_image: None,
             prompt: prompt.into(),
             resolution: DEFAULT_RESOLUTION,
-            settings: Settings::default(),
+            settings: JobSettings::default(),
         }
     }
 }
@@ -113,13 +113,13 @@ pub struct Pipeline {
     dtype: DType,
 }
 
-fn read_text(path: &Path, c: Component) -> Result<String> {
+fn read_text(path: &Path, c: BundlePart) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| {
         Error::invalid("model bundle", format!("{c} ({}): cannot read {}: {e}", c.describe(), path.display()))
     })
 }
 
-fn weight_paths(dir: &Path, c: Component) -> Result<Vec<std::path::PathBuf>> {
+fn weight_paths(dir: &Path, c: BundlePart) -> Result<Vec<std::path::PathBuf>> {
     crate::bundle::weight_files(dir, "model").map_err(|s| {
         let report = crate::bundle::BundleReport {
             components: vec![crate::bundle::ComponentReport { component: c, dir: dir.to_path_buf(), status: s }],
@@ -137,13 +137,13 @@ impl Pipeline {
 
     /// [`Self::load`] with the transformer's blocks placed by `residency` (low-VRAM streaming).
     pub fn load_with(paths: &BundlePaths, device: &Device, dtype: DType, residency: Residency) -> Result<Self> {
-        paths.inspect().require(&Component::ALL)?;
+        paths.inspect().require(&BundlePart::ALL)?;
         let generator = Generator::new(paths.load_models_with(device, dtype, residency)?);
         let vcfg = SiglipVisionConfig::from_json(&read_text(
             &paths.image_encoder.join("config.json"),
-            Component::ImageEncoder,
+            BundlePart::ImageEncoder,
         )?)?;
-        let vfiles = weight_paths(&paths.image_encoder, Component::ImageEncoder)?;
+        let vfiles = weight_paths(&paths.image_encoder, BundlePart::ImageEncoder)?;
         let vision = SiglipVisionModel::load(&vfiles, &vcfg, dtype, device)?;
         let pre = paths.feature_extractor.join("preprocessor_config.json");
         if let Ok(Some(size)) = crate::bundle::siglip_input_size(&pre)
@@ -161,15 +161,15 @@ impl Pipeline {
         let text_files = PromptEncoderFiles {
             llama_config: LlamaConfig::from_json(&read_text(
                 &paths.text_encoder.join("config.json"),
-                Component::TextEncoder,
+                BundlePart::TextEncoder,
             )?)?,
-            llama_weights: weight_paths(&paths.text_encoder, Component::TextEncoder)?,
+            llama_weights: weight_paths(&paths.text_encoder, BundlePart::TextEncoder)?,
             llama_tokenizer: paths.tokenizer.join("tokenizer.json"),
             clip_config: ClipTextConfig::from_json(&read_text(
                 &paths.text_encoder_2.join("config.json"),
-                Component::TextEncoder2,
+                BundlePart::TextEncoder2,
             )?)?,
-            clip_weights: weight_paths(&paths.text_encoder_2, Component::TextEncoder2)?,
+            clip_weights: weight_paths(&paths.text_encoder_2, BundlePart::TextEncoder2)?,
             clip_tokenizer: paths.tokenizer_2.join("tokenizer.json"),
         };
         let cfg = generator.models().transformer.config();

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device};
 use framepack::Error;
-use framepack::bundle::{BundlePaths, Component, DeviceChoice, Status, parse_dtype};
-use framepack::generator::{Conditioning, NoiseRng, Settings, TextConditioning};
-use framepack::packing::Schedule;
+use framepack::bundle::{BundlePart, BundlePaths, DeviceChoice, Status, parse_dtype};
+use framepack::generator::{Conditioning, JobSettings, NoiseRng, TextConditioning};
+use framepack::packing::ScheduleChoice;
 use framepack_train::testing;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -24,11 +24,11 @@ fn tiny_bundle_is_reported_and_loads() {
     assert_eq!(paths, BundlePaths::from_dir(&dir));
     let report = paths.inspect();
     println!("{report}");
-    for c in Component::ALL {
+    for c in BundlePart::ALL {
         assert!(matches!(report.get(c).status, Status::Present { .. }), "{c}: {:?}", report.get(c).status);
     }
     assert!(report.is_complete());
-    report.require(&[Component::Transformer, Component::Vae]).unwrap();
+    report.require(&[BundlePart::Transformer, BundlePart::Vae]).unwrap();
 
     let generator = paths.load_generator(&Device::Cpu, DType::F32).unwrap();
     let rng = |seed| NoiseRng::new(seed);
@@ -41,7 +41,7 @@ fn tiny_bundle_is_reported_and_loads() {
             pooled: rng(3).normal_tensor(&[1, 8], &Device::Cpu).unwrap(),
         }],
     };
-    let s = Settings { seconds: 1.2, steps: 2, schedule: Schedule::Geometric, ..Settings::default() };
+    let s = JobSettings { seconds: 1.2, steps: 2, schedule: ScheduleChoice::Geometric, ..JobSettings::default() };
     let video = generator.start(cond, s).unwrap().run_to_end().unwrap();
     assert_eq!(video.len(), 37);
     std::fs::remove_dir_all(&dir).ok();
@@ -57,11 +57,11 @@ fn missing_and_mismatched_parts_are_named() {
     std::fs::remove_dir_all(dir.join("text_encoder")).unwrap();
     std::fs::remove_file(dir.join("image_encoder/model.safetensors")).unwrap();
     let report = paths.inspect();
-    match &report.get(Component::TextEncoder).status {
+    match &report.get(BundlePart::TextEncoder).status {
         Status::Missing { what } => assert!(what.contains("text_encoder"), "{what}"),
         s => panic!("{s:?}"),
     }
-    let err = report.require(&[Component::Transformer, Component::ImageEncoder]).unwrap_err().to_string();
+    let err = report.require(&[BundlePart::Transformer, BundlePart::ImageEncoder]).unwrap_err().to_string();
     assert!(err.contains("image_encoder") && err.contains("missing") && err.contains("model.safetensors"), "{err}");
     assert!(!report.is_complete());
 
@@ -69,7 +69,7 @@ fn missing_and_mismatched_parts_are_named() {
     let shard = dir.join("diffusion_pytorch_model-00002-of-00002.safetensors");
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::remove_file(&shard).unwrap();
-    match &paths.inspect().get(Component::Transformer).status {
+    match &paths.inspect().get(BundlePart::Transformer).status {
         Status::Missing { what } => {
             assert!(what.contains("diffusion_pytorch_model-00002-of-00002.safetensors"), "{what}")
         }
@@ -85,12 +85,12 @@ fn missing_and_mismatched_parts_are_named() {
     let cfg_path = dir.join("config.json");
     let cfg = std::fs::read_to_string(&cfg_path).unwrap();
     std::fs::write(&cfg_path, cfg.replace("\"num_layers\": 1", "\"num_layers\": 2")).unwrap();
-    match &paths.inspect().get(Component::Transformer).status {
+    match &paths.inspect().get(BundlePart::Transformer).status {
         Status::Mismatched { reason } => assert!(reason.contains("transformer_blocks.1."), "{reason}"),
         s => panic!("{s:?}"),
     }
     std::fs::write(&cfg_path, "{ not json").unwrap();
-    match &paths.inspect().get(Component::Transformer).status {
+    match &paths.inspect().get(BundlePart::Transformer).status {
         Status::Mismatched { reason } => assert!(reason.contains("invalid config"), "{reason}"),
         s => panic!("{s:?}"),
     }

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Tensor};
 use framepack::Error;
 use framepack::generator::{
-    CancelToken, Conditioning, DecoderChoice, Frame, Generator, Models, Settings, TextConditioning,
+    CancelToken, Conditioning, DecoderChoice, Frame, Generator, JobSettings, Models, TextConditioning,
 };
-use framepack::packing::{Schedule, SectionOrder};
+use framepack::packing::{ScheduleChoice, SectionOrder};
 use framepack::sampling::Sampler;
 use framepack_train::testing;
 
@@ -35,13 +35,13 @@ fn conditioning(width: usize, height: usize) -> Conditioning {
     }
 }
 
-fn settings(schedule: Schedule, seconds: f64, window: usize) -> Settings {
-    Settings { seconds, window, schedule, steps: 4, seed: 7, ..Settings::default() }
+fn settings(schedule: ScheduleChoice, seconds: f64, window: usize) -> JobSettings {
+    JobSettings { seconds, window, schedule, steps: 4, seed: 7, ..JobSettings::default() }
 }
 
 /// Runs a job, checks that the section frame ranges tile the video in the loop's order, and
 /// returns the frames in play order.
-fn run(g: &Generator, cond: Conditioning, s: Settings) -> Vec<Frame> {
+fn run(g: &Generator, cond: Conditioning, s: JobSettings) -> Vec<Frame> {
     let job = g.start(cond, s).unwrap();
     let (total, order, n) = (job.total_frames(), job.plan().order, job.plan().sections);
     let job_window = job.plan().window;
@@ -82,7 +82,7 @@ fn run(g: &Generator, cond: Conditioning, s: Settings) -> Vec<Frame> {
 #[test]
 fn both_loops_give_36n_plus_1_frames_for_window_9() {
     let g = generator();
-    for schedule in [Schedule::InvertedAntiDrifting, Schedule::Geometric] {
+    for schedule in [ScheduleChoice::InvertedAntiDrifting, ScheduleChoice::Geometric] {
         // 2.4 s at 30 fps = 72 frames = 2 sections of 36.
         let video = run(&g, conditioning(32, 32), settings(schedule.clone(), 2.4, 9));
         assert_eq!(video.len(), 36 * 2 + 1, "{schedule:?}");
@@ -100,13 +100,13 @@ fn frame_counts_follow_4_times_1_plus_n_w_minus_3() {
     let g = generator();
     // (schedule, seconds, window) → sections = round(30·s / 4W).
     let cases = [
-        (Schedule::InvertedAntiDrifting, 1.2, 3, 3),
-        (Schedule::Geometric, 1.2, 3, 3),
-        (Schedule::InvertedAntiDrifting, 0.5, 4, 1),
-        (Schedule::Geometric, 0.5, 4, 1),
-        (Schedule::FirstFramePriority, 0.8, 2, 3),
-        (Schedule::Symmetric, 2.0, 5, 3),
-        (Schedule::InvertedAntiDrifting, 3.6, 2, 14),
+        (ScheduleChoice::InvertedAntiDrifting, 1.2, 3, 3),
+        (ScheduleChoice::Geometric, 1.2, 3, 3),
+        (ScheduleChoice::InvertedAntiDrifting, 0.5, 4, 1),
+        (ScheduleChoice::Geometric, 0.5, 4, 1),
+        (ScheduleChoice::FirstFramePriority, 0.8, 2, 3),
+        (ScheduleChoice::Symmetric, 2.0, 5, 3),
+        (ScheduleChoice::InvertedAntiDrifting, 3.6, 2, 14),
     ];
     for (schedule, seconds, window, sections) in cases {
         let s = settings(schedule.clone(), seconds, window);
@@ -121,14 +121,14 @@ fn frame_counts_follow_4_times_1_plus_n_w_minus_3() {
 #[test]
 fn same_request_and_seed_give_identical_frames() {
     let g = generator();
-    for schedule in [Schedule::InvertedAntiDrifting, Schedule::Geometric] {
+    for schedule in [ScheduleChoice::InvertedAntiDrifting, ScheduleChoice::Geometric] {
         let s = settings(schedule, 2.4, 9);
         let a = run(&g, conditioning(32, 16), s.clone());
         let b = run(&generator(), conditioning(32, 16), s.clone());
         assert!(a == b, "two runs differ");
-        let c = run(&g, conditioning(32, 16), Settings { seed: 8, ..s.clone() });
+        let c = run(&g, conditioning(32, 16), JobSettings { seed: 8, ..s.clone() });
         assert!(a != c, "another seed gives the same video");
-        let d = run(&g, conditioning(32, 16), Settings { sampler: Sampler::Euler, ..s });
+        let d = run(&g, conditioning(32, 16), JobSettings { sampler: Sampler::Euler, ..s });
         assert!(a != d, "another sampler gives the same video");
     }
 }
@@ -136,7 +136,7 @@ fn same_request_and_seed_give_identical_frames() {
 #[test]
 fn cancel_stops_within_one_step() {
     let g = generator();
-    for schedule in [Schedule::InvertedAntiDrifting, Schedule::Geometric] {
+    for schedule in [ScheduleChoice::InvertedAntiDrifting, ScheduleChoice::Geometric] {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let token = CancelToken::new();
         let (log, t) = (calls.clone(), token.clone());
@@ -161,7 +161,7 @@ fn cancel_stops_within_one_step() {
     }
 
     // Cancelled from another thread before the job starts: the first section fails at once.
-    let job = g.start(conditioning(32, 32), settings(Schedule::Geometric, 2.4, 9)).unwrap();
+    let job = g.start(conditioning(32, 32), settings(ScheduleChoice::Geometric, 2.4, 9)).unwrap();
     let token = job.cancel_token();
     std::thread::spawn(move || token.cancel()).join().unwrap();
     let results: Vec<_> = job.collect();
@@ -171,7 +171,7 @@ fn cancel_stops_within_one_step() {
 #[test]
 fn the_job_runs_on_another_thread() {
     let g = generator();
-    let job = g.start(conditioning(32, 32), settings(Schedule::Geometric, 1.2, 9)).unwrap();
+    let job = g.start(conditioning(32, 32), settings(ScheduleChoice::Geometric, 1.2, 9)).unwrap();
     let handle = std::thread::spawn(move || job.map(|s| s.map(|s| s.frames.len())).collect::<Result<Vec<_>, _>>());
     let counts = handle.join().unwrap().unwrap();
     assert_eq!(counts.iter().sum::<usize>(), 37);
@@ -182,8 +182,10 @@ fn progress_reports_every_step_with_a_falling_eta() {
     let g = generator();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
-    let job = g.start(conditioning(32, 32), settings(Schedule::InvertedAntiDrifting, 2.4, 9)).unwrap().on_progress(
-        move |p| {
+    let job = g
+        .start(conditioning(32, 32), settings(ScheduleChoice::InvertedAntiDrifting, 2.4, 9))
+        .unwrap()
+        .on_progress(move |p| {
             let preview = framepack::generator::latent_preview(p.denoised).unwrap();
             log.lock().unwrap().push((
                 p.section,
@@ -194,8 +196,7 @@ fn progress_reports_every_step_with_a_falling_eta() {
                 p.fraction(),
                 preview.width,
             ));
-        },
-    );
+        });
     job.run_to_end().unwrap();
     let seen = seen.lock().unwrap();
     assert_eq!(seen.len(), 2 * 4);
@@ -210,11 +211,11 @@ fn progress_reports_every_step_with_a_falling_eta() {
 #[test]
 fn teacache_skips_steps_and_a_zero_skip_threshold_changes_nothing() {
     let g = generator();
-    let s = Settings { steps: 8, ..settings(Schedule::Geometric, 2.4, 9) };
+    let s = JobSettings { steps: 8, ..settings(ScheduleChoice::Geometric, 2.4, 9) };
     let full = run(&g, conditioning(32, 32), s.clone());
-    let never_skip = run(&g, conditioning(32, 32), Settings { teacache: Some(1e-12), ..s.clone() });
+    let never_skip = run(&g, conditioning(32, 32), JobSettings { teacache: Some(1e-12), ..s.clone() });
     assert!(full == never_skip, "TeaCache that never skips must not change the result");
-    let job = g.start(conditioning(32, 32), Settings { teacache: Some(1e6), ..s.clone() }).unwrap();
+    let job = g.start(conditioning(32, 32), JobSettings { teacache: Some(1e6), ..s.clone() }).unwrap();
     let mut frames = 0;
     for section in job {
         let section = section.unwrap();
@@ -223,14 +224,14 @@ fn teacache_skips_steps_and_a_zero_skip_threshold_changes_nothing() {
         frames += section.frames.len();
     }
     assert_eq!(frames, 73);
-    let skipping = run(&g, conditioning(32, 32), Settings { teacache: Some(1e6), ..s });
+    let skipping = run(&g, conditioning(32, 32), JobSettings { teacache: Some(1e6), ..s });
     assert!(full != skipping);
 }
 
 #[test]
 fn an_end_image_changes_the_video_and_is_optional() {
     let g = generator();
-    let s = settings(Schedule::InvertedAntiDrifting, 2.4, 9);
+    let s = settings(ScheduleChoice::InvertedAntiDrifting, 2.4, 9);
     let plain = run(&g, conditioning(32, 32), s.clone());
     let mut cond = conditioning(32, 32);
     cond.end_image = Some(testing::test_image(32, 32, 99).unwrap());
@@ -242,7 +243,7 @@ fn an_end_image_changes_the_video_and_is_optional() {
 #[test]
 fn per_section_prompts_are_used() {
     let g = generator();
-    let s = settings(Schedule::Geometric, 2.4, 9);
+    let s = settings(ScheduleChoice::Geometric, 2.4, 9);
     let base = conditioning(32, 32);
     let other = TextConditioning { llama: randn(50, &[1, 3, 16]), pooled: randn(51, &[1, 8]) };
     let mut two = base.clone();
@@ -257,8 +258,8 @@ fn per_section_prompts_are_used() {
 #[test]
 fn bad_inputs_are_clear_errors() {
     let g = generator();
-    let s = settings(Schedule::Geometric, 2.4, 9);
-    let bad = |cond: Conditioning, s: Settings| match g.start(cond, s) {
+    let s = settings(ScheduleChoice::Geometric, 2.4, 9);
+    let bad = |cond: Conditioning, s: JobSettings| match g.start(cond, s) {
         Err(Error::Invalid { what, reason }) => format!("{what}: {reason}"),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("accepted"),
@@ -272,20 +273,23 @@ fn bad_inputs_are_clear_errors() {
     assert!(bad(c, s.clone()).starts_with("image embeds"));
     let mut c = conditioning(32, 32);
     c.end_image = Some(testing::test_image(32, 16, 1).unwrap());
-    let inverted = Settings { schedule: Schedule::InvertedAntiDrifting, ..s.clone() };
+    let inverted = JobSettings { schedule: ScheduleChoice::InvertedAntiDrifting, ..s.clone() };
     assert!(bad(c.clone(), inverted).contains("differs from the start image"));
     assert!(bad(c, s.clone()).contains("no context after the window"));
     let mut c = conditioning(32, 32);
     c.text[0].llama = randn(1, &[1, 5, 15]);
     assert!(bad(c, s.clone()).starts_with("prompt features"));
-    assert!(bad(conditioning(32, 32), Settings { steps: 0, ..s.clone() }).starts_with("steps"));
-    assert!(bad(conditioning(32, 32), Settings { seconds: -1.0, ..s.clone() }).starts_with("seconds"));
-    assert!(bad(conditioning(32, 32), Settings { teacache: Some(0.0), ..s.clone() }).starts_with("teacache"));
+    assert!(bad(conditioning(32, 32), JobSettings { steps: 0, ..s.clone() }).starts_with("steps"));
+    assert!(bad(conditioning(32, 32), JobSettings { seconds: -1.0, ..s.clone() }).starts_with("seconds"));
+    assert!(bad(conditioning(32, 32), JobSettings { teacache: Some(0.0), ..s.clone() }).starts_with("teacache"));
     let custom = framepack::packing::ContextSchedule {
         past: vec![framepack::packing::Level::new(2, framepack::packing::Kernel::new(1, 3, 3))],
         ..framepack::packing::ContextSchedule::geometric()
     };
-    assert!(bad(conditioning(32, 32), Settings { schedule: Schedule::Custom(custom), ..s }).starts_with("schedule"));
+    assert!(
+        bad(conditioning(32, 32), JobSettings { schedule: ScheduleChoice::Custom(custom), ..s })
+            .starts_with("schedule")
+    );
 }
 
 #[test]
@@ -293,7 +297,7 @@ fn cancel_from_another_thread_while_sampling() {
     let g = generator();
     let (tx, rx) = std::sync::mpsc::channel::<(usize, usize)>();
     let job = g
-        .start(conditioning(32, 32), Settings { steps: 50, ..settings(Schedule::Geometric, 4.8, 9) })
+        .start(conditioning(32, 32), JobSettings { steps: 50, ..settings(ScheduleChoice::Geometric, 4.8, 9) })
         .unwrap()
         .on_progress(move |p| {
             let _ = tx.send((p.section, p.step));
@@ -322,23 +326,23 @@ fn cancel_from_another_thread_while_sampling() {
 fn sampled_image_latents_are_seeded() {
     use framepack::generator::ImageLatent;
     let g = generator();
-    let s = settings(Schedule::Geometric, 1.2, 9);
+    let s = settings(ScheduleChoice::Geometric, 1.2, 9);
     let mean = run(&g, conditioning(32, 32), s.clone());
-    let sampled = Settings { image_latent: ImageLatent::Sample, ..s };
+    let sampled = JobSettings { image_latent: ImageLatent::Sample, ..s };
     let a = run(&g, conditioning(32, 32), sampled.clone());
     assert!(a == run(&g, conditioning(32, 32), sampled.clone()));
     assert!(a != mean);
-    assert!(a != run(&g, conditioning(32, 32), Settings { seed: 99, ..sampled }));
+    assert!(a != run(&g, conditioning(32, 32), JobSettings { seed: 99, ..sampled }));
 }
 
-fn tiny_settings(schedule: Schedule) -> Settings {
-    Settings { decoder: DecoderChoice::Tiny, ..settings(schedule, 2.4, 9) }
+fn tiny_settings(schedule: ScheduleChoice) -> JobSettings {
+    JobSettings { decoder: DecoderChoice::Tiny, ..settings(schedule, 2.4, 9) }
 }
 
 #[test]
 fn tiny_decoder_streams_forward_jobs_as_one_decode_of_all_latents() {
     let g = generator();
-    let job = g.start(conditioning(32, 32), tiny_settings(Schedule::Geometric)).unwrap();
+    let job = g.start(conditioning(32, 32), tiny_settings(ScheduleChoice::Geometric)).unwrap();
     let total = job.total_frames();
     let mut job = job;
     let mut video = Vec::new();
@@ -364,14 +368,14 @@ fn tiny_decoder_streams_forward_jobs_as_one_decode_of_all_latents() {
         video.iter().zip(&once).flat_map(|(a, b)| a.rgb.iter().zip(&b.rgb).map(|(x, y)| x.abs_diff(*y))).max().unwrap();
     assert!(max_diff <= 1, "streamed and one-shot decodes differ by {max_diff}");
     // It is not the full VAE's video.
-    let full = run(&g, conditioning(32, 32), settings(Schedule::Geometric, 2.4, 9));
+    let full = run(&g, conditioning(32, 32), settings(ScheduleChoice::Geometric, 2.4, 9));
     assert!(full != video);
 }
 
 #[test]
 fn tiny_decoder_keeps_the_cross_fade_of_inverted_jobs() {
     let g = generator();
-    let video = run(&g, conditioning(32, 32), tiny_settings(Schedule::InvertedAntiDrifting));
+    let video = run(&g, conditioning(32, 32), tiny_settings(ScheduleChoice::InvertedAntiDrifting));
     assert_eq!(video.len(), 36 * 2 + 1);
     let mut seen = [false; 256];
     video.iter().flat_map(|f| &f.rgb).for_each(|&b| seen[b as usize] = true);
@@ -383,7 +387,7 @@ fn previews_decode_every_step_with_the_tiny_decoder() {
     let g = generator();
     let sizes = Arc::new(Mutex::new(Vec::new()));
     let log = sizes.clone();
-    let s = Settings { previews: true, ..settings(Schedule::InvertedAntiDrifting, 2.4, 9) };
+    let s = JobSettings { previews: true, ..settings(ScheduleChoice::InvertedAntiDrifting, 2.4, 9) };
     let job = g.start(conditioning(32, 48), s).unwrap().on_progress(move |p| {
         log.lock().unwrap().push(p.preview.iter().map(|f| (f.width, f.height, f.rgb.len())).collect::<Vec<_>>());
     });
@@ -396,9 +400,10 @@ fn previews_decode_every_step_with_the_tiny_decoder() {
     // Off by default.
     let empty = Arc::new(Mutex::new(true));
     let e = empty.clone();
-    let job = g.start(conditioning(32, 32), settings(Schedule::Geometric, 1.2, 9)).unwrap().on_progress(move |p| {
-        *e.lock().unwrap() &= p.preview.is_empty();
-    });
+    let job =
+        g.start(conditioning(32, 32), settings(ScheduleChoice::Geometric, 1.2, 9)).unwrap().on_progress(move |p| {
+            *e.lock().unwrap() &= p.preview.is_empty();
+        });
     job.run_to_end().unwrap();
     assert!(*empty.lock().unwrap());
 }
@@ -412,8 +417,10 @@ fn the_tiny_decoder_must_exist_when_asked_for() {
         vae_dtype: DType::F32,
         tiny_decoder: None,
     });
-    for s in [tiny_settings(Schedule::Geometric), Settings { previews: true, ..settings(Schedule::Geometric, 1.2, 9) }]
-    {
+    for s in [
+        tiny_settings(ScheduleChoice::Geometric),
+        JobSettings { previews: true, ..settings(ScheduleChoice::Geometric, 1.2, 9) },
+    ] {
         let err = g.start(conditioning(32, 32), s).err().expect("refused");
         assert!(err.to_string().contains("tiny decoder"), "{err}");
     }

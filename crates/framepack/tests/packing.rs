@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use framepack::Error;
 use framepack::packing::{
-    ContextSchedule, Kernel, Level, Schedule, SectionLayout, SectionOrder, SectionPlan, Slot, inverted_paddings,
+    ContextSchedule, Kernel, Level, ScheduleChoice, SectionLayout, SectionOrder, SectionPlan, Slot, inverted_paddings,
     paper_context_length, paper_context_limit,
 };
 use proptest::prelude::*;
@@ -267,19 +267,19 @@ fn schedules_round_trip_through_ron_and_names() {
         let text = ron::to_string(&s).unwrap();
         assert_eq!(ron::from_str::<ContextSchedule>(&text).unwrap(), s);
     }
-    let custom: Schedule = ron::from_str(
+    let custom: ScheduleChoice = ron::from_str(
         "Custom((anchor: true, past: [(frames: 1, kernel: (1, 2, 2)), (frames: 4, kernel: (2, 4, 4))], order: Forward))",
     )
     .unwrap();
     let s = custom.resolve();
     assert_eq!(s.past, vec![Level::new(1, Kernel::X1), Level::new(4, Kernel::X2)]);
     assert!(s.head.is_empty() && s.future.is_empty());
-    assert_eq!(ron::from_str::<Schedule>("Geometric").unwrap().resolve(), ContextSchedule::geometric());
-    assert_eq!("f1".parse::<Schedule>().unwrap(), Schedule::Geometric);
-    assert_eq!("inverted".parse::<Schedule>().unwrap(), Schedule::InvertedAntiDrifting);
-    assert_eq!("first_frame".parse::<Schedule>().unwrap(), Schedule::FirstFramePriority);
-    assert_eq!("Symmetric".parse::<Schedule>().unwrap(), Schedule::Symmetric);
-    assert!(matches!("sideways".parse::<Schedule>(), Err(Error::Invalid { what: "schedule", .. })));
+    assert_eq!(ron::from_str::<ScheduleChoice>("Geometric").unwrap().resolve(), ContextSchedule::geometric());
+    assert_eq!("f1".parse::<ScheduleChoice>().unwrap(), ScheduleChoice::Geometric);
+    assert_eq!("inverted".parse::<ScheduleChoice>().unwrap(), ScheduleChoice::InvertedAntiDrifting);
+    assert_eq!("first_frame".parse::<ScheduleChoice>().unwrap(), ScheduleChoice::FirstFramePriority);
+    assert_eq!("Symmetric".parse::<ScheduleChoice>().unwrap(), ScheduleChoice::Symmetric);
+    assert!(matches!("sideways".parse::<ScheduleChoice>(), Err(Error::Invalid { what: "schedule", .. })));
 }
 
 #[test]

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use candle_core::{DType, Device};
 use framepack::Error;
 use framepack::bundle::BundlePaths;
-use framepack::generator::{Frame, Settings};
-use framepack::packing::Schedule;
+use framepack::generator::{Frame, JobSettings};
+use framepack::packing::ScheduleChoice;
 use framepack::pipeline::{Pipeline, Request};
 use framepack::preprocess::RgbImage;
 use framepack_train::testing;
@@ -24,13 +24,13 @@ fn image(width: usize, height: usize, shift: usize) -> RgbImage {
     RgbImage::new(width, height, data).unwrap()
 }
 
-fn request(schedule: Schedule, prompt: &str) -> Request {
+fn request(schedule: ScheduleChoice, prompt: &str) -> Request {
     Request {
         image: image(48, 40, 0),
         end_image: None,
         prompt: prompt.into(),
         resolution: 32,
-        settings: Settings { seconds: 2.4, steps: 3, schedule, ..Settings::default() },
+        settings: JobSettings { seconds: 2.4, steps: 3, schedule, ..JobSettings::default() },
     }
 }
 
@@ -44,7 +44,7 @@ fn tiny_bundle_runs_end_to_end_for_both_loops() {
     let paths = testing::write_tiny_bundle(&dir, 21).unwrap();
     let mut p = Pipeline::load(&paths, &Device::Cpu, DType::F32).unwrap();
     let prompt = "[0s: a cat sits on the grass] [1.2s: the cat jumps]";
-    for (k, schedule) in [Schedule::InvertedAntiDrifting, Schedule::Geometric].into_iter().enumerate() {
+    for (k, schedule) in [ScheduleChoice::InvertedAntiDrifting, ScheduleChoice::Geometric].into_iter().enumerate() {
         let r = request(schedule.clone(), prompt);
         let images = p.prepare_images(&r, &r.plan().unwrap()).unwrap();
         // 48×40 → the 640-class bucket nearest in aspect, scaled to 32: 32×32 here.
@@ -66,7 +66,7 @@ fn tiny_bundle_runs_end_to_end_for_both_loops() {
         assert!(p.prompt_cache().get("a dog runs").is_some());
         let mut ended = r.clone();
         ended.end_image = Some(image(60, 50, 5));
-        if schedule == Schedule::Geometric {
+        if schedule == ScheduleChoice::Geometric {
             // F1's context never looks past the window: an end frame is refused, not ignored.
             assert!(matches!(p.start(&ended), Err(Error::Invalid { what: "end image", .. })));
         } else {
@@ -76,7 +76,7 @@ fn tiny_bundle_runs_end_to_end_for_both_loops() {
         }
     }
     // A fresh pipeline (fresh cache, reloaded weights) reproduces the video bit for bit.
-    let r = request(Schedule::Geometric, prompt);
+    let r = request(ScheduleChoice::Geometric, prompt);
     let first = video(&mut p, &r);
     let mut fresh = Pipeline::load(&BundlePaths::from_dir(&dir), &Device::Cpu, DType::F32).unwrap();
     assert!(video(&mut fresh, &r) == first);
@@ -100,7 +100,7 @@ fn bad_requests_are_errors_not_panics() {
     let dir = temp_dir("pipeline-bad");
     let paths = testing::write_tiny_bundle(&dir, 23).unwrap();
     let mut p = Pipeline::load(&paths, &Device::Cpu, DType::F32).unwrap();
-    let mut r = request(Schedule::Geometric, "[2s a cat");
+    let mut r = request(ScheduleChoice::Geometric, "[2s a cat");
     assert!(matches!(p.start(&r), Err(Error::Invalid { what: "prompt", .. })));
     r.prompt = "a cat".into();
     r.resolution = 3;

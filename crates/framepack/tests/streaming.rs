@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use candle_core::{DType, Device, Tensor};
 use framepack::Error;
-use framepack::generator::{Conditioning, Generator, Models, NoiseRng, Settings, TextConditioning};
+use framepack::generator::{Conditioning, Generator, JobSettings, Models, NoiseRng, TextConditioning};
 use framepack::models::transformer::{Config, MemoryPlan, Residency, Transformer};
-use framepack::packing::Schedule;
+use framepack::packing::ScheduleChoice;
 use framepack_train::testing;
 
 fn weights_file(name: &str, cfg: &Config) -> PathBuf {
@@ -42,13 +42,13 @@ fn generate(transformer: Transformer) -> Vec<Tensor> {
         image_embeds: Some(randn(4, &[1, 4, 8])),
         text: vec![TextConditioning { llama: randn(5, &[1, 5, 16]), pooled: randn(6, &[1, 8]) }],
     };
-    let settings = Settings {
+    let settings = JobSettings {
         seconds: 2.0,
         window: 3,
         steps: 5,
         teacache: Some(0.01),
-        schedule: Schedule::Geometric,
-        ..Settings::default()
+        schedule: ScheduleChoice::Geometric,
+        ..JobSettings::default()
     };
     generator.start(cond, settings).unwrap().map(|s| s.unwrap().latent_tensor).collect()
 }

@@ -3,7 +3,7 @@
 //!
 //! [`Generator`] holds the transformer and the VAE (shared, `Send + Sync`); [`Generator::start`]
 //! turns [`Conditioning`] (start/end image pixels, SigLIP features, encoded prompts) and
-//! [`Settings`] into a [`Job`], an iterator that samples, decodes and yields one [`Section`] per
+//! [`JobSettings`] into a [`Job`], an iterator that samples, decodes and yields one [`Section`] per
 //! iteration. FramePack's two section loops are the same code driven by the context schedule:
 //!
 //! - **inverted anti-drifting** (original checkpoint): sections are generated end first; each
@@ -47,7 +47,7 @@ use crate::error::{Error, Result};
 use crate::models::taehv::{StreamingDecoder, Taehv};
 use crate::models::transformer::{TeaCache, Transformer, TransformerInputs};
 use crate::models::vae::{AutoencoderKLHunyuanVideo, SectionDecoder};
-use crate::packing::{ContextSchedule, Kernel, Schedule, SectionOrder, SectionPlan, Slot};
+use crate::packing::{ContextSchedule, Kernel, ScheduleChoice, SectionOrder, SectionPlan, Slot};
 use crate::sampling::{Sampler, Step, model_guidance, model_timestep, section_sigmas};
 
 /// FramePack's default seed.
@@ -81,7 +81,7 @@ pub enum DecoderChoice {
 /// Everything about a job that is not conditioning.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
-pub struct Settings {
+pub struct JobSettings {
     /// Video length in seconds (30 fps); rounded to whole sections like FramePack.
     pub seconds: f64,
     /// Seed of the job's noise stream.
@@ -92,7 +92,7 @@ pub struct Settings {
     pub guidance: f64,
     /// Context schedule; its order decides the loop (inverted = original checkpoint,
     /// geometric = F1).
-    pub schedule: Schedule,
+    pub schedule: ScheduleChoice,
     /// Latent frames per section (`latent_window_size`, 9).
     pub window: usize,
     /// Sampler (UniPC in FramePack).
@@ -108,14 +108,14 @@ pub struct Settings {
     pub previews: bool,
 }
 
-impl Default for Settings {
+impl Default for JobSettings {
     fn default() -> Self {
         Self {
             seconds: 5.0,
             seed: DEFAULT_SEED,
             steps: 25,
             guidance: 10.0,
-            schedule: Schedule::InvertedAntiDrifting,
+            schedule: ScheduleChoice::InvertedAntiDrifting,
             window: crate::packing::DEFAULT_WINDOW,
             sampler: Sampler::UniPc,
             teacache: None,
@@ -126,7 +126,7 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
+impl JobSettings {
     /// Checks ranges; returns the resolved schedule and the section plan.
     pub fn plan(&self) -> Result<(ContextSchedule, SectionPlan)> {
         if self.steps == 0 {
@@ -212,7 +212,7 @@ pub struct Progress<'a> {
     pub eta: Duration,
     /// The sampler's current x0 prediction `(1, C, W, h, w)` (see [`latent_preview`]).
     pub denoised: &'a Tensor,
-    /// With [`Settings::previews`]: the tiny decoder's frames of `denoised`, one per latent of
+    /// With [`JobSettings::previews`]: the tiny decoder's frames of `denoised`, one per latent of
     /// the section, in play order; empty otherwise.
     pub preview: &'a [Frame],
 }
@@ -303,17 +303,17 @@ impl Generator {
     }
 
     /// Validates everything and prepares a job; nothing is computed until it is iterated.
-    pub fn start(&self, conditioning: Conditioning, settings: Settings) -> Result<Job> {
+    pub fn start(&self, conditioning: Conditioning, settings: JobSettings) -> Result<Job> {
         let (schedule, plan) = settings.plan()?;
         self.start_planned(conditioning, settings, schedule, plan)
     }
 
-    /// [`Self::start`] with the schedule and section plan of [`Settings::plan`] (or
+    /// [`Self::start`] with the schedule and section plan of [`JobSettings::plan`] (or
     /// [`crate::pipeline::Request::plan`]) already computed.
     pub fn start_planned(
         &self,
         conditioning: Conditioning,
-        settings: Settings,
+        settings: JobSettings,
         schedule: ContextSchedule,
         plan: SectionPlan,
     ) -> Result<Job> {
@@ -495,7 +495,7 @@ struct PreparedText {
 /// A running generation job: an iterator of sections. Drop it to abandon the job.
 pub struct Job {
     models: Arc<Models>,
-    settings: Settings,
+    settings: JobSettings,
     schedule: ContextSchedule,
     plan: SectionPlan,
     rng: NoiseRng,
@@ -533,7 +533,7 @@ impl Job {
     }
 
     /// The settings.
-    pub fn settings(&self) -> &Settings {
+    pub fn settings(&self) -> &JobSettings {
         &self.settings
     }
 

@@ -293,7 +293,7 @@ pub struct Transformer {
 }
 
 /// Checked scalar and text inputs: per-sample timesteps, guidance values and valid text lengths.
-struct Conditioning {
+struct StepConditioning {
     timestep: Vec<f32>,
     guidance: Option<Vec<f32>>,
     lens: Vec<usize>,
@@ -530,7 +530,7 @@ impl Transformer {
     }
 
     /// Checks the conditioning inputs against the config and the batch size.
-    fn conditioning(&self, inputs: &TransformerInputs<'_>, b: usize) -> Result<Conditioning> {
+    fn conditioning(&self, inputs: &TransformerInputs<'_>, b: usize) -> Result<StepConditioning> {
         let cfg = &self.cfg;
         let timestep = read_scalars(inputs.timestep, "timestep", b)?;
         let guidance = match (&self.guidance_embedder, inputs.guidance) {
@@ -573,7 +573,7 @@ impl Transformer {
             }
             (None, None) => {}
         }
-        Ok(Conditioning { timestep, guidance, lens })
+        Ok(StepConditioning { timestep, guidance, lens })
     }
 
     fn pack_traced(&self, inputs: &TransformerInputs<'_>, trace: &mut Trace<'_>) -> Result<Packed> {
@@ -690,7 +690,7 @@ impl Transformer {
     ) -> Result<Tensor> {
         let cfg = &self.cfg;
         let (b, t, h, w) = self.latent_shape(inputs.hidden_states)?;
-        let Conditioning { timestep, guidance, lens } = self.conditioning(inputs, b)?;
+        let StepConditioning { timestep, guidance, lens } = self.conditioning(inputs, b)?;
         let packed = self.pack_traced(inputs, trace)?;
 
         let t_sin = layers::timestep_sinusoid(&timestep, &self.device)?.to_dtype(self.dtype)?;
