@@ -203,25 +203,20 @@ fn close_to_f64(label: &str, got: &Tensor, want: &Tensor) {
 #[test]
 fn taehv_other_configs_match_the_f64_generic_path() {
     // The CPU fast path runs f32 only; f64 runs candle's conv2d.
+    // Widths, encoder time downscale, decoder time and space upscale, patch size.
+    let config = |latent, enc, dec, down, t_up, s_up, patch| Config {
+        latent_channels: latent,
+        encoder_width: enc,
+        decoder_widths: dec,
+        encoder_time_downscale: down,
+        decoder_time_upscale: t_up,
+        decoder_space_upscale: s_up,
+        patch_size: patch,
+    };
+    let (t, f) = (true, false);
     let configs = [
-        Config {
-            latent_channels: 6,
-            encoder_width: 5,
-            decoder_widths: [12, 7, 6, 4],
-            encoder_time_downscale: [false, true, true],
-            decoder_time_upscale: [true, false, true],
-            decoder_space_upscale: [true, false, true],
-            patch_size: 1,
-        },
-        Config {
-            latent_channels: 4,
-            encoder_width: 6,
-            decoder_widths: [8, 8, 6, 6],
-            encoder_time_downscale: [true, false, false],
-            decoder_time_upscale: [false, false, true],
-            decoder_space_upscale: [true, true, true],
-            patch_size: 2,
-        },
+        config(6, 5, [12, 7, 6, 4], [f, t, t], [t, f, t], [t, f, t], 1),
+        config(4, 6, [8, 8, 6, 6], [t, f, f], [f, f, t], [t, t, t], 2),
     ];
     for (k, cfg) in configs.iter().enumerate() {
         let w = random_weights(cfg, 7 + k as u64);

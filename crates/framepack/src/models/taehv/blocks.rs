@@ -90,7 +90,7 @@ pub(crate) struct MemBlock {
 }
 
 impl MemBlock {
-    fn new(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Self> {
+    pub(crate) fn new(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Self> {
         let conv = vb.pp("conv");
         Ok(Self {
             conv0: Conv3x3::new(conv.pp("0"), 2 * c_in, c_out, true, 1, true)?,
@@ -141,21 +141,6 @@ pub(crate) struct Block {
 }
 
 impl Layer {
-    pub(crate) fn conv(
-        vb: VarBuilder,
-        c_in: usize,
-        c_out: usize,
-        bias: bool,
-        stride: usize,
-        relu: bool,
-    ) -> Result<Self> {
-        Ok(Self::Conv(Conv3x3::new(vb, c_in, c_out, bias, stride, relu)?))
-    }
-
-    pub(crate) fn mem(vb: VarBuilder, c_in: usize, c_out: usize) -> Result<Self> {
-        Ok(Self::Mem(MemBlock::new(vb, c_in, c_out)?))
-    }
-
     pub(crate) fn time_pool(vb: VarBuilder, channels: usize, stride: usize) -> Result<Self> {
         Ok(Self::TimePool { stride, conv: Pointwise::new(vb.pp("conv"), channels * stride, channels)? })
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
-use super::blocks::{Block, Layer, run_parallel};
+use super::blocks::{Block, Conv3x3, Layer, MemBlock, run_parallel};
 use super::config::{Config, IMAGE_CHANNELS};
 use crate::error::{Error, Result};
 use crate::weights::{self, WeightFiles};
@@ -23,19 +23,23 @@ fn flag(on: bool) -> usize {
 fn build_encoder(vb: VarBuilder, cfg: &Config) -> candle_core::Result<Vec<Block>> {
     let e = cfg.encoder_width;
     let c_in = IMAGE_CHANNELS * cfg.patch_size * cfg.patch_size;
-    let mut blocks = vec![Block { index: 1, layer: Layer::conv(vb.pp("0"), c_in, e, true, 1, true)? }];
+    let mut blocks = vec![Block { index: 1, layer: Layer::Conv(Conv3x3::new(vb.pp("0"), c_in, e, true, 1, true)?) }];
     for stage in 0..3 {
         let base = 2 + 5 * stage;
         blocks.push(Block {
             index: base,
             layer: Layer::time_pool(vb.pp(base), e, flag(cfg.encoder_time_downscale[stage]))?,
         });
-        blocks.push(Block { index: base + 1, layer: Layer::conv(vb.pp(base + 1), e, e, false, 2, false)? });
+        blocks
+            .push(Block { index: base + 1, layer: Layer::Conv(Conv3x3::new(vb.pp(base + 1), e, e, false, 2, false)?) });
         for j in base + 2..base + 5 {
-            blocks.push(Block { index: j, layer: Layer::mem(vb.pp(j), e, e)? });
+            blocks.push(Block { index: j, layer: Layer::Mem(MemBlock::new(vb.pp(j), e, e)?) });
         }
     }
-    blocks.push(Block { index: 17, layer: Layer::conv(vb.pp("17"), e, cfg.latent_channels, true, 1, false)? });
+    blocks.push(Block {
+        index: 17,
+        layer: Layer::Conv(Conv3x3::new(vb.pp("17"), e, cfg.latent_channels, true, 1, false)?),
+    });
     Ok(blocks)
 }
 
@@ -44,12 +48,12 @@ fn build_decoder(vb: VarBuilder, cfg: &Config, stored_strides: [usize; 3]) -> ca
     let c_out = IMAGE_CHANNELS * cfg.patch_size * cfg.patch_size;
     let mut blocks = vec![
         Block { index: 0, layer: Layer::Clamp },
-        Block { index: 2, layer: Layer::conv(vb.pp("1"), cfg.latent_channels, n[0], true, 1, true)? },
+        Block { index: 2, layer: Layer::Conv(Conv3x3::new(vb.pp("1"), cfg.latent_channels, n[0], true, 1, true)?) },
     ];
     for stage in 0..3 {
         let base = 3 + 6 * stage;
         for j in base..base + 3 {
-            blocks.push(Block { index: j, layer: Layer::mem(vb.pp(j), n[stage], n[stage])? });
+            blocks.push(Block { index: j, layer: Layer::Mem(MemBlock::new(vb.pp(j), n[stage], n[stage])?) });
         }
         blocks.push(Block { index: base + 3, layer: Layer::Upsample(flag(cfg.decoder_space_upscale[stage])) });
         let grow = time_grow_index(stage);
@@ -61,10 +65,10 @@ fn build_decoder(vb: VarBuilder, cfg: &Config, stored_strides: [usize; 3]) -> ca
         let relu = stage == 2;
         blocks.push(Block {
             index: base + 5 + usize::from(relu),
-            layer: Layer::conv(vb.pp(base + 5), n[stage], n[stage + 1], false, 1, relu)?,
+            layer: Layer::Conv(Conv3x3::new(vb.pp(base + 5), n[stage], n[stage + 1], false, 1, relu)?),
         });
     }
-    blocks.push(Block { index: 22, layer: Layer::conv(vb.pp("22"), n[3], c_out, true, 1, false)? });
+    blocks.push(Block { index: 22, layer: Layer::Conv(Conv3x3::new(vb.pp("22"), n[3], c_out, true, 1, false)?) });
     Ok(blocks)
 }
 
