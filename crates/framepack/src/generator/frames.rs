@@ -1,0 +1,64 @@
+//! Decoded frames: RGB bytes from pixel tensors, and the tiny decoder's paths.
+
+use candle_core::{DType, Tensor};
+
+use crate::error::{Error, Result};
+use crate::models::taehv::{StreamingDecoder, Taehv};
+use crate::models::vae::SectionDecoder;
+
+/// One RGB frame, `width·height·3` bytes, row-major.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    /// Pixels per row.
+    pub width: usize,
+    /// Rows.
+    pub height: usize,
+    /// RGB bytes.
+    pub rgb: Vec<u8>,
+}
+
+/// How a job turns its sections' latents into frames.
+pub(super) enum Decoding {
+    /// Each section with its neighbours, cross-faded (FramePack's decoding; full VAE or tiny).
+    Blended(SectionDecoder),
+    /// Forward jobs with the tiny decoder: one causal stream over all sections.
+    Streamed(StreamingDecoder),
+}
+
+/// Largest tiny-decoder activation decoded all frames at once; larger clips decode frame by
+/// frame (same numbers, constant memory).
+const TINY_PARALLEL_BYTES: usize = 256 << 20;
+
+/// Tiny-decoder pixels `(1, 3, T', H, W)` in `[-1, 1]` of latents `(1, C, T, h, w)`.
+pub(super) fn tiny_decode(model: &Taehv, z: &Tensor) -> Result<Tensor> {
+    let z = z.permute((0, 2, 1, 3, 4))?;
+    let (n, t, _, h, w) = z.dims5()?;
+    let cfg = model.config();
+    let widest = cfg.decoder_widths.iter().copied().max().unwrap_or(1);
+    let bytes = n * t * cfg.time_upscale() * h * w * cfg.space_upscale().pow(2) * widest * 4;
+    let frames = if bytes <= TINY_PARALLEL_BYTES {
+        model.decode(&z)?
+    } else {
+        Tensor::cat(&StreamingDecoder::new(model).decode(&z)?, 1)?
+    };
+    Ok(frames.permute((0, 2, 1, 3, 4))?.affine(2.0, -1.0)?)
+}
+
+/// Decoded pixels `(1, 3, T, H, W)` in `[-1, 1]` → RGB frames: clamp, `x·127.5 + 127.5`,
+/// truncate to u8 (FramePack's writer).
+pub fn to_frames(pixels: &Tensor) -> Result<Vec<Frame>> {
+    let d = pixels.dims();
+    if d.len() != 5 || d[0] != 1 || d[1] != 3 {
+        return Err(Error::invalid("pixels", format!("expected (1, 3, T, H, W), got {d:?}")));
+    }
+    let (t, h, w) = (d[2], d[3], d[4]);
+    let v: Vec<f32> = pixels.squeeze(0)?.permute((1, 2, 3, 0))?.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    Ok(v.chunks_exact(h * w * 3)
+        .take(t)
+        .map(|f| Frame {
+            width: w,
+            height: h,
+            rgb: f.iter().map(|&x| (x.clamp(-1.0, 1.0) * 127.5 + 127.5) as u8).collect(),
+        })
+        .collect())
+}
