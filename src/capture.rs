@@ -8,9 +8,10 @@ use bevy::prelude::*;
 use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured};
 use bevy::window::WindowRef;
 
+use crate::param::FramePack;
 use crate::playback::CutscenePlayer;
 use crate::preset::Preset;
-use crate::worker::{FramePack, RgbaImage};
+use crate::request::RgbaImage;
 
 /// What to capture.
 #[derive(Clone, Debug, PartialEq, Reflect)]

@@ -24,9 +24,11 @@ mod messages;
 mod nano;
 #[cfg(feature = "egui")]
 mod panel;
+mod param;
 mod playback;
 mod plugin;
 mod preset;
+mod request;
 mod settings;
 mod worker;
 
@@ -37,11 +39,12 @@ pub use capture::{CaptureCutscene, CaptureFailed, CaptureSource};
 pub use messages::{GenerationError, GenerationEvent, JobId};
 #[cfg(feature = "egui")]
 pub use panel::{FramePackPanel, FramePackPanelPlugin};
+pub use param::{FramePack, FramePackWorker};
 pub use playback::{BufferPolicy, CutscenePlayer, PlaybackClock, PlaybackState};
 pub use plugin::{FramePackPlugin, FramePackSystems};
 pub use preset::{Preset, PresetLoader, PresetLoaderError};
+pub use request::{FramePackError, GenerationRequest, JobTicket, RgbaImage};
 pub use settings::{FramePackSettings, ModelSource, Precision};
-pub use worker::{FramePack, FramePackError, FramePackWorker, GenerationRequest, JobTicket, RgbaImage};
 
 /// The types most games need.
 pub mod prelude {

@@ -9,9 +9,9 @@ use bevy_egui::{EguiContexts, EguiPrimaryContextPass, EguiTextureHandle, egui};
 
 use crate::capture::{CaptureCutscene, CaptureFailed, CaptureSource};
 use crate::messages::*;
+use crate::param::FramePack;
 use crate::playback::CutscenePlayer;
 use crate::preset::Preset;
-use crate::worker::FramePack;
 
 /// Adds the FramePack egui window (needs bevy_egui's `EguiPlugin`).
 #[derive(Clone, Copy, Debug, Default)]

@@ -8,7 +8,7 @@ use bevy::render::render_resource::{Extent3d, TextureDimension, TextureFormat};
 use serde::Deserialize;
 
 use crate::messages::JobId;
-use crate::worker::JobTicket;
+use crate::request::JobTicket;
 
 /// What playback does when it reaches a frame that is not generated yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Reflect)]

@@ -5,10 +5,11 @@ use bevy::prelude::*;
 
 use crate::capture::{attach_player_images, on_capture};
 use crate::messages::*;
+use crate::param::FramePackWorker;
 use crate::playback::{CutscenePlayer, play_cutscenes};
 use crate::preset::{Preset, PresetLoader};
 use crate::settings::FramePackSettings;
-use crate::worker::{FramePackWorker, JobEnd, Response};
+use crate::worker::{JobEnd, Response};
 
 /// FramePack video generation for Bevy: `app.add_plugins(FramePackPlugin)`.
 ///

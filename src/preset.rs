@@ -8,7 +8,7 @@ use framepack::{DecoderChoice, JobSettings};
 use serde::Deserialize;
 
 use crate::playback::BufferPolicy;
-use crate::worker::{GenerationRequest, RgbaImage};
+use crate::request::{GenerationRequest, RgbaImage};
 
 /// A cutscene preset, loaded from a `*.preset.ron` file. Every field has a default:
 ///

@@ -21,139 +21,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use bevy::ecs::system::SystemParam;
-use bevy::prelude::*;
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
+use framepack::CancelToken;
 use framepack::bundle::BundlePaths;
 use framepack::pipeline::{Pipeline, Request, RequestPlan};
-use framepack::preprocess::RgbImage;
-use framepack::{CancelToken, JobSettings};
 
-use crate::messages::*;
+use crate::messages::{GenerationError, JobId};
 use crate::settings::{FramePackSettings, ModelSource};
-
-/// RGBA8 pixels of a start (or end) image, row-major, tightly packed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RgbaImage {
-    width: u32,
-    height: u32,
-    rgba: Vec<u8>,
-}
-
-impl RgbaImage {
-    /// Wraps `width·height·4` bytes of RGBA8.
-    pub fn new(width: u32, height: u32, rgba: Vec<u8>) -> Result<Self, FramePackError> {
-        let expected = width as usize * height as usize * 4;
-        if width == 0 || height == 0 || rgba.len() != expected {
-            return Err(FramePackError::InvalidImage(format!(
-                "{width}x{height} RGBA needs {expected} bytes, got {}",
-                rgba.len()
-            )));
-        }
-        Ok(Self { width, height, rgba })
-    }
-
-    /// Copies the pixels of a CPU-side Bevy [`Image`] (RGBA8 or BGRA8, sRGB or not, e.g. a
-    /// screenshot; window captures come back as BGRA).
-    pub fn from_image(image: &Image) -> Result<Self, FramePackError> {
-        use bevy::render::render_resource::TextureFormat as F;
-        let size = image.texture_descriptor.size;
-        let data = image
-            .data
-            .clone()
-            .ok_or_else(|| FramePackError::InvalidImage("the image has no CPU-side pixels".into()))?;
-        let mut img = Self::new(size.width, size.height, data)?;
-        match image.texture_descriptor.format {
-            F::Rgba8Unorm | F::Rgba8UnormSrgb => {}
-            F::Bgra8Unorm | F::Bgra8UnormSrgb => img.rgba.chunks_exact_mut(4).for_each(|p| p.swap(0, 2)),
-            other => return Err(FramePackError::InvalidImage(format!("unsupported pixel format {other:?}"))),
-        }
-        Ok(img)
-    }
-
-    /// Width in pixels.
-    pub fn width(&self) -> u32 {
-        self.width
-    }
-    /// Height in pixels.
-    pub fn height(&self) -> u32 {
-        self.height
-    }
-
-    fn to_rgb(&self) -> Result<RgbImage, FramePackError> {
-        let rgb = self.rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();
-        RgbImage::new(self.width as usize, self.height as usize, rgb)
-            .map_err(|e| FramePackError::InvalidImage(e.to_string()))
-    }
-}
-
-/// What to generate: a start image, a prompt and the job settings.
-#[derive(Clone, Debug)]
-pub struct GenerationRequest {
-    /// The start frame.
-    pub image: RgbaImage,
-    /// Optional end frame.
-    pub end_image: Option<RgbaImage>,
-    /// The prompt; `[0s: …] [2s-4s: …]` tags change it over time.
-    pub prompt: String,
-    /// Resolution class of the output buckets (640 in FramePack).
-    pub resolution: usize,
-    /// Length, seed, steps, schedule, TeaCache, …
-    pub settings: JobSettings,
-}
-
-impl GenerationRequest {
-    /// The core's request (RGB images), as the worker runs it.
-    fn to_core(&self) -> Result<Request, FramePackError> {
-        Ok(Request {
-            image: self.image.to_rgb()?,
-            end_image: self.end_image.as_ref().map(RgbaImage::to_rgb).transpose()?,
-            prompt: self.prompt.clone(),
-            resolution: self.resolution,
-            settings: self.settings.clone(),
-        })
-    }
-
-    /// A request with FramePack's default settings.
-    pub fn new(image: RgbaImage, prompt: impl Into<String>) -> Self {
-        Self {
-            image,
-            end_image: None,
-            prompt: prompt.into(),
-            resolution: framepack::pipeline::DEFAULT_RESOLUTION,
-            settings: JobSettings::default(),
-        }
-    }
-}
-
-/// What [`FramePack::generate`] knows about a job as soon as it is queued.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct JobTicket {
-    /// The job.
-    pub id: JobId,
-    /// Frame width in pixels.
-    pub width: u32,
-    /// Frame height in pixels.
-    pub height: u32,
-    /// Frames of the finished video (30 fps).
-    pub total_frames: usize,
-    /// Sections the job generates.
-    pub sections: usize,
-}
-
-/// Why a request was refused before it reached the worker.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum FramePackError {
-    /// The start or end image is unusable.
-    #[error("invalid image: {0}")]
-    InvalidImage(String),
-    /// The settings or the prompt are invalid.
-    #[error("invalid request: {0}")]
-    InvalidRequest(String),
-    /// The worker thread could not be started or has shut down.
-    #[error("worker unavailable: {0}")]
-    WorkerUnavailable(String),
-}
 
 pub(crate) enum Command {
     Generate { id: JobId, request: Box<Request>, plan: Box<RequestPlan> },
@@ -206,16 +80,16 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-struct WorkerThread {
-    tx: Sender<Command>,
-    rx: Receiver<Response>,
+pub(crate) struct WorkerThread {
+    pub(crate) tx: Sender<Command>,
+    pub(crate) rx: Receiver<Response>,
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
-    join: Option<JoinHandle<()>>,
+    pub(crate) join: Option<JoinHandle<()>>,
 }
 
 impl WorkerThread {
-    fn spawn(settings: FramePackSettings) -> std::io::Result<Self> {
+    pub(crate) fn spawn(settings: FramePackSettings) -> std::io::Result<Self> {
         let (tx, cmd_rx) = crossbeam_channel::unbounded();
         let (resp_tx, rx) = crossbeam_channel::bounded(settings.response_capacity.max(1));
         let shared = Arc::new(Mutex::new(Shared::default()));
@@ -228,7 +102,7 @@ impl WorkerThread {
         Ok(Self { tx, rx, shared, stop, join: Some(join) })
     }
 
-    fn cancel(&self, id: JobId) {
+    pub(crate) fn cancel(&self, id: JobId) {
         let mut s = lock(&self.shared);
         match &s.current {
             Some((cur, token)) if *cur == id => token.cancel(),
@@ -238,7 +112,7 @@ impl WorkerThread {
         }
     }
 
-    fn shutdown(&mut self) {
+    pub(crate) fn shutdown(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some((_, token)) = &lock(&self.shared).current {
             token.cancel();
@@ -454,106 +328,6 @@ fn run_job(
         }
     }
     if token.is_cancelled() { JobEnd::Cancelled } else { JobEnd::Done }
-}
-
-/// The worker handle (a resource). The thread starts at the first generation request, with
-/// the [`FramePackSettings`] of that moment, and stops on `AppExit` or when the resource is
-/// dropped.
-#[derive(Resource, Default)]
-pub struct FramePackWorker {
-    thread: Option<WorkerThread>,
-    next_id: u64,
-    shut_down: bool,
-}
-
-impl FramePackWorker {
-    /// Whether the worker thread is running.
-    pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| t.join.as_ref().is_some_and(|j| !j.is_finished()))
-    }
-
-    /// Cancels the running job and stops the thread, waiting for it (one sampler step at most).
-    /// Later requests are refused.
-    pub fn shutdown(&mut self) {
-        self.shut_down = true;
-        if let Some(mut t) = self.thread.take() {
-            t.shutdown();
-        }
-    }
-
-    pub(crate) fn drain(&self) -> impl Iterator<Item = Response> + '_ {
-        self.thread.iter().flat_map(|t| t.rx.try_iter())
-    }
-}
-
-/// Starts and cancels generation jobs from a system:
-///
-/// ```
-/// use bevy::prelude::*;
-/// use bevy_framepack::prelude::*;
-///
-/// fn start(mut framepack: FramePack, mut images: ResMut<Assets<Image>>, mut commands: Commands) {
-///     let image = RgbaImage::new(2, 2, vec![255; 16]).expect("2·2·4 bytes");
-///     match framepack.generate(GenerationRequest::new(image, "a cat walks")) {
-///         Ok(ticket) => {
-///             let player = CutscenePlayer::new(&ticket, 30.0, BufferPolicy::Pause, &mut images);
-///             commands.spawn((Sprite::default(), player));
-///         }
-///         Err(e) => error!("{e}"),
-///     }
-/// }
-/// # App::new().add_systems(Update, start);
-/// ```
-#[derive(SystemParam)]
-pub struct FramePack<'w> {
-    worker: ResMut<'w, FramePackWorker>,
-    settings: Res<'w, FramePackSettings>,
-}
-
-impl FramePack<'_> {
-    /// Validates the request and queues it; the worker runs jobs one after another. Returns
-    /// the job's id and frame geometry at once (never blocks on inference).
-    pub fn generate(&mut self, request: GenerationRequest) -> Result<JobTicket, FramePackError> {
-        let request = request.to_core()?;
-        let plan = request.plan().map_err(|e| FramePackError::InvalidRequest(e.to_string()))?;
-        let worker = &mut *self.worker;
-        if worker.shut_down {
-            return Err(FramePackError::WorkerUnavailable("the worker has shut down".into()));
-        }
-        if worker.thread.is_none() {
-            let t = WorkerThread::spawn((*self.settings).clone())
-                .map_err(|e| FramePackError::WorkerUnavailable(format!("cannot start the thread: {e}")))?;
-            worker.thread = Some(t);
-        }
-        let id = JobId(worker.next_id);
-        worker.next_id += 1;
-        let thread = worker.thread.as_ref().expect("started above");
-        let ticket = JobTicket {
-            id,
-            width: plan.width as u32,
-            height: plan.height as u32,
-            total_frames: plan.total_frames(),
-            sections: plan.sections.sections,
-        };
-        thread
-            .tx
-            .send(Command::Generate { id, request: Box::new(request), plan: Box::new(plan) })
-            .map_err(|_| FramePackError::WorkerUnavailable("the worker thread has stopped".into()))?;
-        Ok(ticket)
-    }
-
-    /// Cancels a queued or running job; a [`GenerationEvent::Cancelled`] message follows
-    /// (unless the job had already ended).
-    pub fn cancel(&mut self, job: JobId) {
-        if let Some(t) = &self.worker.thread {
-            t.cancel(job);
-        }
-    }
-
-    /// Whether the worker thread is running.
-    pub fn is_running(&self) -> bool {
-        self.worker.is_running()
-    }
 }
 
 #[cfg(test)]
