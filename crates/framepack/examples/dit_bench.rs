@@ -5,8 +5,11 @@
 //!
 //! ```text
 //! cargo run --release -p framepack --example dit_bench -- [--runs 5] [--threads 2]
-//!     [--python PATH] [--reference DIR] [--no-torch] [--breakdown]
+//!     [--python PATH] [--reference DIR] [--no-torch] [--breakdown] [--no-prune]
 //! ```
+//!
+//! `--no-prune` makes the last single block compute every token (the ablation of
+//! `Transformer::set_prune_last_block`); `FRAMEPACK_CPU_KERNELS_OFF` switches CPU kernels off.
 //!
 //! Prints the median of `--runs` forwards after one warm-up. When a Python with torch and
 //! diffusers is found (`--python`, else `$FRAMEPACK_BENCH_PYTHON`, else `python3`), the PyTorch
@@ -35,6 +38,7 @@ struct Args {
     reference: PathBuf,
     torch: bool,
     breakdown: bool,
+    prune: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -46,6 +50,7 @@ fn parse_args() -> Result<Args, String> {
         reference: default_ref,
         torch: true,
         breakdown: false,
+        prune: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -58,6 +63,7 @@ fn parse_args() -> Result<Args, String> {
             "--reference" => a.reference = PathBuf::from(value()?),
             "--no-torch" => a.torch = false,
             "--breakdown" => a.breakdown = true,
+            "--no-prune" => a.prune = false,
             "--bench" => {}
             other => return Err(format!("unknown argument {other}")),
         }
@@ -193,7 +199,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let cfg = medium_config();
     let ws = framepack_train::testing::random_weights(2024, 1.0, |vb| Transformer::new(vb, &cfg))?;
     let params: usize = ws.values().map(|t| t.elem_count()).sum();
-    let model = Transformer::new(VarBuilder::from_tensors(ws, DType::F32, &dev), &cfg)?;
+    let mut model = Transformer::new(VarBuilder::from_tensors(ws, DType::F32, &dev), &cfg)?;
+    model.set_prune_last_block(args.prune);
     let work = Workload::new(&dev)?;
     let inputs = work.inputs();
 

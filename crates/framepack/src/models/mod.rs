@@ -1,8 +1,6 @@
 //! Neural network models of FramePack, built with candle from diffusers-format weights.
 
-pub(crate) mod attention;
-pub(crate) mod cpu;
-pub(crate) mod linear;
+pub(crate) mod kernels;
 pub(crate) mod ops;
 pub mod taehv;
 pub mod text;

@@ -15,7 +15,7 @@ use candle_nn::{Activation, Embedding, LayerNorm, Linear, VarBuilder, embedding,
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::models::attention::{SelfAttention, attention_merged};
+use crate::models::kernels::attention::{SelfAttention, attention_merged};
 use crate::preprocess::{RgbImage, siglip_pixel_values};
 use crate::weights::{self, WeightFiles};
 

@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::cpu;
+use crate::models::kernels::conv3x3;
 
 /// A 3×3 convolution with zero padding 1, optionally with a bias, a second input concatenated
 /// along the channels, a residual added and a ReLU applied, in that order.
@@ -42,7 +42,7 @@ impl Conv3x3 {
     /// `relu(conv(x ‖ past) + bias + residual)`, each part optional.
     fn run(&self, x: &Tensor, past: Option<&Tensor>, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
         if self.stride == 1
-            && let Some(y) = cpu::conv3x3(x, past, &self.weight, self.bias.as_ref(), residual, relu)?
+            && let Some(y) = conv3x3::conv3x3(x, past, &self.weight, self.bias.as_ref(), residual, relu)?
         {
             return Ok(y);
         }

@@ -17,14 +17,13 @@
 //!
 //! On the CPU in f32 the stride-1 3×3 convolutions run as nine shifted GEMMs over a
 //! zero-padded frame, reading a memory block's two inputs in place instead of concatenating
-//! them ([`cpu`]); other devices and dtypes, and tensors that track gradients, use candle's
+//! them (`models::kernels`); other devices and dtypes, and tensors that track gradients, use candle's
 //! `conv2d`.
 //!
 //! [`MemBlock`]: blocks
 
 mod blocks;
 mod config;
-mod cpu;
 mod model;
 mod stream;
 

@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use super::llama::causal_mask;
 use crate::error::{Error, Result};
-use crate::models::attention::SelfAttention;
+use crate::models::kernels::attention::SelfAttention;
 use crate::weights::{self, WeightFiles};
 
 /// MLP activation of a CLIP text tower.

@@ -4,9 +4,10 @@
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::models::attention::{attention, attention_merged, merge_heads};
-use crate::models::linear::{Linear, linear};
-use crate::models::{cpu, ops};
+use crate::models::kernels::attention::{attention, attention_merged, merge_heads};
+use crate::models::kernels::linear::{Linear, linear};
+use crate::models::kernels::{self, cpu};
+use crate::models::ops;
 
 const NORM_EPS: f32 = 1e-6;
 
@@ -173,10 +174,7 @@ impl PlainLayerNorm {
 impl PlainLayerNorm {
     /// `LN(x)·(1 + scale) + shift` (AdaLN modulation), one pass on the CPU in f32.
     pub fn modulated(&self, x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-        match cpu::ln_modulate(x, shift, scale, NORM_EPS)? {
-            Some(y) => Ok(y),
-            None => modulate(&self.forward(x)?, shift, scale),
-        }
+        kernels::ln_modulate(x, (&self.ones, &self.zeros), shift, scale, NORM_EPS)
     }
 }
 
@@ -208,19 +206,6 @@ impl Module for AffineLayerNorm {
 /// `Linear(silu(temb))` split into `n` chunks of shape `(B, 1, dim)`, in checkpoint order.
 fn modulation(lin: &Linear, temb: &Tensor, n: usize) -> Result<Vec<Tensor>> {
     lin.forward(&temb.silu()?)?.unsqueeze(1)?.chunk(n, D::Minus1)
-}
-
-/// `x + y · gate`.
-fn gated_residual(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
-    match cpu::gated_add(x, y, gate)? {
-        Some(z) => Ok(z),
-        None => x + y.broadcast_mul(gate)?,
-    }
-}
-
-/// `x · (1 + scale) + shift`.
-pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
-    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
 }
 
 /// Per-head RMSNorm in f32 (statistics and scale), returned as f32 `(B, H, L, Dh)`.
@@ -317,9 +302,9 @@ impl RefinerBlock {
         let (q, k, v) = (self.to_q.forward(&n)?, self.to_k.forward(&n)?, self.to_v.forward(&n)?);
         let attn = self.to_out.forward(&attention_merged(&q, &k, &v, self.heads, bias)?)?;
         let gates = modulation(&self.norm_out, temb, 2)?;
-        let x = gated_residual(x, &attn, &gates[0])?;
+        let x = kernels::gated_add(x, &attn, &gates[0])?;
         let ff = self.ff.forward(&self.norm2.forward(&x)?)?;
-        gated_residual(&x, &ff, &gates[1])
+        kernels::gated_add(&x, &ff, &gates[1])
     }
 }
 
@@ -407,11 +392,11 @@ impl DualBlock {
         let o_img = self.to_out.forward(&o.narrow(1, 0, n_img)?)?;
         let o_ctx = self.to_add_out.forward(&o.narrow(1, n_img, o.dim(1)? - n_img)?)?;
 
-        let x = gated_residual(x, &o_img, &m[2])?;
-        let c = gated_residual(c, &o_ctx, &cm[2])?;
+        let x = kernels::gated_add(x, &o_img, &m[2])?;
+        let c = kernels::gated_add(c, &o_ctx, &cm[2])?;
         let ff = self.ff.forward(&self.ln.modulated(&x, &m[3], &m[4])?)?;
         let ffc = self.ff_context.forward(&self.ln.modulated(&c, &cm[3], &cm[4])?)?;
-        Ok((gated_residual(&x, &ff, &m[5])?, gated_residual(&c, &ffc, &cm[5])?))
+        Ok((kernels::gated_add(&x, &ff, &m[5])?, kernels::gated_add(&c, &ffc, &cm[5])?))
     }
 }
 
@@ -501,7 +486,7 @@ impl SingleBlock {
             bias,
         )?;
         let out = self.proj_out.forward(&Tensor::cat(&[o, mlp], 2)?)?;
-        gated_residual(&zk, &out, &m[2])
+        kernels::gated_add(&zk, &out, &m[2])
     }
 }
 

@@ -10,7 +10,7 @@ use super::streaming::{self, MemoryPlan, Residency};
 use super::teacache::TeaCache;
 use super::{layers, rope};
 use crate::error::{Error, Result};
-use crate::models::linear::{Linear, linear};
+use crate::models::kernels::linear::{Linear, linear};
 
 /// The packed image-token sequence of one forward pass with its rotary tables.
 #[derive(Debug, Clone)]
@@ -60,6 +60,8 @@ pub struct Transformer {
     pub(super) cfg: Config,
     pub(super) dtype: DType,
     pub(super) device: Device,
+    /// The last single block computes the noisy tokens only (the model discards the others).
+    pub(super) prune_last_block: bool,
 }
 
 impl Transformer {
@@ -168,7 +170,15 @@ impl Transformer {
             cfg: cfg.clone(),
             dtype: vb.dtype(),
             device: vb.device().clone(),
+            prune_last_block: true,
         })
+    }
+
+    /// Whether the last single block computes the noisy tokens' outputs only (the default: the
+    /// model discards the others, so the output is the same). Off, it computes every token, as
+    /// [`Self::forward_traced`] always does; for benchmarks.
+    pub fn set_prune_last_block(&mut self, prune: bool) {
+        self.prune_last_block = prune;
     }
 
     /// The configuration the model was built with.
@@ -458,7 +468,7 @@ impl Transformer {
             // Only the noisy tokens' outputs of the last block are used: unless every intermediate
             // is traced, it computes those alone.
             let blocks = self.single_transformer_blocks.len();
-            let prune = !traced && crate::models::cpu::enabled("prune");
+            let prune = !traced && self.prune_last_block;
             let last = if prune { blocks.saturating_sub(1) } else { blocks };
             for i in 0..last {
                 (x, c) = walk.single(i)?.forward(&x, &c, &temb, &rope, key_bias.as_ref())?;

@@ -7,6 +7,7 @@ use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
 use super::Config;
+use crate::models::kernels;
 
 const GROUP_NORM_EPS: f64 = 1e-6;
 
@@ -70,7 +71,7 @@ impl CausalConv3d {
         }
         if self.stride_t == 1
             && self.stride_hw == 1
-            && let Some(y) = super::cpu::causal_conv3d(x, &self.weight, &self.bias, k)?
+            && let Some(y) = crate::models::kernels::conv3d::causal_conv3d(x, &self.weight, &self.bias, k)?
         {
             return Ok(y);
         }
@@ -163,11 +164,7 @@ pub(crate) struct GroupNorm {
 
 impl GroupNorm {
     fn forward_impl(&self, x: &Tensor, silu: bool) -> Result<Tensor> {
-        if let Some(y) = super::cpu::group_norm(x, &self.weight, &self.bias, self.groups, GROUP_NORM_EPS, silu)? {
-            return Ok(y);
-        }
-        let y = self.inner.forward(x)?;
-        if silu { y.silu() } else { Ok(y) }
+        kernels::group_norm(&self.inner, (&self.weight, &self.bias), self.groups, GROUP_NORM_EPS, silu, x)
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {

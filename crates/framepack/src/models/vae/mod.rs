@@ -22,7 +22,6 @@
 //! is hours; `examples/vae_bench.rs` measures it.
 
 mod blocks;
-mod cpu;
 pub mod section;
 mod tiling;
 mod unfold;

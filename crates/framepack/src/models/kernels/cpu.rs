@@ -19,8 +19,7 @@ const CHUNK: usize = 1 << 14;
 const MAX_QUERY_BLOCK: usize = 256;
 
 /// Kernels switched off by `FRAMEPACK_CPU_KERNELS_OFF` (comma-separated: `attention`, `gelu`,
-/// `linear`, `norm_rope`, `ln_modulate`, `gated_add`, `prune` (the transformer's last block for
-/// the noisy tokens only), or `all`), read once. For benchmark ablations only: the generic path
+/// `linear`, `norm_rope`, `ln_modulate`, `gated_add`, `conv3x3`, or `all`), read once. For benchmark ablations only: the generic path
 /// computes the same values.
 pub(crate) fn enabled(kernel: &str) -> bool {
     static OFF: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();

@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use super::cpu;
+use crate::models::kernels::cpu;
 
 /// [`candle_nn::Linear`] whose CPU f32 forward is one GEMM with the bias fused.
 #[derive(Debug, Clone)]

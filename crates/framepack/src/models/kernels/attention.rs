@@ -4,7 +4,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::models::linear::{Linear, linear};
+use crate::models::kernels::linear::{Linear, linear};
 
 /// Largest attention score block (elements) computed at once; longer query sets are chunked.
 const MAX_SCORE_ELEMS: usize = 1 << 26;
@@ -47,7 +47,7 @@ fn attention_chunked(q: &Tensor, k: &Tensor, v: &Tensor, bias: Option<&Tensor>, 
             let bias = if bias.dim(rows)? == 1 { bias.clone() } else { bias.narrow(rows, start, len)? };
             scores = scores.broadcast_add(&bias)?;
         }
-        let probs = super::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
+        let probs = crate::models::ops::softmax_last_dim(&scores)?.to_dtype(v.dtype())?;
         outs.push(probs.matmul(v)?);
         start += len;
     }
@@ -68,7 +68,7 @@ pub(crate) fn attention_merged(
         let (b, l, d) = x.dims3()?;
         x.reshape((b, l, heads, d / heads))?.transpose(1, 2)
     };
-    if let Some(out) = super::cpu::attention(&view(q)?, &view(k)?, &view(v)?, bias)? {
+    if let Some(out) = crate::models::kernels::cpu::attention(&view(q)?, &view(k)?, &view(v)?, bias)? {
         return Ok(out);
     }
     let (q, k, v) = (split_heads(q, heads)?, split_heads(k, heads)?, split_heads(v, heads)?);

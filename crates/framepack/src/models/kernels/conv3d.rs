@@ -13,7 +13,7 @@
 
 use candle_core::{Result, Storage, Tensor};
 
-use crate::models::cpu::{cpu_f32, with_f32};
+use crate::models::kernels::cpu::{cpu_f32, with_f32};
 use rayon::prelude::*;
 
 /// Replicate-pads frame `f` of `src` `(C, T, H, W)` by `p` pixels into `dst` `(C, H + 2p, W + 2p)`.

@@ -12,7 +12,7 @@
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use crate::models::cpu::{cpu_f32, enabled, with_f32};
+use crate::models::kernels::cpu::{cpu_f32, enabled, with_f32};
 
 /// Per-frame working memory: the padded input and the output on the padded grid.
 struct Scratch {

@@ -1,0 +1,65 @@
+//! The models' fused operations, in one place. Each takes the fast path where it applies (CPU,
+//! f32, outside autograd) and candle's ops everywhere else (other devices and dtypes, tensors
+//! that track gradients), inside the one call; the layers call it without caring which ran.
+//!
+//! - [`attention`]: attention shared by the text and vision encoders (f32 scores, chunked).
+//! - [`cpu`]: transformer kernels: attention without score tensors, RMSNorm + RoPE, LayerNorm +
+//!   modulation, gated residuals, the tanh GELU.
+//! - [`linear`]: a Linear that is one GEMM onto bias rows.
+//! - [`conv3d`]: the VAE's stride-1 causal Conv3d as shifted GEMMs, GroupNorm fused with SiLU.
+//! - [`conv3x3`]: TAEHV's 3×3 convolution with the memory input, residual and ReLU fused.
+//!
+//! `FRAMEPACK_CPU_KERNELS_OFF` switches fast paths off by name for benchmark ablations.
+
+pub(crate) mod attention;
+pub(crate) mod conv3d;
+pub(crate) mod conv3x3;
+pub(crate) mod cpu;
+pub(crate) mod linear;
+
+use candle_core::{Result, Tensor};
+
+/// `x + y · gate`.
+pub(crate) fn gated_add(x: &Tensor, y: &Tensor, gate: &Tensor) -> Result<Tensor> {
+    match cpu::gated_add(x, y, gate)? {
+        Some(z) => Ok(z),
+        None => x + y.broadcast_mul(gate)?,
+    }
+}
+
+/// `x · (1 + scale) + shift`.
+pub(crate) fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
+    x.broadcast_mul(&(scale + 1.0)?)?.broadcast_add(shift)
+}
+
+/// `LayerNorm(x) · (1 + scale) + shift` (AdaLN modulation; `ones` / `zeros` are the unit
+/// affine weights): one pass on the CPU.
+pub(crate) fn ln_modulate(
+    x: &Tensor,
+    (ones, zeros): (&Tensor, &Tensor),
+    shift: &Tensor,
+    scale: &Tensor,
+    eps: f32,
+) -> Result<Tensor> {
+    match cpu::ln_modulate(x, shift, scale, eps)? {
+        Some(y) => Ok(y),
+        None => modulate(&crate::models::ops::layer_norm(x, ones, zeros, eps)?, shift, scale),
+    }
+}
+
+/// `norm(x)`, followed by SiLU when `silu`: GroupNorm over `(B, C, …)` fused with SiLU on the CPU,
+/// candle's `GroupNorm` elsewhere.
+pub(crate) fn group_norm(
+    norm: &candle_nn::GroupNorm,
+    (weight, bias): (&Tensor, &Tensor),
+    groups: usize,
+    eps: f64,
+    silu: bool,
+    x: &Tensor,
+) -> Result<Tensor> {
+    if let Some(y) = conv3d::group_norm(x, weight, bias, groups, eps, silu)? {
+        return Ok(y);
+    }
+    let y = candle_core::Module::forward(norm, x)?;
+    if silu { y.silu() } else { Ok(y) }
+}
