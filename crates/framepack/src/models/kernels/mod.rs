@@ -63,3 +63,32 @@ pub(crate) fn group_norm(
     let y = candle_core::Module::forward(norm, x)?;
     if silu { y.silu() } else { Ok(y) }
 }
+
+/// `relu(conv3x3(x ‖ past, stride) + bias + residual)` with zero padding 1, each part optional:
+/// shifted GEMMs on the CPU for stride 1, candle's `conv2d` on the concatenation elsewhere.
+pub(crate) fn conv3x3_fused(
+    x: &Tensor,
+    past: Option<&Tensor>,
+    (weight, bias): (&Tensor, Option<&Tensor>),
+    stride: usize,
+    residual: Option<&Tensor>,
+    relu: bool,
+) -> Result<Tensor> {
+    if stride == 1
+        && let Some(y) = conv3x3::conv3x3(x, past, weight, bias, residual, relu)?
+    {
+        return Ok(y);
+    }
+    let joined = match past {
+        Some(p) => Tensor::cat(&[x, p], 1)?,
+        None => x.clone(),
+    };
+    let mut y = joined.conv2d(weight, 1, stride, 1, 1)?;
+    if let Some(b) = bias {
+        y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
+    }
+    if let Some(r) = residual {
+        y = (y + r)?;
+    }
+    if relu { y.relu() } else { Ok(y) }
+}

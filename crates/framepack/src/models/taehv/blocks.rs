@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use candle_core::{Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::models::kernels::conv3x3;
+use crate::models::kernels;
 
 /// A 3×3 convolution with zero padding 1, optionally with a bias, a second input concatenated
 /// along the channels, a residual added and a ReLU applied, in that order.
@@ -41,23 +41,7 @@ impl Conv3x3 {
 
     /// `relu(conv(x ‖ past) + bias + residual)`, each part optional.
     fn run(&self, x: &Tensor, past: Option<&Tensor>, residual: Option<&Tensor>, relu: bool) -> Result<Tensor> {
-        if self.stride == 1
-            && let Some(y) = conv3x3::conv3x3(x, past, &self.weight, self.bias.as_ref(), residual, relu)?
-        {
-            return Ok(y);
-        }
-        let input = match past {
-            Some(p) => Tensor::cat(&[x, p], 1)?,
-            None => x.clone(),
-        };
-        let mut y = input.conv2d(&self.weight, 1, self.stride, 1, 1)?;
-        if let Some(b) = &self.bias {
-            y = y.broadcast_add(&b.reshape((1, (), 1, 1))?)?;
-        }
-        if let Some(r) = residual {
-            y = (y + r)?;
-        }
-        if relu { y.relu() } else { Ok(y) }
+        kernels::conv3x3_fused(x, past, (&self.weight, self.bias.as_ref()), self.stride, residual, relu)
     }
 }
 
