@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use framepack::Error;
 use framepack::bundle::{BundlePaths, DeviceChoice, parse_dtype};
 use framepack::generator::{DecoderChoice, Frame, JobSettings};
 use framepack::models::transformer::Residency;
@@ -12,6 +11,7 @@ use framepack::packing::{FPS, ScheduleChoice};
 use framepack::pipeline::{Pipeline, Request};
 use framepack::preprocess::RgbImage;
 use framepack::sampling::Sampler;
+use framepack_cli::error::{CliError, Result};
 use framepack_cli::output::OrderedWriter;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -114,14 +114,14 @@ pub struct GenerateArgs {
     quiet: bool,
 }
 
-pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Error {
-    Error::Invalid { what, reason: reason.into() }
+pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> CliError {
+    CliError::argument(what, reason)
 }
 
-fn load_image(path: &Path, what: &'static str) -> framepack::Result<RgbImage> {
+fn load_image(path: &Path, what: &'static str) -> Result<RgbImage> {
     let img = image::open(path).map_err(|e| invalid(what, format!("cannot read {}: {e}", path.display())))?;
     let rgb = img.to_rgb8();
-    RgbImage::new(rgb.width() as usize, rgb.height() as usize, rgb.into_raw())
+    Ok(RgbImage::new(rgb.width() as usize, rgb.height() as usize, rgb.into_raw())?)
 }
 
 fn style(template: &str) -> ProgressStyle {
@@ -134,7 +134,7 @@ fn fmt_duration(d: Duration) -> String {
 }
 
 /// The bundle a `--weights` argument names: a folder, or `hub:original` / `hub:f1`.
-pub fn bundle_paths(weights: &Path) -> framepack::Result<BundlePaths> {
+pub fn bundle_paths(weights: &Path) -> Result<BundlePaths> {
     if let Some(which) = weights.to_str().and_then(|s| s.strip_prefix("hub:")) {
         return hub(which);
     }
@@ -145,7 +145,7 @@ pub fn bundle_paths(weights: &Path) -> framepack::Result<BundlePaths> {
 }
 
 #[cfg(feature = "hf-hub")]
-fn hub(which: &str) -> framepack::Result<BundlePaths> {
+fn hub(which: &str) -> Result<BundlePaths> {
     let repo = match which {
         "original" | "inverted" => framepack::hub::ORIGINAL,
         "f1" | "geometric" => framepack::hub::F1,
@@ -157,7 +157,7 @@ fn hub(which: &str) -> framepack::Result<BundlePaths> {
 }
 
 #[cfg(not(feature = "hf-hub"))]
-fn hub(_: &str) -> framepack::Result<BundlePaths> {
+fn hub(_: &str) -> Result<BundlePaths> {
     Err(invalid("weights", "this build cannot download weights (rebuild with the `hf-hub` feature) — give a folder"))
 }
 
@@ -180,7 +180,7 @@ fn write_strip(path: &Path, frames: &[Frame]) -> Result<(), String> {
     std::fs::rename(&tmp, path).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-pub fn run(args: GenerateArgs) -> framepack::Result<()> {
+pub fn run(args: GenerateArgs) -> Result<()> {
     let started = Instant::now();
     let mut paths = bundle_paths(&args.weights)?;
     if let Some(t) = &args.tiny_decoder {
@@ -218,7 +218,7 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
     {
         return Err(invalid("--preview", format!("{} is not a .png file", p.display())));
     }
-    framepack_cli::video::Format::from_path(&args.out).map_err(|e| invalid("out", e.to_string()))?;
+    framepack_cli::video::Format::from_path(&args.out).map_err(|e| invalid("--out", e.to_string()))?;
     let image = load_image(&args.image, "image")?;
     let end_image = args.end_image.as_deref().map(|p| load_image(p, "end image")).transpose()?;
     let request = Request {
@@ -289,8 +289,7 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
         ));
     });
 
-    let mut writer = OrderedWriter::create(&args.out, width, height, FPS as u32, total)
-        .map_err(|e| invalid("out", e.to_string()))?;
+    let mut writer = OrderedWriter::create(&args.out, width, height, FPS as u32, total)?;
     for section in job {
         let section = section?;
         let provisional = if section.provisional.is_empty() {
@@ -312,11 +311,11 @@ pub fn run(args: GenerateArgs) -> framepack::Result<()> {
             section.frame_range,
         );
         multi.suspend(|| println!("{line}"));
-        writer.push(section).map_err(|e| invalid("out", e.to_string()))?;
+        writer.push(section)?;
         sections_bar.inc(1);
         sections_bar.set_message(format!("{} frames written", writer.written()));
     }
-    writer.finish().map_err(|e| invalid("out", e.to_string()))?;
+    writer.finish()?;
     steps_bar.finish_and_clear();
     sections_bar.finish_and_clear();
     println!(

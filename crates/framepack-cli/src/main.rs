@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use framepack::packing::{Kernel, ScheduleChoice, SectionPlan, Slot};
+use framepack_cli::error::CliError;
 use generate::GenerateArgs;
 
 /// FramePack video generation (packed-context next-section diffusion).
@@ -79,12 +80,12 @@ fn plan(
     width: usize,
     height: usize,
     ron: bool,
-) -> framepack::Result<()> {
+) -> framepack_cli::error::Result<()> {
     if width % 16 != 0 || height % 16 != 0 {
-        return Err(framepack::Error::Invalid {
-            what: "size",
-            reason: format!("width and height must be multiples of 16 pixels, got {width}x{height}"),
-        });
+        return Err(CliError::argument(
+            "size",
+            format!("width and height must be multiples of 16 pixels, got {width}x{height}"),
+        ));
     }
     let schedule = schedule.resolve();
     let plan = SectionPlan::from_seconds(seconds, window, schedule.order)?;
@@ -131,7 +132,7 @@ fn plan(
     Ok(())
 }
 
-fn info(weights: PathBuf) -> framepack::Result<()> {
+fn info(weights: PathBuf) -> framepack_cli::error::Result<()> {
     let paths = generate::bundle_paths(&weights)?;
     let report = paths.inspect();
     print!("{report}");
@@ -152,11 +153,10 @@ fn info(weights: PathBuf) -> framepack::Result<()> {
         Ok(())
     } else {
         report.require(&framepack::bundle::BundlePart::ALL).map_err(|e| match e {
-            framepack::Error::Invalid { reason, .. } => framepack::Error::Invalid {
-                what: "weights",
-                reason: format!("{problems} component(s) missing or mismatched; first: {reason}"),
-            },
-            e => e,
+            framepack::Error::Invalid { reason, .. } => {
+                CliError::argument("weights", format!("{problems} component(s) missing or mismatched; first: {reason}"))
+            }
+            e => e.into(),
         })
     }
 }
@@ -165,12 +165,7 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if e.use_stderr() => {
-            // One line: clap's message without the usage block, continuation lines joined.
-            let text = e.to_string();
-            let message = text.split("\n\n").next().unwrap_or_default();
-            let line = message.split_whitespace().collect::<Vec<_>>().join(" ");
-            let line = if line.is_empty() { "error: bad arguments".to_string() } else { line };
-            eprintln!("{line} (see --help)");
+            eprintln!("{} (see --help)", framepack_cli::error::one_line(&e.to_string()));
             return ExitCode::from(2);
         }
         Err(e) => {

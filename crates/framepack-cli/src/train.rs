@@ -5,10 +5,11 @@ use std::path::{Path, PathBuf};
 use crate::generate::invalid;
 use candle_core::{DType, Device};
 use clap::Args;
+use framepack::Pipeline;
 use framepack::bundle::BundlePaths;
 use framepack::models::transformer::Transformer;
 use framepack::models::vae::AutoencoderKLHunyuanVideo;
-use framepack::{Pipeline, Result};
+use framepack_cli::error::Result;
 use framepack_train::{bundle, dit, train};
 
 /// Arguments of `framepack train-nano`.

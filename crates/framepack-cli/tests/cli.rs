@@ -183,6 +183,8 @@ fn errors_are_one_line() {
     };
     one_line(&generate(&weights, &image, &out, &["--seconds", "abc"]), 2, "--seconds");
     one_line(&generate(&weights, &image, &out, &["--schedule", "sideways"]), 2, "sideways");
+    // clap's suggestion survives on the one line.
+    one_line(&generate(&weights, &image, &out, &["--secnds", "3"]), 2, "similar argument exists: '--seconds'");
     one_line(&framepack(&["generate", "--image", "a.png"]), 2, "--weights");
     one_line(&generate(&dir.join("nope"), &image, &out, &[]), 1, "nope");
     one_line(&generate(&weights, &dir.join("missing.png"), &out, &[]), 1, "missing.png");
