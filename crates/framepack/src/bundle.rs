@@ -595,6 +595,12 @@ impl BundlePaths {
         };
         report_one(BundlePart::Transformer).require(&[BundlePart::Transformer])?;
         report_one(BundlePart::Vae).require(&[BundlePart::Vae])?;
+        self.load_inspected_models(device, dtype, residency)
+    }
+
+    /// [`Self::load_models_with`] for a bundle whose report already passed (the strict loaders
+    /// still check every tensor).
+    pub(crate) fn load_inspected_models(&self, device: &Device, dtype: DType, residency: Residency) -> Result<Models> {
         let tcfg = self.transformer_config()?;
         let tfiles = weight_files(&self.transformer, "diffusion_pytorch_model")
             .map_err(status_error(BundlePart::Transformer))?;

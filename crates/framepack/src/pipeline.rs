@@ -138,7 +138,7 @@ impl Pipeline {
     /// [`Self::load`] with the transformer's blocks placed by `residency` (low-VRAM streaming).
     pub fn load_with(paths: &BundlePaths, device: &Device, dtype: DType, residency: Residency) -> Result<Self> {
         paths.inspect().require(&BundlePart::ALL)?;
-        let generator = Generator::new(paths.load_models_with(device, dtype, residency)?);
+        let generator = Generator::new(paths.load_inspected_models(device, dtype, residency)?);
         let vcfg = SiglipVisionConfig::from_json(&read_text(
             &paths.image_encoder.join("config.json"),
             BundlePart::ImageEncoder,
