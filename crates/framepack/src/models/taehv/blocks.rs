@@ -133,9 +133,7 @@ impl Layer {
     /// only the last `stride · channels` of them (the latest timesteps) are kept.
     pub(crate) fn time_grow(vb: VarBuilder, channels: usize, stride: usize, stored_stride: usize) -> Result<Self> {
         let conv = Pointwise::new(vb.pp("conv"), channels, channels * stored_stride)?;
-        let keep = stride * channels;
-        let weight = conv.weight.narrow(0, stored_stride * channels - keep, keep)?;
-        Ok(Self::TimeGrow { stride, conv: Pointwise { weight } })
+        Self::TimeGrow { stride: stored_stride, conv }.with_time_stride(stride)
     }
 
     /// The same layer with a time-grow stride lowered to `stride` (keeping the latest
