@@ -1,10 +1,13 @@
-//! Multi-head attention pieces shared by the models: head splitting and scaled dot-product
-//! attention with f32 scores, chunked over queries so the score block stays bounded.
+//! Multi-head attention pieces shared by the models: head splitting, scaled dot-product
+//! attention with f32 scores (chunked over queries so the score block stays bounded) and the
+//! transformer's joint attention with per-group RMSNorm and rotary embeddings.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
+use crate::models::kernels::cpu;
 use crate::models::kernels::linear::{Linear, linear};
+use crate::models::ops;
 
 /// Largest attention score block (elements) computed at once; longer query sets are chunked.
 const MAX_SCORE_ELEMS: usize = 1 << 26;
@@ -73,6 +76,65 @@ pub(crate) fn attention_merged(
     }
     let (q, k, v) = (split_heads(q, heads)?, split_heads(k, heads)?, split_heads(v, heads)?);
     merge_heads(&attention(&q, &k, &v, bias)?)
+}
+
+/// Per-head RMSNorm in f32 (statistics and scale), returned as f32 `(B, H, L, Dh)`.
+fn norm_heads(x: &Tensor, heads: usize, weight: &Tensor, eps: f32) -> Result<Tensor> {
+    let (b, l, d) = x.dims3()?;
+    let x = x.reshape((b, l, heads, d / heads))?.to_dtype(DType::F32)?.contiguous()?;
+    ops::rms_norm(&x, weight, eps)?.transpose(1, 2)?.contiguous()
+}
+
+/// Rotary `(cos, sin)` tables covering `[image | context]`: the packed image tokens' tables
+/// followed by identity rows for the context tokens.
+pub(crate) type JointRope = (Tensor, Tensor);
+
+/// A projection `(B, n, H·Dh)` with the RMSNorm weight of its heads.
+pub(crate) type NormedPart<'a> = (Tensor, &'a Tensor);
+
+/// Joint attention over consecutive token groups (`[image | context]`): each group's queries and
+/// keys are RMS-normalized per head with the group's own weight, then rotated with the tables
+/// that cover all groups (`eps` is the RMSNorm epsilon). The queries may be a sub-range of the
+/// keys' tokens starting at token `q_row0`. Returns the merged heads `(B, Lq, H·Dh)` in the
+/// values' dtype. On the CPU in f32 the normalization, rotation and attention are fused.
+pub(crate) fn joint_attention(
+    (q, q_row0): (&[NormedPart<'_>], usize),
+    k: &[NormedPart<'_>],
+    v: &[Tensor],
+    (cos, sin): &JointRope,
+    (heads, eps): (usize, f32),
+    bias: Option<&Tensor>,
+) -> Result<Tensor> {
+    let fused = |parts: &[NormedPart<'_>], mut row0: usize| -> Result<Option<Tensor>> {
+        let mut out = Vec::with_capacity(parts.len());
+        for (x, w) in parts {
+            match cpu::norm_rope(x, w, cos, sin, row0, eps)? {
+                Some(t) => out.push(t),
+                None => return Ok(None),
+            }
+            row0 += x.dim(1)?;
+        }
+        Tensor::cat(&out, 1).map(Some)
+    };
+    if let (Some(q), Some(k)) = (fused(q, q_row0)?, fused(k, 0)?) {
+        return attention_merged(&q, &k, &Tensor::cat(v, 1)?, heads, bias);
+    }
+    let dtype = v[0].dtype();
+    let rotated = |parts: &[NormedPart<'_>], row0: usize| -> Result<Tensor> {
+        let normed = parts.iter().map(|(x, w)| norm_heads(x, heads, w, eps)).collect::<Result<Vec<_>>>()?;
+        let x = Tensor::cat(&normed, 2)?;
+        let (rows, n) = (cos.rank() - 2, x.dim(2)?);
+        let (c, s) = (cos.narrow(rows, row0, n)?.contiguous()?, sin.narrow(rows, row0, n)?.contiguous()?);
+        ops::rope_i(&x, &c, &s)?.to_dtype(dtype)
+    };
+    let (q, k) = (rotated(q, q_row0)?, rotated(k, 0)?);
+    let v = Tensor::cat(v, 1)?;
+    let (b, l, d) = v.dims3()?;
+    let v = v.reshape((b, l, heads, d / heads))?.transpose(1, 2)?;
+    if let Some(o) = cpu::attention(&q, &k, &v, bias)? {
+        return Ok(o);
+    }
+    merge_heads(&attention(&q, &k, &v.contiguous()?, bias)?)
 }
 
 /// Multi-head self-attention with `q_proj`/`k_proj`/`v_proj`/`out_proj` (CLIP and SigLIP

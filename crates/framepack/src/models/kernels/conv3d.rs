@@ -1,6 +1,14 @@
-//! CPU f32 fast paths: the stride-1 causal Conv3d without im2col and GroupNorm fused with
-//! SiLU. Each returns `None` when it does not apply (other device
-//! or dtype), and the caller then uses the generic candle ops.
+//! The VAE's causal Conv3d in three forms, and GroupNorm fused with SiLU.
+//!
+//! - [`shifted_gemm`]: stride 1 on the CPU in f32, without im2col (described below); `None`
+//!   when it does not apply.
+//! - [`unfolded`]: CPU f32 under autograd: im2col of all `k³` taps and one matmul, whose
+//!   backward is a GEMM or a copy where conv2d's backward (a transposed convolution) is slow on
+//!   the CPU.
+//! - [`stacked_conv2d`]: everywhere else (other devices and dtypes, the strided downsamplers):
+//!   one conv2d per chunk of output frames over the `k` time taps stacked into the channel axis
+//!   (weights `(O, C, k, k, k)` reshape to `(O, C·k, k, k)` for free).
+//!
 //!
 //! Convolution: for one input channel, a replicate-padded frame `(H', W')` is a flat array and
 //! output pixel `(y, x)` reads its taps at flat offsets `y·W' + x + (a·W' + b)`. So each of the
@@ -13,8 +21,95 @@
 
 use candle_core::{Result, Storage, Tensor};
 
+use super::unfold;
+
 use crate::models::kernels::cpu::{cpu_f32, with_f32};
 use rayon::prelude::*;
+
+/// Upper bound (bytes) of the stacked conv input built per chunk of frames; bounds the memory of
+/// a causal convolution independently of the frame count.
+const CONV_CHUNK_BYTES: usize = 256 << 20;
+
+/// Causal Conv3d through candle's conv2d: `x` `(B, C, T, H, W)`, `weight` `(O, C, k, k, k)`,
+/// replicate padding of `k − 1` frames in front and `k / 2` pixels around, strides
+/// `(time, space)`.
+pub(crate) fn stacked_conv2d(
+    x: &Tensor,
+    (weight, bias): (&Tensor, &Tensor),
+    k: usize,
+    (stride_t, stride_hw): (usize, usize),
+) -> Result<Tensor> {
+    let (b, c, t, h, w) = x.dims5()?;
+    let o = weight.dim(0)?;
+    let p = k / 2;
+    // (B, T, C, H, W): frames next to the batch so every frame is one conv2d image.
+    let mut xt = x.permute((0, 2, 1, 3, 4))?;
+    if k > 1 {
+        xt = xt.pad_with_same(1, k - 1, 0)?.pad_with_same(3, p, p)?.pad_with_same(4, p, p)?;
+    }
+    let xt = xt.contiguous()?;
+    let (tp, hp, wp) = (t + k - 1, h + 2 * p, w + 2 * p);
+    if tp < k || hp < k || wp < k {
+        candle_core::bail!("causal conv input too small: {t}x{h}x{w} frames x pixels");
+    }
+    let t_out = (tp - k) / stride_t + 1;
+    let weight = weight.reshape((o, c * k, k, k))?;
+    let bias = bias.reshape((1, o, 1, 1))?;
+
+    let frame_bytes = c * k * hp * wp * x.dtype().size_in_bytes() * 2;
+    let chunk = (CONV_CHUNK_BYTES / frame_bytes.max(1)).clamp(1, t_out);
+    // Input frames `(t0 + i)·stride + j` for `i < n`, as `(B, n, C, H, W)`.
+    let tap = |t0: usize, n: usize, j: usize| -> Result<Tensor> {
+        if stride_t == 1 {
+            xt.narrow(1, t0 + j, n)
+        } else {
+            let ids: Vec<u32> = (0..n).map(|i| ((t0 + i) * stride_t + j) as u32).collect();
+            xt.index_select(&Tensor::new(ids.as_slice(), xt.device())?, 1)
+        }
+    };
+    let mut outs = Vec::with_capacity(t_out.div_ceil(chunk));
+    let mut t0 = 0;
+    while t0 < t_out {
+        let n = chunk.min(t_out - t0);
+        let taps = (0..k).map(|j| tap(t0, n, j)).collect::<Result<Vec<_>>>()?;
+        let stacked = if k == 1 { taps[0].clone() } else { Tensor::stack(&taps, 3)? };
+        let stacked = stacked.reshape((b * n, c * k, hp, wp))?;
+        let y = stacked.conv2d(&weight, 0, stride_hw, 1, 1)?.broadcast_add(&bias)?;
+        let (_, o, ho, wo) = y.dims4()?;
+        outs.push(y.reshape((b, n, o, ho, wo))?);
+        t0 += n;
+    }
+    let y = if outs.len() == 1 { outs.pop().unwrap_or_else(|| unreachable!()) } else { Tensor::cat(&outs, 1)? };
+    y.permute((0, 2, 1, 3, 4))?.contiguous()
+}
+
+/// Causal Conv3d as channels-last im2col and one matmul (the training path); arguments as
+/// [`stacked_conv2d`].
+pub(crate) fn unfolded(
+    x: &Tensor,
+    (weight, bias): (&Tensor, &Tensor),
+    k: usize,
+    stride: (usize, usize),
+) -> Result<Tensor> {
+    let (b, c, t, h, w) = x.dims5()?;
+    let o = weight.dim(0)?;
+    let p = k / 2;
+    let mut xl = x.permute((0, 2, 3, 4, 1))?;
+    if k > 1 {
+        xl = xl.pad_with_same(1, k - 1, 0)?.pad_with_same(2, p, p)?.pad_with_same(3, p, p)?;
+    }
+    let xl = xl.contiguous()?;
+    let (tp, hp, wp) = (t + k - 1, h + 2 * p, w + 2 * p);
+    if tp < k || hp < k || wp < k {
+        candle_core::bail!("causal conv input too small: {t}x{h}x{w} frames x pixels");
+    }
+    let (to, ho, wo) = unfold::unfold_extent((tp, hp, wp), k, stride)?;
+    // Rows hold taps in (t, y, x) order with channels innermost.
+    let weight = weight.permute((0, 2, 3, 4, 1))?.reshape((o, k * k * k * c))?;
+    let cols = unfold::unfold(&xl, k, stride)?;
+    let y = cols.matmul(&weight.t()?)?.broadcast_add(bias)?;
+    y.reshape((b, to, ho, wo, o))?.permute((0, 4, 1, 2, 3))?.contiguous()
+}
 
 /// Replicate-pads frame `f` of `src` `(C, T, H, W)` by `p` pixels into `dst` `(C, H + 2p, W + 2p)`.
 fn pad_frame(src: &[f32], dst: &mut [f32], (c, t, h, w): (usize, usize, usize, usize), f: usize, p: usize) {
@@ -34,7 +129,7 @@ fn pad_frame(src: &[f32], dst: &mut [f32], (c, t, h, w): (usize, usize, usize, u
 /// Stride-1 causal Conv3d of `x` `(B, C, T, H, W)` with `weight` `(O, C, k, k, k)` and `bias`
 /// `(O)`: replicate padding of `k − 1` frames in front and `k / 2` pixels around, output
 /// `(B, O, T, H, W)`. `None` when not on the CPU in f32.
-pub(crate) fn causal_conv3d(x: &Tensor, weight: &Tensor, bias: &Tensor, k: usize) -> Result<Option<Tensor>> {
+pub(crate) fn shifted_gemm(x: &Tensor, weight: &Tensor, bias: &Tensor, k: usize) -> Result<Option<Tensor>> {
     if !cpu_f32(x) || !cpu_f32(weight) || !cpu_f32(bias) {
         return Ok(None);
     }

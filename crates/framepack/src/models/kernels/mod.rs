@@ -2,11 +2,13 @@
 //! f32, outside autograd) and candle's ops everywhere else (other devices and dtypes, tensors
 //! that track gradients), inside the one call; the layers call it without caring which ran.
 //!
-//! - [`attention`]: attention shared by the text and vision encoders (f32 scores, chunked).
+//! - [`attention`]: attention shared by the text and vision encoders (f32 scores, chunked) and
+//!   the transformer's joint attention with RMSNorm and RoPE.
 //! - [`cpu`]: transformer kernels: attention without score tensors, RMSNorm + RoPE, LayerNorm +
 //!   modulation, gated residuals, the tanh GELU.
 //! - [`linear`]: a Linear that is one GEMM onto bias rows.
-//! - [`conv3d`]: the VAE's stride-1 causal Conv3d as shifted GEMMs, GroupNorm fused with SiLU.
+//! - [`conv3d`]: the VAE's causal Conv3d (shifted GEMMs, im2col for training, conv2d over
+//!   stacked taps), GroupNorm fused with SiLU; [`unfold`] is its differentiable im2col.
 //! - [`conv3x3`]: TAEHV's 3×3 convolution with the memory input, residual and ReLU fused.
 //!
 //! `FRAMEPACK_CPU_KERNELS_OFF` switches fast paths off by name for benchmark ablations.
@@ -16,6 +18,7 @@ pub(crate) mod conv3d;
 pub(crate) mod conv3x3;
 pub(crate) mod cpu;
 pub(crate) mod linear;
+pub(crate) mod unfold;
 
 use candle_core::{Result, Tensor};
 
@@ -45,6 +48,28 @@ pub(crate) fn ln_modulate(
         Some(y) => Ok(y),
         None => modulate(&crate::models::ops::layer_norm(x, ones, zeros, eps)?, shift, scale),
     }
+}
+
+/// Causal Conv3d of `x` `(B, C, T, H, W)` with `weight` `(O, C, k, k, k)` and `bias` `(O)`:
+/// replicate padding of `k − 1` frames in front and `k / 2` pixels around, strides
+/// `(time, space)`. Shifted GEMMs for stride 1 on the CPU in f32, im2col under autograd on the
+/// CPU, candle's conv2d elsewhere.
+pub(crate) fn causal_conv3d(
+    x: &Tensor,
+    (weight, bias): (&Tensor, &Tensor),
+    k: usize,
+    stride: (usize, usize),
+) -> Result<Tensor> {
+    let cpu_f32 = x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
+    if cpu_f32 && (x.track_op() || weight.track_op()) {
+        return conv3d::unfolded(x, (weight, bias), k, stride);
+    }
+    if stride == (1, 1)
+        && let Some(y) = conv3d::shifted_gemm(x, weight, bias, k)?
+    {
+        return Ok(y);
+    }
+    conv3d::stacked_conv2d(x, (weight, bias), k, stride)
 }
 
 /// `norm(x)`, followed by SiLU when `silu`: GroupNorm over `(B, C, …)` fused with SiLU on the CPU,

@@ -4,7 +4,7 @@
 use candle_core::{D, DType, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
-use crate::models::kernels::attention::{attention, attention_merged, merge_heads};
+use crate::models::kernels::attention::{JointRope, attention_merged, joint_attention};
 use crate::models::kernels::linear::{Linear, linear};
 use crate::models::kernels::{self, cpu};
 use crate::models::ops;
@@ -208,64 +208,6 @@ fn modulation(lin: &Linear, temb: &Tensor, n: usize) -> Result<Vec<Tensor>> {
     lin.forward(&temb.silu()?)?.unsqueeze(1)?.chunk(n, D::Minus1)
 }
 
-/// Per-head RMSNorm in f32 (statistics and scale), returned as f32 `(B, H, L, Dh)`.
-fn norm_heads(x: &Tensor, heads: usize, weight: &Tensor) -> Result<Tensor> {
-    let (b, l, d) = x.dims3()?;
-    let x = x.reshape((b, l, heads, d / heads))?.to_dtype(DType::F32)?.contiguous()?;
-    ops::rms_norm(&x, weight, NORM_EPS)?.transpose(1, 2)?.contiguous()
-}
-
-/// Rotary `(cos, sin)` tables covering `[image | context]`: the packed image tokens' tables
-/// followed by identity rows for the context tokens.
-pub(crate) type JointRope = (Tensor, Tensor);
-
-/// A projection `(B, n, H·Dh)` with the RMSNorm weight of its heads.
-type NormedPart<'a> = (Tensor, &'a Tensor);
-
-/// Joint attention over consecutive token groups (`[image | context]`): each group's queries and
-/// keys are RMS-normalized per head with the group's own weight, then rotated with the tables
-/// that cover all groups. The queries may be a sub-range of the keys' tokens starting at token
-/// `q_row0`. Returns the merged heads `(B, Lq, H·Dh)` in the values' dtype.
-fn joint_attention(
-    (q, q_row0): (&[NormedPart<'_>], usize),
-    k: &[NormedPart<'_>],
-    v: &[Tensor],
-    (cos, sin): &JointRope,
-    heads: usize,
-    bias: Option<&Tensor>,
-) -> Result<Tensor> {
-    let fused = |parts: &[NormedPart<'_>], mut row0: usize| -> Result<Option<Tensor>> {
-        let mut out = Vec::with_capacity(parts.len());
-        for (x, w) in parts {
-            match cpu::norm_rope(x, w, cos, sin, row0, NORM_EPS)? {
-                Some(t) => out.push(t),
-                None => return Ok(None),
-            }
-            row0 += x.dim(1)?;
-        }
-        Tensor::cat(&out, 1).map(Some)
-    };
-    if let (Some(q), Some(k)) = (fused(q, q_row0)?, fused(k, 0)?) {
-        return attention_merged(&q, &k, &Tensor::cat(v, 1)?, heads, bias);
-    }
-    let dtype = v[0].dtype();
-    let rotated = |parts: &[NormedPart<'_>], row0: usize| -> Result<Tensor> {
-        let normed = parts.iter().map(|(x, w)| norm_heads(x, heads, w)).collect::<Result<Vec<_>>>()?;
-        let x = Tensor::cat(&normed, 2)?;
-        let (rows, n) = (cos.rank() - 2, x.dim(2)?);
-        let (c, s) = (cos.narrow(rows, row0, n)?.contiguous()?, sin.narrow(rows, row0, n)?.contiguous()?);
-        ops::rope_i(&x, &c, &s)?.to_dtype(dtype)
-    };
-    let (q, k) = (rotated(q, q_row0)?, rotated(k, 0)?);
-    let v = Tensor::cat(v, 1)?;
-    let (b, l, d) = v.dims3()?;
-    let v = v.reshape((b, l, heads, d / heads))?.transpose(1, 2)?;
-    if let Some(o) = cpu::attention(&q, &k, &v, bias)? {
-        return Ok(o);
-    }
-    merge_heads(&attention(&q, &k, &v.contiguous()?, bias)?)
-}
-
 /// One block of the text token refiner (`context_embedder.token_refiner.refiner_blocks.N`).
 #[derive(Debug, Clone)]
 pub(crate) struct RefinerBlock {
@@ -386,7 +328,7 @@ impl DualBlock {
             &[(self.to_k.forward(&xn)?, &self.norm_k), (self.add_k_proj.forward(&cn)?, &self.norm_added_k)],
             &[self.to_v.forward(&xn)?, self.add_v_proj.forward(&cn)?],
             rope_tables,
-            self.heads,
+            (self.heads, NORM_EPS),
             bias,
         )?;
         let o_img = self.to_out.forward(&o.narrow(1, 0, n_img)?)?;
@@ -482,7 +424,7 @@ impl SingleBlock {
             &[(self.to_k.forward(&zn)?, &self.norm_k)],
             &[self.to_v.forward(&zn)?],
             rope_tables,
-            self.heads,
+            (self.heads, NORM_EPS),
             bias,
         )?;
         let out = self.proj_out.forward(&Tensor::cat(&[o, mlp], 2)?)?;

@@ -11,10 +11,6 @@ use crate::models::kernels;
 
 const GROUP_NORM_EPS: f64 = 1e-6;
 
-/// Upper bound (bytes) of the stacked conv input built per chunk of frames; bounds the memory of
-/// a causal convolution independently of the frame count.
-const CONV_CHUNK_BYTES: usize = 256 << 20;
-
 /// Upper bound (elements) of one attention score block.
 const ATTN_CHUNK_ELEMS: usize = 1 << 25;
 
@@ -30,16 +26,13 @@ fn record(trace: &mut Trace<'_>, name: &str, t: &Tensor) {
 /// Conv3d with a cubic kernel `k`, replicate padding of `k − 1` frames in front and `k / 2`
 /// pixels on each side of H and W, and no padding inside the convolution itself.
 ///
-/// Stride 1 on the CPU in f32 runs the shifted-GEMM kernel of `cpu.rs`; everything else (other
-/// devices and dtypes, the strided downsamplers) runs one conv2d per chunk of output frames over
-/// the `k` time taps stacked into the channel axis (weights `(O, C, k, k, k)` reshape to
-/// `(O, C·k, k, k)` for free).
+/// [`kernels::causal_conv3d`] picks the implementation (shifted GEMMs, im2col for training, or
+/// candle's conv2d over stacked time taps).
 #[derive(Debug, Clone)]
 pub(crate) struct CausalConv3d {
     weight: Tensor,
     bias: Tensor,
     in_channels: usize,
-    out_channels: usize,
     kernel: usize,
     stride_t: usize,
     stride_hw: usize,
@@ -56,7 +49,7 @@ impl CausalConv3d {
     ) -> Result<Self> {
         let weight = vb.get((out_channels, in_channels, kernel, kernel, kernel), "weight")?;
         let bias = vb.get(out_channels, "bias")?;
-        Ok(Self { weight, bias, in_channels, out_channels, kernel, stride_t: stride.0, stride_hw: stride.1 })
+        Ok(Self { weight, bias, in_channels, kernel, stride_t: stride.0, stride_hw: stride.1 })
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -64,91 +57,7 @@ impl CausalConv3d {
         if c != self.in_channels {
             candle_core::bail!("causal conv expects {} channels, got {c}", self.in_channels);
         }
-        let k = self.kernel;
-        let cpu_f32 = x.device().is_cpu() && x.dtype() == candle_core::DType::F32;
-        if cpu_f32 && (x.track_op() || self.weight.track_op()) {
-            return self.forward_unfolded(x);
-        }
-        if self.stride_t == 1
-            && self.stride_hw == 1
-            && let Some(y) = crate::models::kernels::conv3d::causal_conv3d(x, &self.weight, &self.bias, k)?
-        {
-            return Ok(y);
-        }
-        self.forward_conv2d(x)
-    }
-
-    /// The generic path: one conv2d per chunk of output frames over the stacked time taps.
-    pub(crate) fn forward_conv2d(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, t, h, w) = x.dims5()?;
-        let k = self.kernel;
-        let p = k / 2;
-        // (B, T, C, H, W): frames next to the batch so every frame is one conv2d image.
-        let mut xt = x.permute((0, 2, 1, 3, 4))?;
-        if k > 1 {
-            xt = xt.pad_with_same(1, k - 1, 0)?.pad_with_same(3, p, p)?.pad_with_same(4, p, p)?;
-        }
-        let xt = xt.contiguous()?;
-        let (tp, hp, wp) = (t + k - 1, h + 2 * p, w + 2 * p);
-        if tp < k || hp < k || wp < k {
-            candle_core::bail!("causal conv input too small: {t}x{h}x{w} frames x pixels");
-        }
-        let t_out = (tp - k) / self.stride_t + 1;
-        let weight = self.weight.reshape((self.out_channels, self.in_channels * k, k, k))?;
-        let bias = self.bias.reshape((1, self.out_channels, 1, 1))?;
-
-        let frame_bytes = c * k * hp * wp * x.dtype().size_in_bytes() * 2;
-        let chunk = (CONV_CHUNK_BYTES / frame_bytes.max(1)).clamp(1, t_out);
-        let mut outs = Vec::with_capacity(t_out.div_ceil(chunk));
-        let mut t0 = 0;
-        while t0 < t_out {
-            let n = chunk.min(t_out - t0);
-            let taps = (0..k).map(|j| self.tap(&xt, t0, n, j)).collect::<Result<Vec<_>>>()?;
-            let stacked = if k == 1 { taps[0].clone() } else { Tensor::stack(&taps, 3)? };
-            let stacked = stacked.reshape((b * n, c * k, hp, wp))?;
-            let y = stacked.conv2d(&weight, 0, self.stride_hw, 1, 1)?.broadcast_add(&bias)?;
-            let (_, o, ho, wo) = y.dims4()?;
-            outs.push(y.reshape((b, n, o, ho, wo))?);
-            t0 += n;
-        }
-        let y = if outs.len() == 1 { outs.pop().unwrap_or_else(|| unreachable!()) } else { Tensor::cat(&outs, 1)? };
-        y.permute((0, 2, 1, 3, 4))?.contiguous()
-    }
-
-    /// The CPU f32 training path: channels-last im2col of all `k³` taps and one matmul. Every op
-    /// has a backward that is a GEMM or a copy, where conv2d's backward (a transposed
-    /// convolution) is slow on the CPU.
-    pub(crate) fn forward_unfolded(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, c, t, h, w) = x.dims5()?;
-        let k = self.kernel;
-        let p = k / 2;
-        let mut xl = x.permute((0, 2, 3, 4, 1))?;
-        if k > 1 {
-            xl = xl.pad_with_same(1, k - 1, 0)?.pad_with_same(2, p, p)?.pad_with_same(3, p, p)?;
-        }
-        let xl = xl.contiguous()?;
-        let (tp, hp, wp) = (t + k - 1, h + 2 * p, w + 2 * p);
-        if tp < k || hp < k || wp < k {
-            candle_core::bail!("causal conv input too small: {t}x{h}x{w} frames x pixels");
-        }
-        let stride = (self.stride_t, self.stride_hw);
-        let (to, ho, wo) = super::unfold::unfold_extent((tp, hp, wp), k, stride)?;
-        // Rows hold taps in (t, y, x) order with channels innermost.
-        let weight = self.weight.permute((0, 2, 3, 4, 1))?.reshape((self.out_channels, k * k * k * c))?;
-        let cols = super::unfold::unfold(&xl, k, stride)?;
-        let y = cols.matmul(&weight.t()?)?.broadcast_add(&self.bias)?;
-        y.reshape((b, to, ho, wo, self.out_channels))?.permute((0, 4, 1, 2, 3))?.contiguous()
-    }
-
-    /// Input frames `(t0 + i)·stride + j` for `i < n`, as `(B, n, C, H, W)`.
-    fn tap(&self, xt: &Tensor, t0: usize, n: usize, j: usize) -> Result<Tensor> {
-        if self.stride_t == 1 {
-            xt.narrow(1, t0 + j, n)
-        } else {
-            let ids: Vec<u32> = (0..n).map(|i| ((t0 + i) * self.stride_t + j) as u32).collect();
-            let ids = Tensor::new(ids.as_slice(), xt.device())?;
-            xt.index_select(&ids, 1)
-        }
+        kernels::causal_conv3d(x, (&self.weight, &self.bias), self.kernel, (self.stride_t, self.stride_hw))
     }
 }
 
@@ -551,11 +460,10 @@ mod tests {
         {
             let weight = Tensor::randn(0f32, 0.3, (o, c, k, k, k), &dev)?;
             let bias = Tensor::randn(0f32, 0.1, o, &dev)?;
-            let conv =
-                CausalConv3d { weight, bias, in_channels: c, out_channels: o, kernel: k, stride_t: 1, stride_hw: 1 };
+            let conv = CausalConv3d { weight, bias, in_channels: c, kernel: k, stride_t: 1, stride_hw: 1 };
             let x = Tensor::randn(0f32, 1.0, (b, c, t, h, w), &dev)?;
             let fast = conv.forward(&x)?;
-            let generic = conv.forward_conv2d(&x)?;
+            let generic = kernels::conv3d::stacked_conv2d(&x, (&conv.weight, &conv.bias), k, (1, 1))?;
             assert_eq!(fast.dims(), &[b, o, t, h, w]);
             let d = (fast - generic)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
             assert!(d < 1e-5, "k={k}: max diff {d}");
@@ -575,7 +483,6 @@ mod tests {
                 weight: weight.as_tensor().clone(),
                 bias: bias.as_tensor().clone(),
                 in_channels: c,
-                out_channels: o,
                 kernel: k,
                 stride_t: st,
                 stride_hw: shw,
@@ -583,15 +490,15 @@ mod tests {
             let x = candle_core::Var::randn(0f32, 1.0, (2, c, t, h, w), &dev)?;
             // Reference: the stride-1 conv2d path, subsampled (candle's strided conv2d backward
             // rejects odd sizes).
-            let dense = CausalConv3d { stride_t: 1, stride_hw: 1, ..conv.clone() };
             let every = |x: Tensor, dim: usize, s: usize| -> Result<Tensor> {
                 let ids: Vec<u32> = (0..x.dim(dim)?.div_ceil(s)).map(|i| (i * s) as u32).collect();
                 x.contiguous()?.index_select(&Tensor::new(ids.as_slice(), &dev)?, dim)
             };
-            let generic = dense.forward_conv2d(x.as_tensor())?;
+            let wb = (&conv.weight, &conv.bias);
+            let generic = kernels::conv3d::stacked_conv2d(x.as_tensor(), wb, k, (1, 1))?;
             let generic = every(every(every(generic, 2, st)?, 3, shw)?, 4, shw)?;
-            let unfolded = conv.forward_unfolded(x.as_tensor())?;
-            assert_eq!(unfolded.dims(), conv.forward_conv2d(x.as_tensor())?.dims());
+            let unfolded = kernels::conv3d::unfolded(x.as_tensor(), wb, k, (st, shw))?;
+            assert_eq!(unfolded.dims(), kernels::conv3d::stacked_conv2d(x.as_tensor(), wb, k, (st, shw))?.dims());
             let probe = Tensor::randn(0f32, 1.0, unfolded.dims(), &dev)?;
             assert!(max_diff(&unfolded, &generic)? < 1e-5, "k={k} stride=({st},{shw})");
             let ga = (unfolded * &probe)?.sum_all()?.backward()?;

@@ -24,7 +24,6 @@
 mod blocks;
 pub mod section;
 mod tiling;
-mod unfold;
 
 use std::path::Path;
 
