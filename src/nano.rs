@@ -1,13 +1,14 @@
 //! The embedded nano model: the trained f16 bundle from `assets/nano` (see its `MODEL_CARD.md`),
-//! compiled into the plugin so it runs with no download.
-
-use std::path::Path;
+//! compiled into the plugin so it runs with no download, and loaded from memory.
 
 macro_rules! embed {
     ($($path:literal),* $(,)?) => {
         &[$(($path, include_bytes!(concat!("../assets/nano/", $path)))),*]
     };
 }
+
+/// The root its files are named under in errors.
+pub(crate) const ROOT: &str = "<embedded nano model>";
 
 /// Every file of the bundle, by path relative to its root.
 pub(crate) const FILES: &[(&str, &[u8])] = embed!(
@@ -27,18 +28,6 @@ pub(crate) const FILES: &[(&str, &[u8])] = embed!(
     "image_encoder/model.safetensors",
     "feature_extractor/preprocessor_config.json",
 );
-
-/// Writes the bundle under `root`.
-pub(crate) fn write_bundle(root: &Path) -> std::io::Result<()> {
-    for (rel, bytes) in FILES {
-        let path = root.join(rel);
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(path, bytes)?;
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

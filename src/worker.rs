@@ -15,7 +15,6 @@
 use std::collections::HashSet;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -167,28 +166,10 @@ pub(crate) enum JobEnd {
     GameGone,
 }
 
-/// Removes the nano model's temporary directory when the worker ends.
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn load_pipeline(settings: &FramePackSettings, nano: &mut Option<TempDir>) -> Result<Pipeline, GenerationError> {
+fn load_pipeline(settings: &FramePackSettings) -> Result<Pipeline, GenerationError> {
     let paths = match &settings.model {
         ModelSource::Directory(dir) => BundlePaths::from_dir(dir),
-        ModelSource::Nano => {
-            static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let dir = std::env::temp_dir().join(format!("bevy_framepack_nano_{}_{n}", std::process::id()));
-            let guard = TempDir(dir.clone());
-            crate::nano::write_bundle(&dir).map_err(|e| {
-                GenerationError::ModelLoad(format!("cannot write the nano model to {}: {e}", dir.display()))
-            })?;
-            *nano = Some(guard);
-            BundlePaths::from_dir(&dir)
-        }
+        ModelSource::Nano => BundlePaths::from_memory(crate::nano::ROOT, crate::nano::FILES),
     };
     let device = settings.device.open().map_err(|e| GenerationError::ModelLoad(e.to_string()))?;
     Pipeline::load_with(&paths, &device, settings.dtype(), settings.residency())
@@ -212,7 +193,6 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 
 fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, shared: Arc<Mutex<Shared>>) {
     let mut pipeline: Option<Pipeline> = None;
-    let mut nano: Option<TempDir> = None;
     while let Ok(cmd) = rx.recv() {
         let (id, request, plan) = match cmd {
             Command::Shutdown => break,
@@ -233,8 +213,7 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
             }
             s.current = Some((id, token.clone()));
         }
-        let (end, panicked) =
-            guarded(|| run_job(&settings, &mut pipeline, &mut nano, id, (&request, &plan), &token, &out));
+        let (end, panicked) = guarded(|| run_job(&settings, &mut pipeline, id, (&request, &plan), &token, &out));
         {
             let mut s = lock(&shared);
             s.current = None;
@@ -252,7 +231,6 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
         }
     }
     drop(pipeline);
-    drop(nano);
 }
 
 fn rgba(rgb: &[u8]) -> Arc<[u8]> {
@@ -262,7 +240,6 @@ fn rgba(rgb: &[u8]) -> Arc<[u8]> {
 fn run_job(
     settings: &FramePackSettings,
     pipeline: &mut Option<Pipeline>,
-    nano: &mut Option<TempDir>,
     id: JobId,
     (request, plan): (&Request, &RequestPlan),
     token: &CancelToken,
@@ -276,7 +253,7 @@ fn run_job(
         }
     };
     if pipeline.is_none() {
-        match load_pipeline(settings, nano) {
+        match load_pipeline(settings) {
             Ok(p) => *pipeline = Some(p),
             Err(e) => return JobEnd::Failed(e),
         }

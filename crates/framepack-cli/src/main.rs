@@ -153,8 +153,8 @@ fn info(weights: PathBuf) -> framepack_cli::error::Result<()> {
         Ok(())
     } else {
         report.require(&framepack::bundle::BundlePart::ALL).map_err(|e| match e {
-            framepack::Error::Invalid { reason, .. } => {
-                CliError::argument("weights", format!("{problems} component(s) missing or mismatched; first: {reason}"))
+            framepack::Error::Bundle(first) => {
+                CliError::argument("weights", format!("{problems} component(s) missing or mismatched; first: {first}"))
             }
             e => e.into(),
         })

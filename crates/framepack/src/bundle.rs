@@ -27,7 +27,8 @@ use std::str::FromStr;
 use candle_core::{DType, Device};
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, Result};
+use crate::error::{BundleError, Error, Result};
+use crate::files::FileStore;
 use crate::generator::{Generator, Models};
 use crate::models::taehv::{self, Taehv};
 use crate::models::text::clip::{ClipTextConfig, ClipTextModel};
@@ -35,7 +36,7 @@ use crate::models::text::llama::{Llama, LlamaConfig};
 use crate::models::transformer::{self, Residency, Transformer};
 use crate::models::vae::{self, AutoencoderKLHunyuanVideo};
 use crate::models::vision::{SiglipVisionConfig, SiglipVisionModel};
-use crate::weights::{self, WeightFiles};
+use crate::weights;
 
 /// Where a job runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -194,6 +195,8 @@ pub struct BundlePaths {
     /// Optional tiny decoder (TAEHV): a folder (see [`load_taehv`]) or a safetensors file;
     /// nothing is loaded when it does not exist.
     pub vae_tiny: PathBuf,
+    /// Where the paths are read from: the file system, or memory ([`Self::from_memory`]).
+    pub store: FileStore,
 }
 
 /// The state of one component.
@@ -248,18 +251,8 @@ impl BundleReport {
     /// Fails with the first problem among `needed`, in one line.
     pub fn require(&self, needed: &[BundlePart]) -> Result<()> {
         for c in needed {
-            let r = self.get(*c);
-            match &r.status {
-                Status::Present { .. } => {}
-                Status::Missing { what } => {
-                    return Err(Error::invalid("model bundle", format!("{} ({}) is missing: {what}", c, c.describe())));
-                }
-                Status::Mismatched { reason } => {
-                    return Err(Error::invalid(
-                        "model bundle",
-                        format!("{} ({}) does not fit: {reason}", c, c.describe()),
-                    ));
-                }
+            if let Some(e) = self.get(*c).status.error(*c) {
+                return Err(e.into());
             }
         }
         Ok(())
@@ -283,6 +276,17 @@ impl fmt::Display for BundleReport {
     }
 }
 
+impl Status {
+    /// The error this state means for part `c`; `None` when present.
+    pub fn error(&self, c: BundlePart) -> Option<BundleError> {
+        match self {
+            Status::Present { .. } => None,
+            Status::Missing { what } => Some(BundleError::Missing { part: c, what: what.clone() }),
+            Status::Mismatched { reason } => Some(BundleError::Mismatched { part: c, reason: reason.clone() }),
+        }
+    }
+}
+
 fn missing(what: impl Into<String>) -> Status {
     Status::Missing { what: what.into() }
 }
@@ -292,8 +296,8 @@ fn mismatched(reason: impl Into<String>) -> Status {
 }
 
 /// Reads and parses a JSON config file.
-pub fn read_json<T: DeserializeOwned>(path: &Path) -> std::result::Result<T, Status> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+pub(crate) fn read_json<T: DeserializeOwned>(store: &FileStore, path: &Path) -> std::result::Result<T, Status> {
+    let text = store.read_to_string(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             missing(format!("{} not found", path.display()))
         } else {
@@ -305,36 +309,36 @@ pub fn read_json<T: DeserializeOwned>(path: &Path) -> std::result::Result<T, Sta
 
 /// The safetensors files of a model folder: the shards an index names
 /// (`<stem>.safetensors.index.json`), else `<stem>.safetensors`.
-pub fn weight_files(dir: &Path, stem: &str) -> std::result::Result<Vec<PathBuf>, Status> {
-    if !dir.is_dir() {
+pub(crate) fn weight_files(store: &FileStore, dir: &Path, stem: &str) -> std::result::Result<Vec<PathBuf>, Status> {
+    if !store.is_dir(dir) {
         return Err(missing(format!("folder {} not found", dir.display())));
     }
     let index = dir.join(format!("{stem}.safetensors.index.json"));
-    if index.is_file() {
+    if store.is_file(&index) {
         #[derive(serde::Deserialize)]
         struct Index {
             weight_map: std::collections::BTreeMap<String, String>,
         }
-        let idx: Index = read_json(&index)?;
+        let idx: Index = read_json(store, &index)?;
         let files: BTreeSet<&String> = idx.weight_map.values().collect();
         if files.is_empty() {
             return Err(mismatched(format!("{} lists no tensors", index.display())));
         }
         let paths: Vec<PathBuf> = files.into_iter().map(|f| dir.join(f)).collect();
-        if let Some(p) = paths.iter().find(|p| !p.is_file()) {
+        if let Some(p) = paths.iter().find(|p| !store.is_file(p)) {
             return Err(missing(format!("shard {} (named by {}) not found", p.display(), index.display())));
         }
         return Ok(paths);
     }
     let single = dir.join(format!("{stem}.safetensors"));
-    if single.is_file() {
+    if store.is_file(&single) {
         return Ok(vec![single]);
     }
     Err(missing(format!("no {stem}.safetensors or {stem}.safetensors.index.json in {}", dir.display())))
 }
 
-fn file_size(paths: &[PathBuf]) -> u64 {
-    paths.iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+fn file_size(store: &FileStore, paths: &[PathBuf]) -> u64 {
+    paths.iter().filter_map(|p| store.file_len(p)).sum()
 }
 
 fn human_bytes(n: u64) -> String {
@@ -348,31 +352,33 @@ fn human_bytes(n: u64) -> String {
 
 /// Checks a model folder: config, weight files, and every tensor name and shape against the
 /// model the config describes (headers only).
-pub fn check_model<C: DeserializeOwned, M>(
+pub(crate) fn check_model<C: DeserializeOwned, M>(
+    store: &FileStore,
     dir: &Path,
     stem: &str,
     describe: impl FnOnce(&C) -> String,
     build: impl FnOnce(&C, candle_nn::VarBuilder<'_>) -> candle_core::Result<M>,
 ) -> Status {
-    let cfg: C = match read_json(&dir.join("config.json")) {
+    let cfg: C = match read_json(store, &dir.join("config.json")) {
         Ok(c) => c,
         Err(s) => return s,
     };
-    check_weights(dir, stem, &cfg, describe, build)
+    check_weights(store, dir, stem, &cfg, describe, build)
 }
 
 fn check_weights<C, M>(
+    store: &FileStore,
     dir: &Path,
     stem: &str,
     cfg: &C,
     describe: impl FnOnce(&C) -> String,
     build: impl FnOnce(&C, candle_nn::VarBuilder<'_>) -> candle_core::Result<M>,
 ) -> Status {
-    let files = match weight_files(dir, stem) {
+    let files = match weight_files(store, dir, stem) {
         Ok(f) => f,
         Err(s) => return s,
     };
-    let opened = match WeightFiles::open(&files) {
+    let opened = match store.weights(&files) {
         Ok(o) => o,
         Err(e) => return mismatched(e.to_string()),
     };
@@ -384,7 +390,7 @@ fn check_weights<C, M>(
             summary: format!(
                 "{n} tensors in {} file(s), {}; {}",
                 files.len(),
-                human_bytes(file_size(&files)),
+                human_bytes(file_size(store, &files)),
                 describe(cfg)
             ),
         },
@@ -393,7 +399,8 @@ fn check_weights<C, M>(
 }
 
 /// [`check_model`] with a config parser of the model's own (`from_json`).
-pub fn check_model_json<C, M>(
+pub(crate) fn check_model_json<C, M>(
+    store: &FileStore,
     dir: &Path,
     stem: &str,
     parse: impl FnOnce(&str) -> Result<C>,
@@ -401,7 +408,7 @@ pub fn check_model_json<C, M>(
     build: impl FnOnce(&C, candle_nn::VarBuilder<'_>) -> candle_core::Result<M>,
 ) -> Status {
     let path = dir.join("config.json");
-    let text = match std::fs::read_to_string(&path) {
+    let text = match store.read_to_string(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return missing(format!("{} not found", path.display())),
         Err(e) => return mismatched(format!("cannot read {}: {e}", path.display())),
@@ -410,13 +417,13 @@ pub fn check_model_json<C, M>(
         Ok(c) => c,
         Err(e) => return mismatched(format!("{}: invalid config: {e}", path.display())),
     };
-    check_weights(dir, stem, &cfg, describe, build)
+    check_weights(store, dir, stem, &cfg, describe, build)
 }
 
 /// SigLIP's input size in `preprocessor_config.json` (`size.height`, `size.shortest_edge`,
 /// a plain `size`, or `crop_size`), if it names one.
-pub fn siglip_input_size(path: &Path) -> std::result::Result<Option<usize>, Status> {
-    let v: serde_json::Value = read_json(path)?;
+pub(crate) fn siglip_input_size(store: &FileStore, path: &Path) -> std::result::Result<Option<usize>, Status> {
+    let v: serde_json::Value = read_json(store, path)?;
     let pick = |v: &serde_json::Value| -> Option<usize> {
         match v {
             serde_json::Value::Number(n) => n.as_u64().map(|n| n as usize),
@@ -429,9 +436,9 @@ pub fn siglip_input_size(path: &Path) -> std::result::Result<Option<usize>, Stat
     Ok(v.get("size").and_then(pick).or_else(|| v.get("crop_size").and_then(pick)))
 }
 
-fn check_file(path: &Path, what: &str) -> Status {
-    if path.is_file() {
-        Status::Present { summary: format!("{what} ({})", human_bytes(file_size(&[path.to_path_buf()]))) }
+fn check_file(store: &FileStore, path: &Path, what: &str) -> Status {
+    if store.is_file(path) {
+        Status::Present { summary: format!("{what} ({})", human_bytes(file_size(store, &[path.to_path_buf()]))) }
     } else {
         missing(format!("{} not found", path.display()))
     }
@@ -453,7 +460,19 @@ impl BundlePaths {
             image_encoder: root.join("image_encoder"),
             feature_extractor: root.join("feature_extractor"),
             vae_tiny: root.join("vae_tiny"),
+            store: FileStore::Disk,
         }
+    }
+
+    /// The released layout of a bundle held in memory: `files` are `(path relative to the
+    /// bundle root, bytes)`, e.g. compiled into the binary with `include_bytes!`. Errors name
+    /// the files as `root/<relative path>`; weights are read from the bytes in place.
+    pub fn from_memory(root: impl AsRef<Path>, files: &[(&str, &'static [u8])]) -> Self {
+        let root = root.as_ref();
+        let store = FileStore::memory(root, files);
+        let transformer =
+            if store.is_dir(&root.join("transformer")) { root.join("transformer") } else { root.to_path_buf() };
+        Self { transformer, store, ..Self::from_dir(root) }
     }
 
     /// The folder of a component.
@@ -472,12 +491,12 @@ impl BundlePaths {
 
     /// The transformer's config.
     pub fn transformer_config(&self) -> Result<transformer::Config> {
-        read_json(&self.transformer.join("config.json")).map_err(status_error(BundlePart::Transformer))
+        read_json(&self.store, &self.transformer.join("config.json")).map_err(status_error(BundlePart::Transformer))
     }
 
     /// The VAE's config.
     pub fn vae_config(&self) -> Result<vae::Config> {
-        read_json(&self.vae.join("config.json")).map_err(status_error(BundlePart::Vae))
+        read_json(&self.store, &self.vae.join("config.json")).map_err(status_error(BundlePart::Vae))
     }
 
     /// Checks every component (configs and safetensors headers only; nothing is loaded).
@@ -491,11 +510,13 @@ impl BundlePaths {
 
     fn inspect_one(&self, c: BundlePart) -> Status {
         let dir = self.dir(c);
-        if !dir.is_dir() {
+        let store = &self.store;
+        if !store.is_dir(dir) {
             return missing(format!("folder {} not found", dir.display()));
         }
         match c {
             BundlePart::Transformer => check_model(
+                store,
                 dir,
                 "diffusion_pytorch_model",
                 |cfg: &transformer::Config| {
@@ -518,6 +539,7 @@ impl BundlePaths {
                 },
             ),
             BundlePart::Vae => check_model(
+                store,
                 dir,
                 "diffusion_pytorch_model",
                 |cfg: &vae::Config| {
@@ -526,6 +548,7 @@ impl BundlePaths {
                 |cfg, vb| AutoencoderKLHunyuanVideo::new(vb, cfg),
             ),
             BundlePart::TextEncoder => check_model_json(
+                store,
                 dir,
                 "model",
                 LlamaConfig::from_json,
@@ -533,6 +556,7 @@ impl BundlePaths {
                 |cfg, vb| Llama::new(vb, cfg),
             ),
             BundlePart::TextEncoder2 => check_model_json(
+                store,
                 dir,
                 "model",
                 ClipTextConfig::from_json,
@@ -540,6 +564,7 @@ impl BundlePaths {
                 |cfg, vb| ClipTextModel::new(vb, cfg),
             ),
             BundlePart::ImageEncoder => check_model_json(
+                store,
                 dir,
                 "model",
                 SiglipVisionConfig::from_json,
@@ -556,8 +581,8 @@ impl BundlePaths {
             ),
             BundlePart::Tokenizer | BundlePart::Tokenizer2 => {
                 let path = dir.join("tokenizer.json");
-                match check_file(&path, "tokenizer.json") {
-                    Status::Present { summary } => match crate::models::text::load_tokenizer(&path) {
+                match check_file(store, &path, "tokenizer.json") {
+                    Status::Present { summary } => match crate::models::text::read_tokenizer(store, &path) {
                         Ok(t) => Status::Present { summary: format!("{summary}, {} tokens", t.get_vocab_size(true)) },
                         Err(e) => mismatched(e.to_string()),
                     },
@@ -566,8 +591,8 @@ impl BundlePaths {
             }
             BundlePart::FeatureExtractor => {
                 let path = dir.join("preprocessor_config.json");
-                match check_file(&path, "preprocessor_config.json") {
-                    Status::Present { summary } => match siglip_input_size(&path) {
+                match check_file(store, &path, "preprocessor_config.json") {
+                    Status::Present { summary } => match siglip_input_size(store, &path) {
                         Ok(Some(n)) => Status::Present { summary: format!("{summary}, {n}² input") },
                         Ok(None) => Status::Present { summary },
                         Err(s) => s,
@@ -602,36 +627,39 @@ impl BundlePaths {
     /// still check every tensor).
     pub(crate) fn load_inspected_models(&self, device: &Device, dtype: DType, residency: Residency) -> Result<Models> {
         let tcfg = self.transformer_config()?;
-        let tfiles = weight_files(&self.transformer, "diffusion_pytorch_model")
+        let tfiles = weight_files(&self.store, &self.transformer, "diffusion_pytorch_model")
             .map_err(status_error(BundlePart::Transformer))?;
-        let transformer = Transformer::load(&tfiles, &tcfg, dtype, device, residency)?;
+        let transformer = Transformer::load(self.store.weights(&tfiles)?, &tcfg, dtype, device, residency)?;
         let vcfg = self.vae_config()?;
-        let vfiles = weight_files(&self.vae, "diffusion_pytorch_model").map_err(status_error(BundlePart::Vae))?;
-        let vae = AutoencoderKLHunyuanVideo::load(&vfiles, &vcfg, dtype, device)?;
+        let vfiles =
+            weight_files(&self.store, &self.vae, "diffusion_pytorch_model").map_err(status_error(BundlePart::Vae))?;
+        let vae = AutoencoderKLHunyuanVideo::load(self.store.weights(&vfiles)?, &vcfg, dtype, device)?;
         let tiny_decoder = self.load_tiny_decoder(device, dtype)?;
         Ok(Models { transformer, vae, vae_dtype: dtype, tiny_decoder })
     }
 
     /// The tiny decoder at [`Self::vae_tiny`], or `None` when that path does not exist.
     pub fn load_tiny_decoder(&self, device: &Device, dtype: DType) -> Result<Option<Taehv>> {
-        if !self.vae_tiny.exists() {
+        if !self.store.exists(&self.vae_tiny) {
             return Ok(None);
         }
-        load_taehv(&self.vae_tiny, device, dtype).map(Some)
+        let (file, cfg) = taehv_files(&self.store, &self.vae_tiny)?;
+        Taehv::load(self.store.weights(&[file])?, &cfg, dtype, device).map(Some)
     }
 
     /// The state of the optional tiny decoder (`None` when absent), reading headers only.
     pub fn inspect_tiny_decoder(&self) -> Option<Status> {
-        if !self.vae_tiny.exists() {
+        if !self.store.exists(&self.vae_tiny) {
             return None;
         }
-        let (file, cfg) = match taehv_files(&self.vae_tiny) {
+        let (file, cfg) = match taehv_files(&self.store, &self.vae_tiny) {
             Ok(fc) => fc,
             Err(e) => return Some(mismatched(e.to_string())),
         };
         let dir = file.parent().unwrap_or(Path::new("."));
         let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or("taehv").to_string();
         Some(check_weights(
+            &self.store,
             dir,
             &stem,
             &cfg,
@@ -652,16 +680,16 @@ const TAEHV_FILES: [&str; 2] = ["taehv.safetensors", "diffusion_pytorch_model.sa
 /// The weights file and config of a tiny decoder at `path`: a folder holding one of
 /// `taehv.safetensors` / `diffusion_pytorch_model.safetensors` and optionally `config.json` (a
 /// [`taehv::Config`]), or a safetensors file (the released config).
-fn taehv_files(path: &Path) -> Result<(PathBuf, taehv::Config)> {
-    if !path.is_dir() {
+fn taehv_files(store: &FileStore, path: &Path) -> Result<(PathBuf, taehv::Config)> {
+    if !store.is_dir(path) {
         return Ok((path.to_path_buf(), taehv::Config::default()));
     }
-    let file = TAEHV_FILES.iter().map(|n| path.join(n)).find(|p| p.is_file()).ok_or_else(|| {
+    let file = TAEHV_FILES.iter().map(|n| path.join(n)).find(|p| store.is_file(p)).ok_or_else(|| {
         Error::invalid("tiny decoder", format!("{} holds none of {}", path.display(), TAEHV_FILES.join(", ")))
     })?;
     let cfg_path = path.join("config.json");
-    let cfg = if cfg_path.is_file() {
-        read_json(&cfg_path).map_err(|s| match s {
+    let cfg = if store.is_file(&cfg_path) {
+        read_json(store, &cfg_path).map_err(|s| match s {
             Status::Missing { what } => Error::invalid("tiny decoder", what),
             Status::Mismatched { reason } => Error::invalid("tiny decoder", reason),
             Status::Present { summary } => Error::invalid("tiny decoder", summary),
@@ -675,18 +703,15 @@ fn taehv_files(path: &Path) -> Result<(PathBuf, taehv::Config)> {
 /// Loads a tiny decoder (TAEHV) from a folder or a safetensors file (see [`taehv_files`] for the
 /// layout) with strict checks: a wrong file names the file, tensor and shapes.
 pub fn load_taehv(path: &Path, device: &Device, dtype: DType) -> Result<Taehv> {
-    let (file, cfg) = taehv_files(path)?;
+    let (file, cfg) = taehv_files(&FileStore::Disk, path)?;
     Taehv::load(&[file], &cfg, dtype, device)
 }
 
-fn status_error(c: BundlePart) -> impl Fn(Status) -> Error {
-    move |s| match s {
-        Status::Missing { what } => {
-            Error::invalid("model bundle", format!("{} ({}) is missing: {what}", c, c.describe()))
-        }
-        Status::Mismatched { reason } => {
-            Error::invalid("model bundle", format!("{} ({}) does not fit: {reason}", c, c.describe()))
-        }
-        Status::Present { summary } => Error::invalid("model bundle", format!("{c}: unexpected state ({summary})")),
+/// A failed check of part `c` as an error (a present part where a problem was expected is
+/// reported as a mismatch).
+pub(crate) fn status_error(c: BundlePart) -> impl Fn(Status) -> Error {
+    move |s| match s.error(c) {
+        Some(e) => e.into(),
+        None => BundleError::Mismatched { part: c, reason: format!("unexpected state ({s:?})") }.into(),
     }
 }

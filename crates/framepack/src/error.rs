@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::bundle::BundlePart;
+
 /// Errors returned by the FramePack core.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -13,6 +15,9 @@ pub enum Error {
         /// Why it is wrong, in words a user can act on.
         reason: String,
     },
+    /// A model bundle lacks a part, or its parts do not fit.
+    #[error("invalid model bundle: {0}")]
+    Bundle(#[from] BundleError),
     /// Model weights are missing, corrupt or do not fit the model.
     #[error(transparent)]
     Weights(#[from] WeightsError),
@@ -28,6 +33,35 @@ impl Error {
     pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> Self {
         Self::Invalid { what, reason: reason.into() }
     }
+}
+
+/// What is wrong with a model bundle.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    /// A part (its folder, config, weights or tokenizer) is not there.
+    #[error("{part} ({}) is missing: {what}", part.describe())]
+    Missing {
+        /// The part.
+        part: BundlePart,
+        /// What was looked for, and where.
+        what: String,
+    },
+    /// A part is there but cannot be used: unreadable, an invalid config, or weights that do
+    /// not fit its config.
+    #[error("{part} ({}) does not fit: {reason}", part.describe())]
+    Mismatched {
+        /// The part.
+        part: BundlePart,
+        /// Why, in words a user can act on.
+        reason: String,
+    },
+    /// Parts that each load but disagree with each other (e.g. encoder widths and the
+    /// transformer's inputs).
+    #[error("{reason}")]
+    Inconsistent {
+        /// What disagrees.
+        reason: String,
+    },
 }
 
 /// Problems found while opening safetensors files or matching them to a model.

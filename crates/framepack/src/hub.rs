@@ -89,5 +89,6 @@ pub fn fetch(transformer_repo: &str) -> Result<BundlePaths> {
         image_encoder,
         feature_extractor,
         vae_tiny: PathBuf::new(),
+        store: crate::files::FileStore::Disk,
     })
 }

@@ -8,6 +8,7 @@
 
 pub mod bundle;
 pub mod error;
+pub mod files;
 pub mod generator;
 #[cfg(feature = "hf-hub")]
 pub mod hub;
@@ -18,6 +19,6 @@ pub mod preprocess;
 pub mod sampling;
 pub mod weights;
 
-pub use error::{Error, Result, WeightsError};
+pub use error::{BundleError, Error, Result, WeightsError};
 pub use generator::{CancelToken, DecoderChoice, Generator, Job, JobSettings, Section};
 pub use pipeline::{Pipeline, Request};

@@ -12,7 +12,8 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 
 use crate::bundle::{BundlePart, BundlePaths};
-use crate::error::{Error, Result};
+use crate::error::{BundleError, Error, Result};
+use crate::files::FileStore;
 use crate::generator::{Conditioning, Generator, Job, JobSettings, PromptSchedule, TextConditioning};
 use crate::models::text::clip::ClipTextConfig;
 use crate::models::text::llama::LlamaConfig;
@@ -113,19 +114,14 @@ pub struct Pipeline {
     dtype: DType,
 }
 
-fn read_text(path: &Path, c: BundlePart) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| {
-        Error::invalid("model bundle", format!("{c} ({}): cannot read {}: {e}", c.describe(), path.display()))
-    })
+fn read_text(store: &FileStore, path: &Path, c: BundlePart) -> Result<String> {
+    store
+        .read_to_string(path)
+        .map_err(|e| BundleError::Mismatched { part: c, reason: format!("cannot read {}: {e}", path.display()) }.into())
 }
 
-fn weight_paths(dir: &Path, c: BundlePart) -> Result<Vec<std::path::PathBuf>> {
-    crate::bundle::weight_files(dir, "model").map_err(|s| {
-        let report = crate::bundle::BundleReport {
-            components: vec![crate::bundle::ComponentReport { component: c, dir: dir.to_path_buf(), status: s }],
-        };
-        report.require(&[c]).expect_err("weight_files only fails with a problem")
-    })
+fn weight_paths(store: &FileStore, dir: &Path, c: BundlePart) -> Result<Vec<std::path::PathBuf>> {
+    crate::bundle::weight_files(store, dir, "model").map_err(crate::bundle::status_error(c))
 }
 
 impl Pipeline {
@@ -139,47 +135,50 @@ impl Pipeline {
     pub fn load_with(paths: &BundlePaths, device: &Device, dtype: DType, residency: Residency) -> Result<Self> {
         paths.inspect().require(&BundlePart::ALL)?;
         let generator = Generator::new(paths.load_inspected_models(device, dtype, residency)?);
+        let store = &paths.store;
         let vcfg = SiglipVisionConfig::from_json(&read_text(
+            store,
             &paths.image_encoder.join("config.json"),
             BundlePart::ImageEncoder,
         )?)?;
-        let vfiles = weight_paths(&paths.image_encoder, BundlePart::ImageEncoder)?;
-        let vision = SiglipVisionModel::load(&vfiles, &vcfg, dtype, device)?;
+        let vfiles = weight_paths(store, &paths.image_encoder, BundlePart::ImageEncoder)?;
+        let vision = SiglipVisionModel::load(store.weights(&vfiles)?, &vcfg, dtype, device)?;
         let pre = paths.feature_extractor.join("preprocessor_config.json");
-        if let Ok(Some(size)) = crate::bundle::siglip_input_size(&pre)
+        if let Ok(Some(size)) = crate::bundle::siglip_input_size(store, &pre)
             && size != vcfg.image_size
         {
-            return Err(Error::invalid(
-                "model bundle",
-                format!(
+            return Err(Error::from(BundleError::Inconsistent {
+                reason: format!(
                     "feature_extractor resizes to {size}² but the image encoder takes {}² ({})",
                     vcfg.image_size,
                     pre.display()
                 ),
-            ));
+            }));
         }
         let text_files = PromptEncoderFiles {
             llama_config: LlamaConfig::from_json(&read_text(
+                store,
                 &paths.text_encoder.join("config.json"),
                 BundlePart::TextEncoder,
             )?)?,
-            llama_weights: weight_paths(&paths.text_encoder, BundlePart::TextEncoder)?,
+            llama_weights: weight_paths(store, &paths.text_encoder, BundlePart::TextEncoder)?,
             llama_tokenizer: paths.tokenizer.join("tokenizer.json"),
             clip_config: ClipTextConfig::from_json(&read_text(
+                store,
                 &paths.text_encoder_2.join("config.json"),
                 BundlePart::TextEncoder2,
             )?)?,
-            clip_weights: weight_paths(&paths.text_encoder_2, BundlePart::TextEncoder2)?,
+            clip_weights: weight_paths(store, &paths.text_encoder_2, BundlePart::TextEncoder2)?,
             clip_tokenizer: paths.tokenizer_2.join("tokenizer.json"),
+            store: store.clone(),
         };
         let cfg = generator.models().transformer.config();
         if text_files.llama_config.hidden_size != cfg.text_embed_dim
             || text_files.clip_config.hidden_size != cfg.pooled_projection_dim
             || vcfg.hidden_size != cfg.image_proj_dim
         {
-            return Err(Error::invalid(
-                "model bundle",
-                format!(
+            return Err(Error::from(BundleError::Inconsistent {
+                reason: format!(
                     "encoder widths (Llama {}, CLIP {}, SigLIP {}) do not match the transformer's inputs ({}, {}, {})",
                     text_files.llama_config.hidden_size,
                     text_files.clip_config.hidden_size,
@@ -188,7 +187,7 @@ impl Pipeline {
                     cfg.pooled_projection_dim,
                     cfg.image_proj_dim
                 ),
-            ));
+            }));
         }
         Ok(Self { generator, vision, text_files, prompt_cache: PromptCache::new(), device: device.clone(), dtype })
     }

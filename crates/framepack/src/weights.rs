@@ -10,24 +10,75 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use candle_core::safetensors::{Load, MmapedSafetensors};
+use candle_core::safetensors::{Load, MmapedSafetensors, SliceSafetensors};
 use candle_core::{DType, Device, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_nn::var_builder::SimpleBackend;
 
 use crate::error::{Result, WeightsError};
 
-/// A set of memory-mapped safetensors files (e.g. the shards of one checkpoint).
+/// A set of safetensors files (e.g. the shards of one checkpoint), memory-mapped or in memory.
 pub struct WeightFiles {
-    files: Vec<(PathBuf, MmapedSafetensors)>,
+    files: Vec<(PathBuf, Stored)>,
     index: HashMap<String, (usize, Vec<usize>)>,
+}
+
+/// Where a model's weights come from: safetensors paths (memory-mapped when loading), or
+/// [`WeightFiles`] already opened (e.g. in memory). Every model's `load` takes one.
+pub trait WeightSource {
+    /// Opens the files.
+    fn into_weight_files(self) -> Result<WeightFiles, WeightsError>;
+}
+
+impl WeightSource for WeightFiles {
+    fn into_weight_files(self) -> Result<WeightFiles, WeightsError> {
+        Ok(self)
+    }
+}
+
+impl<P: AsRef<Path>> WeightSource for &[P] {
+    fn into_weight_files(self) -> Result<WeightFiles, WeightsError> {
+        WeightFiles::open(self)
+    }
+}
+
+impl<P: AsRef<Path>, const N: usize> WeightSource for &[P; N] {
+    fn into_weight_files(self) -> Result<WeightFiles, WeightsError> {
+        WeightFiles::open(self)
+    }
+}
+
+impl<P: AsRef<Path>> WeightSource for &Vec<P> {
+    fn into_weight_files(self) -> Result<WeightFiles, WeightsError> {
+        WeightFiles::open(self)
+    }
+}
+
+enum Stored {
+    Mapped(MmapedSafetensors),
+    Static(SliceSafetensors<'static>),
+}
+
+impl Stored {
+    fn load(&self, name: &str, dev: &Device) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Mapped(st) => st.get(name)?.load(dev),
+            Self::Static(st) => st.get(name)?.load(dev),
+        }
+    }
+
+    fn shapes(&self) -> Vec<(String, Vec<usize>)> {
+        match self {
+            Self::Mapped(st) => st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect(),
+            Self::Static(st) => st.tensors().into_iter().map(|(n, v)| (n, v.shape().to_vec())).collect(),
+        }
+    }
 }
 
 impl WeightFiles {
     /// Maps the files and reads their headers; the tensor data stays on disk until used.
     pub fn open<P: AsRef<Path>>(paths: &[P]) -> Result<Self, WeightsError> {
-        let mut files = Vec::with_capacity(paths.len());
-        let mut index: HashMap<String, (usize, Vec<usize>)> = HashMap::new();
+        let mut stored = Vec::with_capacity(paths.len());
         for p in paths {
             let path = p.as_ref().to_path_buf();
             if let Err(source) = std::fs::metadata(&path) {
@@ -37,18 +88,34 @@ impl WeightFiles {
             // by another process while the model is loading.
             let st = unsafe { MmapedSafetensors::new(&path) }
                 .map_err(|e| WeightsError::Corrupt { path: path.clone(), reason: e.to_string() })?;
-            let file_idx = files.len();
-            for (name, view) in st.tensors() {
+            stored.push((path, Stored::Mapped(st)));
+        }
+        Self::index(stored)
+    }
+
+    /// Safetensors files held in memory (e.g. compiled into the binary), each named by the path
+    /// that errors show; tensors are read from the bytes in place.
+    pub fn from_static(files: &[(PathBuf, &'static [u8])]) -> Result<Self, WeightsError> {
+        let stored = files
+            .iter()
+            .map(|(path, bytes)| {
+                SliceSafetensors::new(bytes)
+                    .map(|st| (path.clone(), Stored::Static(st)))
+                    .map_err(|e| WeightsError::Corrupt { path: path.clone(), reason: e.to_string() })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::index(stored)
+    }
+
+    fn index(files: Vec<(PathBuf, Stored)>) -> Result<Self, WeightsError> {
+        let mut index: HashMap<String, (usize, Vec<usize>)> = HashMap::new();
+        for (file_idx, (path, st)) in files.iter().enumerate() {
+            for (name, shape) in st.shapes() {
                 if let Some((prev, _)) = index.get(&name) {
-                    return Err(WeightsError::Duplicate {
-                        name,
-                        first: paths[*prev].as_ref().to_path_buf(),
-                        second: path,
-                    });
+                    return Err(WeightsError::Duplicate { name, first: files[*prev].0.clone(), second: path.clone() });
                 }
-                index.insert(name, (file_idx, view.shape().to_vec()));
+                index.insert(name, (file_idx, shape));
             }
-            files.push((path, st));
         }
         Ok(Self { files, index })
     }
@@ -58,7 +125,7 @@ impl WeightFiles {
         self.index.iter().map(|(k, (_, s))| (k.clone(), s.clone())).collect()
     }
 
-    /// The mapped files, in the order given to [`WeightFiles::open`].
+    /// The files, in the order given to [`WeightFiles::open`] / [`WeightFiles::from_static`].
     pub fn paths(&self) -> Vec<&Path> {
         self.files.iter().map(|(p, _)| p.as_path()).collect()
     }
@@ -135,7 +202,7 @@ impl CheckedBackend {
                 if matches!(self.source, Source::FileShapes(_)) {
                     return shape_only(s, dtype, dev);
                 }
-                st.get(name).and_then(|v| v.load(dev)).and_then(|t| t.to_dtype(dtype)).map_err(|e| {
+                st.load(name, dev).and_then(|t| t.to_dtype(dtype)).map_err(|e| {
                     self.fail(WeightsError::Load {
                         name: name.into(),
                         file: path.display().to_string(),

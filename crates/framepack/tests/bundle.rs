@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use framepack::Error;
 use framepack::bundle::{BundlePart, BundlePaths, DeviceChoice, Status, parse_dtype};
 use framepack::generator::{Conditioning, JobSettings, NoiseRng, TextConditioning};
 use framepack::packing::ScheduleChoice;
+use framepack::{BundleError, Error};
 use framepack_train::testing;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -77,7 +77,7 @@ fn missing_and_mismatched_parts_are_named() {
     }
     let err = paths.load_generator(&Device::Cpu, DType::F32).err().expect("must fail");
     let line = err.to_string();
-    assert!(matches!(err, Error::Invalid { what: "model bundle", .. }));
+    assert!(matches!(err, Error::Bundle(BundleError::Missing { part: BundlePart::Transformer, .. })), "{line}");
     assert!(line.contains("transformer") && line.contains("00002-of-00002") && !line.contains('\n'), "{line}");
     std::fs::write(&shard, bytes).unwrap();
 

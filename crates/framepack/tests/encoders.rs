@@ -328,6 +328,7 @@ fn tiny_encoder_files(dir: &Path) -> PromptEncoderFiles {
         clip_config: tiny_clip_config(),
         clip_weights: vec![fixture_weights("clip_text_tiny.safetensors")],
         clip_tokenizer: clip_tokenizer_file(dir),
+        store: Default::default(),
     }
 }
 

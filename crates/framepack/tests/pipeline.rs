@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 
 use candle_core::{DType, Device};
-use framepack::Error;
-use framepack::bundle::BundlePaths;
+use framepack::bundle::{BundlePart, BundlePaths};
 use framepack::generator::{Frame, JobSettings};
 use framepack::packing::ScheduleChoice;
 use framepack::pipeline::{Pipeline, Request};
 use framepack::preprocess::RgbImage;
+use framepack::{BundleError, Error};
 use framepack_train::testing;
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -90,7 +90,7 @@ fn a_missing_tokenizer_is_one_clear_error() {
     std::fs::remove_file(dir.join("tokenizer_2/tokenizer.json")).unwrap();
     let err = Pipeline::load(&paths, &Device::Cpu, DType::F32).err().expect("must fail");
     let line = err.to_string();
-    assert!(matches!(err, Error::Invalid { what: "model bundle", .. }), "{line}");
+    assert!(matches!(err, Error::Bundle(BundleError::Missing { part: BundlePart::Tokenizer2, .. })), "{line}");
     assert!(line.contains("tokenizer_2") && line.contains("tokenizer.json") && !line.contains('\n'), "{line}");
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -109,4 +109,53 @@ fn bad_requests_are_errors_not_panics() {
     r.settings.seconds = 0.0;
     assert!(matches!(p.start(&r), Err(Error::Invalid { what: "seconds", .. })));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Every file under `root`, as `(relative path, bytes)` with the bytes leaked to `'static`.
+fn files_in_memory(root: &std::path::Path) -> Vec<(String, &'static [u8])> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().replace('\\', "/");
+                out.push((rel, &*Box::leak(std::fs::read(&p).unwrap().into_boxed_slice())));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_bundle_in_memory_generates_the_frames_of_the_same_bundle_on_disk() {
+    let dir = temp_dir("memory");
+    testing::write_tiny_bundle(&dir, 24).unwrap();
+    let owned = files_in_memory(&dir);
+    let files: Vec<(&str, &'static [u8])> = owned.iter().map(|(p, b)| (p.as_str(), *b)).collect();
+    // Nothing on disk while the memory bundle loads.
+    std::fs::remove_dir_all(&dir).unwrap();
+    let memory = BundlePaths::from_memory("<memory>", &files);
+    let report = memory.inspect();
+    assert!(report.is_complete(), "{report}");
+    assert!(matches!(memory.inspect_tiny_decoder(), Some(framepack::bundle::Status::Present { .. })));
+    let mut from_memory = Pipeline::load(&memory, &Device::Cpu, DType::F32).unwrap();
+    let r = request(ScheduleChoice::Geometric, "a cat");
+    let a = video(&mut from_memory, &r);
+
+    let disk = testing::write_tiny_bundle(&dir, 24).unwrap();
+    let mut from_disk = Pipeline::load(&disk, &Device::Cpu, DType::F32).unwrap();
+    let b = video(&mut from_disk, &r);
+    assert_eq!(a.len(), b.len());
+    assert!(a.iter().zip(&b).all(|(x, y)| x.rgb == y.rgb), "memory and disk loads differ");
+
+    // A missing file names its path under the virtual root.
+    let without_vae: Vec<(&str, &'static [u8])> =
+        files.iter().copied().filter(|(p, _)| !p.starts_with("vae/diffusion_pytorch_model")).collect();
+    let e = Pipeline::load(&BundlePaths::from_memory("<memory>", &without_vae), &Device::Cpu, DType::F32)
+        .err()
+        .expect("the VAE weights are missing");
+    assert!(e.to_string().contains("<memory>/vae"), "{e}");
 }

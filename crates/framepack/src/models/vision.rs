@@ -8,8 +8,6 @@
 //! that strict loading accepts exactly the released names; it costs ~15 M parameters and is only
 //! run by [`SiglipVisionModel::pooler_output`].
 
-use std::path::Path;
-
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Activation, Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear};
 use serde::Deserialize;
@@ -17,7 +15,7 @@ use serde::Deserialize;
 use crate::error::{Error, Result};
 use crate::models::kernels::attention::{SelfAttention, attention_merged};
 use crate::preprocess::{RgbImage, siglip_pixel_values};
-use crate::weights::{self, WeightFiles};
+use crate::weights::{self, WeightSource};
 
 /// Hyper-parameters of a SigLIP vision tower (`SiglipVisionConfig`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -247,8 +245,8 @@ impl SiglipVisionModel {
 
     /// Loads `SiglipVisionModel` safetensors (exact names, head included when
     /// `cfg.vision_use_head`) in `dtype` on `device`.
-    pub fn load<P: AsRef<Path>>(paths: &[P], cfg: &SiglipVisionConfig, dtype: DType, device: &Device) -> Result<Self> {
-        weights::load(WeightFiles::open(paths)?, dtype, device, |vb| Self::new(vb, cfg))
+    pub fn load(weights: impl WeightSource, cfg: &SiglipVisionConfig, dtype: DType, device: &Device) -> Result<Self> {
+        weights::load(weights.into_weight_files()?, dtype, device, |vb| Self::new(vb, cfg))
     }
 
     /// The model's configuration.

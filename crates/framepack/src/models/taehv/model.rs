@@ -1,7 +1,6 @@
 //! The TAEHV encoder and decoder, built with upstream's `nn.Sequential` indices as weight names.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -9,7 +8,7 @@ use candle_nn::VarBuilder;
 use super::blocks::{Block, Conv3x3, Layer, MemBlock, run_parallel};
 use super::config::{Config, IMAGE_CHANNELS};
 use crate::error::{Error, Result};
-use crate::weights::{self, WeightFiles};
+use crate::weights::{self, WeightSource};
 
 /// Upstream index of the time-grow layer of decoder stage `k`.
 fn time_grow_index(stage: usize) -> usize {
@@ -132,9 +131,9 @@ impl Taehv {
     /// A config whose decoder time upscale is off where the checkpoint's is on (a preview
     /// decoder) loads the same file: each such time-grow layer keeps its last timestep's output
     /// channels, as upstream's `patch_tgrow_layers` does.
-    pub fn load<P: AsRef<Path>>(paths: &[P], cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(weights: impl WeightSource, cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
         cfg.validate()?;
-        let files = WeightFiles::open(paths)?;
+        let files = weights.into_weight_files()?;
         let stored = stored_strides(cfg, &files.shapes());
         weights::load(files, dtype, device, |vb| Self::with_stored_strides(vb, cfg, stored))
     }

@@ -4,8 +4,6 @@
 //! Loads a transformers `CLIPTextModel` checkpoint with its exact keys (`embeddings.*`,
 //! `encoder.layers.N.*`, `final_layer_norm.*`; no `text_model.` prefix).
 
-use std::path::Path;
-
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, Linear, VarBuilder, embedding, layer_norm, linear};
 use serde::Deserialize;
@@ -13,7 +11,7 @@ use serde::Deserialize;
 use super::llama::causal_mask;
 use crate::error::{Error, Result};
 use crate::models::kernels::attention::SelfAttention;
-use crate::weights::{self, WeightFiles};
+use crate::weights::{self, WeightSource};
 
 /// MLP activation of a CLIP text tower.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -185,8 +183,8 @@ impl ClipTextModel {
     }
 
     /// Loads `CLIPTextModel` safetensors (exact names) in `dtype` on `device`.
-    pub fn load<P: AsRef<Path>>(paths: &[P], cfg: &ClipTextConfig, dtype: DType, device: &Device) -> Result<Self> {
-        weights::load(WeightFiles::open(paths)?, dtype, device, |vb| Self::new(vb, cfg))
+    pub fn load(weights: impl WeightSource, cfg: &ClipTextConfig, dtype: DType, device: &Device) -> Result<Self> {
+        weights::load(weights.into_weight_files()?, dtype, device, |vb| Self::new(vb, cfg))
     }
 
     /// The model's configuration.

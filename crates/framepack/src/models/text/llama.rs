@@ -4,14 +4,12 @@
 //! `model.` prefix, no `lm_head`) and returns hidden states of any layer: HunyuanVideo uses the
 //! residual stream after 30 of the 32 layers, without the final norm.
 
-use std::path::Path;
-
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Activation, Embedding, Linear, RmsNorm, VarBuilder, embedding, linear_b, rms_norm};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::weights::{self, WeightFiles};
+use crate::weights::{self, WeightSource};
 
 /// Hyper-parameters of a Llama model (the fields of its HF `config.json` that matter here).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -328,14 +326,14 @@ impl Llama {
 
     /// Loads `LlamaModel` safetensors (exact names) in `dtype` on `device`, keeping the first
     /// `keep` layers as [`Llama::new_first_layers`] does.
-    pub fn load<P: AsRef<Path>>(
-        paths: &[P],
+    pub fn load(
+        weights: impl WeightSource,
         cfg: &LlamaConfig,
         keep: usize,
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        weights::load(WeightFiles::open(paths)?, dtype, device, |vb| Self::new_first_layers(vb, cfg, keep))
+        weights::load(weights.into_weight_files()?, dtype, device, |vb| Self::new_first_layers(vb, cfg, keep))
     }
 
     /// The model's configuration.

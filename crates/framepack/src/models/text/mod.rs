@@ -32,6 +32,7 @@ use candle_core::{DType, Device, Tensor};
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::error::{Error, Result};
+use crate::files::FileStore;
 use clip::{ClipTextConfig, ClipTextModel};
 use llama::{Llama, LlamaConfig};
 
@@ -54,9 +55,14 @@ const LLAMA3_BOS: &str = "<|begin_of_text|>";
 
 /// Reads a `tokenizer.json`, with any padding or truncation it declares switched off.
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    read_tokenizer(&FileStore::Disk, path)
+}
+
+/// [`load_tokenizer`] from a [`FileStore`].
+pub fn read_tokenizer(store: &FileStore, path: &Path) -> Result<Tokenizer> {
     let reason = |e: String| Error::invalid("tokenizer file", format!("{}: {e}", path.display()));
-    std::fs::metadata(path).map_err(|e| reason(e.to_string()))?;
-    let mut tok = Tokenizer::from_file(path).map_err(|e| reason(e.to_string()))?;
+    let bytes = store.read(path).map_err(|e| reason(e.to_string()))?;
+    let mut tok = Tokenizer::from_bytes(&*bytes).map_err(|e| reason(e.to_string()))?;
     tok.with_padding(None);
     tok.with_truncation(None).map_err(|e| reason(e.to_string()))?;
     Ok(tok)
@@ -209,6 +215,8 @@ pub struct PromptEncoderFiles {
     pub clip_weights: Vec<PathBuf>,
     /// CLIP `tokenizer.json`.
     pub clip_tokenizer: PathBuf,
+    /// Where the paths are read from.
+    pub store: FileStore,
 }
 
 fn safetensors_in(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -254,6 +262,7 @@ impl PromptEncoderFiles {
             clip_config,
             clip_weights: safetensors_in(&root.join("text_encoder_2"))?,
             clip_tokenizer: root.join("tokenizer_2/tokenizer.json"),
+            store: FileStore::Disk,
         })
     }
 }
@@ -307,8 +316,8 @@ impl PromptEncoder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
-        let llama_tokenizer = load_tokenizer(&files.llama_tokenizer)?;
-        let clip_tokenizer = load_tokenizer(&files.clip_tokenizer)?;
+        let llama_tokenizer = read_tokenizer(&files.store, &files.llama_tokenizer)?;
+        let clip_tokenizer = read_tokenizer(&files.store, &files.clip_tokenizer)?;
         let cfg = &files.llama_config;
         cfg.validate()?;
         files.clip_config.validate()?;
@@ -318,8 +327,8 @@ impl PromptEncoder {
                 format!("{} exceeds the {} Llama layers", options.skip_last_layers, cfg.num_hidden_layers),
             )
         })?;
-        let llama = Llama::load(&files.llama_weights, cfg, keep, dtype, device)?;
-        let clip = ClipTextModel::load(&files.clip_weights, &files.clip_config, dtype, device)?;
+        let llama = Llama::load(files.store.weights(&files.llama_weights)?, cfg, keep, dtype, device)?;
+        let clip = ClipTextModel::load(files.store.weights(&files.clip_weights)?, &files.clip_config, dtype, device)?;
         Self::new(llama, llama_tokenizer, clip, clip_tokenizer, options)
     }
 

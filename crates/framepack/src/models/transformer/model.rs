@@ -74,14 +74,14 @@ impl Transformer {
     /// [`weights::load`](crate::weights::load)) in `dtype` on `device`. With
     /// [`Residency::Streamed`], the blocks past [`MemoryPlan::resident_blocks`] stay in the
     /// memory-mapped files and are moved to the device for every use.
-    pub fn load<P: AsRef<std::path::Path>>(
-        paths: &[P],
+    pub fn load(
+        weights: impl crate::weights::WeightSource,
         cfg: &Config,
         dtype: DType,
         device: &Device,
         residency: Residency,
     ) -> Result<Self> {
-        let files = crate::weights::WeightFiles::open(paths)?;
+        let files = weights.into_weight_files()?;
         match residency {
             Residency::Resident => crate::weights::load(files, dtype, device, |vb| Self::new(vb, cfg)),
             Residency::Streamed { .. } => {

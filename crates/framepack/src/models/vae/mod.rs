@@ -25,13 +25,11 @@ mod blocks;
 pub mod section;
 mod tiling;
 
-use std::path::Path;
-
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::error::{Error, Result};
-use crate::weights::{self, WeightFiles};
+use crate::weights::{self, WeightSource};
 use blocks::{Decoder, Encoder, PointwiseConv3d};
 
 pub use section::{PixelHistory, SectionDecoder, soft_append};
@@ -394,12 +392,12 @@ impl AutoencoderKLHunyuanVideo {
 
     /// Loads the weights from safetensors files with strict checks (every tensor present with the
     /// right shape, no unused tensors).
-    pub fn load<P: AsRef<Path>>(paths: &[P], cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn load(weights: impl WeightSource, cfg: &Config, dtype: DType, device: &Device) -> Result<Self> {
         cfg.validate()?;
         if device.is_cpu() && dtype == DType::BF16 {
             return Err(Error::invalid("vae dtype", "bf16 has no CPU matmul in candle; use f32 or f16 on the CPU"));
         }
-        weights::load(WeightFiles::open(paths)?, dtype, device, |vb| Self::new(vb, cfg))
+        weights::load(weights.into_weight_files()?, dtype, device, |vb| Self::new(vb, cfg))
     }
 
     /// The configuration.
