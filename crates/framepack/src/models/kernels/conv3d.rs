@@ -30,6 +30,28 @@ use rayon::prelude::*;
 /// a causal convolution independently of the frame count.
 const CONV_CHUNK_BYTES: usize = 256 << 20;
 
+/// `x` `(B, C, T, H, W)` permuted by `order`, replicate-padded by `k − 1` frames in front and
+/// `k / 2` pixels around and made contiguous, with the padded `(T', H', W')`.
+fn causal_pad(
+    x: &Tensor,
+    order: (usize, usize, usize, usize, usize),
+    k: usize,
+) -> Result<(Tensor, (usize, usize, usize))> {
+    let (_, _, t, h, w) = x.dims5()?;
+    let p = k / 2;
+    let dims = [order.0, order.1, order.2, order.3, order.4];
+    let axis = |d: usize| dims.iter().position(|&a| a == d).unwrap_or_else(|| unreachable!("a permutation"));
+    let mut y = x.permute(order)?;
+    if k > 1 {
+        y = y.pad_with_same(axis(2), k - 1, 0)?.pad_with_same(axis(3), p, p)?.pad_with_same(axis(4), p, p)?;
+    }
+    let (tp, hp, wp) = (t + k - 1, h + 2 * p, w + 2 * p);
+    if tp < k || hp < k || wp < k {
+        candle_core::bail!("causal conv input too small: {t}x{h}x{w} frames x pixels");
+    }
+    Ok((y.contiguous()?, (tp, hp, wp)))
+}
+
 /// Causal Conv3d through candle's conv2d: `x` `(B, C, T, H, W)`, `weight` `(O, C, k, k, k)`,
 /// replicate padding of `k − 1` frames in front and `k / 2` pixels around, strides
 /// `(time, space)`.
@@ -39,19 +61,10 @@ pub(crate) fn stacked_conv2d(
     k: usize,
     (stride_t, stride_hw): (usize, usize),
 ) -> Result<Tensor> {
-    let (b, c, t, h, w) = x.dims5()?;
+    let (b, c, _, _, _) = x.dims5()?;
     let o = weight.dim(0)?;
-    let p = k / 2;
     // (B, T, C, H, W): frames next to the batch so every frame is one conv2d image.
-    let mut xt = x.permute((0, 2, 1, 3, 4))?;
-    if k > 1 {
-        xt = xt.pad_with_same(1, k - 1, 0)?.pad_with_same(3, p, p)?.pad_with_same(4, p, p)?;
-    }
-    let xt = xt.contiguous()?;
-    let (tp, hp, wp) = (t + k - 1, h + 2 * p, w + 2 * p);
-    if tp < k || hp < k || wp < k {
-        candle_core::bail!("causal conv input too small: {t}x{h}x{w} frames x pixels");
-    }
+    let (xt, (tp, hp, wp)) = causal_pad(x, (0, 2, 1, 3, 4), k)?;
     let t_out = (tp - k) / stride_t + 1;
     let weight = weight.reshape((o, c * k, k, k))?;
     let bias = bias.reshape((1, o, 1, 1))?;
@@ -91,18 +104,9 @@ pub(crate) fn unfolded(
     k: usize,
     stride: (usize, usize),
 ) -> Result<Tensor> {
-    let (b, c, t, h, w) = x.dims5()?;
+    let (b, c, _, _, _) = x.dims5()?;
     let o = weight.dim(0)?;
-    let p = k / 2;
-    let mut xl = x.permute((0, 2, 3, 4, 1))?;
-    if k > 1 {
-        xl = xl.pad_with_same(1, k - 1, 0)?.pad_with_same(2, p, p)?.pad_with_same(3, p, p)?;
-    }
-    let xl = xl.contiguous()?;
-    let (tp, hp, wp) = (t + k - 1, h + 2 * p, w + 2 * p);
-    if tp < k || hp < k || wp < k {
-        candle_core::bail!("causal conv input too small: {t}x{h}x{w} frames x pixels");
-    }
+    let (xl, (tp, hp, wp)) = causal_pad(x, (0, 2, 3, 4, 1), k)?;
     let (to, ho, wo) = unfold::unfold_extent((tp, hp, wp), k, stride)?;
     // Rows hold taps in (t, y, x) order with channels innermost.
     let weight = weight.permute((0, 2, 3, 4, 1))?.reshape((o, k * k * k * c))?;
