@@ -32,7 +32,7 @@ impl GenerationError {
     /// Sorts a core error by where it came from (its message is kept whole).
     pub(crate) fn from_core(e: &framepack::Error) -> Self {
         match e {
-            framepack::Error::Weights(_) => Self::ModelLoad(e.to_string()),
+            framepack::Error::Weights(_) | framepack::Error::Bundle(_) => Self::ModelLoad(e.to_string()),
             framepack::Error::Invalid { .. } => Self::InvalidRequest(e.to_string()),
             framepack::Error::Candle(_) | framepack::Error::Cancelled => Self::Inference(e.to_string()),
         }
