@@ -82,7 +82,8 @@ pub struct GenerateArgs {
     /// (into the Hugging Face cache).
     #[arg(long, value_name = "DIR")]
     weights: PathBuf,
-    /// Output: a folder of PNG frames, or a file ending in .gif or .mp4 (H.264).
+    /// Output: a folder of PNG frames, or a file ending in .gif, .mp4 (H.264) or .cutscene (a clip
+    /// `bevy_framepack` plays as an asset, without the model).
     #[arg(long, value_name = "PATH")]
     out: PathBuf,
     /// Device: cpu, cuda[:N] or metal[:N] (GPU backends need a build with the cuda/metal feature).

@@ -1,5 +1,6 @@
-//! Writing RGB frames as a directory of PNGs, an animated GIF or an H.264 MP4, frame by frame,
-//! with no system ffmpeg: OpenH264 is compiled from source and the MP4 is muxed in Rust.
+//! Writing RGB frames as a directory of PNGs, an animated GIF, an H.264 MP4 or a `.cutscene`
+//! clip (the plugin's replayable asset, see [`framepack::clip`]), frame by frame, with no system
+//! ffmpeg: OpenH264 is compiled from source and the MP4 is muxed in Rust.
 
 use std::fs::File;
 use std::io::BufWriter;
@@ -56,6 +57,8 @@ pub enum Format {
     Gif,
     /// H.264 in MP4.
     Mp4,
+    /// A `.cutscene` clip that `bevy_framepack` loads as an asset.
+    Cutscene,
 }
 
 impl Format {
@@ -69,9 +72,10 @@ impl Format {
         match path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).as_deref() {
             Some("mp4") => Ok(Format::Mp4),
             Some("gif") => Ok(Format::Gif),
+            Some("cutscene") => Ok(Format::Cutscene),
             None => Ok(Format::PngDir),
             Some(other) => Err(VideoError::Unsupported(format!(
-                "{}: unknown output format `.{other}` (use .mp4, .gif, or a folder name without an extension for PNGs)",
+                "{}: unknown output format `.{other}` (use .mp4, .gif, .cutscene, or a folder name without an extension for PNGs)",
                 path.display()
             ))),
         }
@@ -101,6 +105,11 @@ pub fn create(path: &Path, width: u32, height: u32, fps: u32) -> Result<Box<dyn 
         }
         Format::Gif => Box::new(GifSink::new(path, size, fps)?),
         Format::Mp4 => Box::new(Mp4Sink::new(path, size, fps)?),
+        Format::Cutscene => Box::new(CutsceneSink {
+            path: path.into(),
+            size,
+            clip: framepack::clip::Clip::new(width, height, fps as f32),
+        }),
     })
 }
 
@@ -129,6 +138,25 @@ impl Size {
 
 fn create_file(path: &Path) -> Result<BufWriter<File>, VideoError> {
     File::create(path).map(BufWriter::new).map_err(|source| VideoError::Io { path: path.into(), source })
+}
+
+/// Collects the frames and writes the clip at the end.
+struct CutsceneSink {
+    path: PathBuf,
+    size: Size,
+    clip: framepack::clip::Clip,
+}
+
+impl FrameSink for CutsceneSink {
+    fn push(&mut self, rgb: &[u8]) -> Result<(), VideoError> {
+        self.size.check(rgb)?;
+        self.clip.frames.push(rgb.to_vec());
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<(), VideoError> {
+        self.clip.save(&self.path).map_err(|e| VideoError::Encode { format: ".cutscene", reason: e.to_string() })
+    }
 }
 
 /// Writes one RGB image (`width·height·3` bytes) as a PNG file.

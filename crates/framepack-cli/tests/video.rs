@@ -137,3 +137,13 @@ fn bad_sizes_are_errors_not_panics() {
     std::fs::write(&blocked, b"x").unwrap();
     assert!(matches!(video::create(&blocked.join("clip.gif"), W, H, 30), Err(VideoError::Io { .. })));
 }
+
+#[test]
+fn cutscene_clip_decodes_to_the_frames() {
+    let path = out("clip.cutscene");
+    assert_eq!(Format::from_path(&path).unwrap(), Format::Cutscene);
+    write(&path, 4);
+    let clip = framepack::clip::Clip::open(&path).unwrap();
+    assert_eq!((clip.width, clip.height, clip.fps), (W, H, 30.0));
+    assert_eq!(clip.frames, frames(4));
+}

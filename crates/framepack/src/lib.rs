@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod bundle;
+pub mod clip;
 pub mod error;
 pub mod files;
 pub mod generator;
