@@ -7,13 +7,13 @@ fn main() {
     App::new().add_plugins((DefaultPlugins, FramePackPlugin)).add_systems(Startup, setup).run();
 }
 
-fn setup(mut commands: Commands, mut framepack: FramePack, mut images: ResMut<Assets<Image>>) -> Result {
+fn setup(mut commands: Commands, mut framepack: FramePack) -> Result {
     commands.spawn(Camera2d);
     let preset = Preset { prompt: "a cat walks".into(), seconds: 2.0, steps: 4, resolution: 64, ..default() };
     let gradient = (0..64 * 64).flat_map(|i: u32| [(i % 64 * 4) as u8, (i / 64 * 4) as u8, 128, 255]).collect();
     let ticket = framepack.generate(preset.request(RgbaImage::new(64, 64, gradient)?))?;
-    let player = CutscenePlayer::new(&ticket, preset.fps, preset.playback, &mut images);
     // The player points the sprite at its image; frames stream in as sections finish.
-    commands.spawn((Sprite { custom_size: Some(Vec2::splat(384.0)), ..default() }, player));
+    let sprite = Sprite { custom_size: Some(Vec2::splat(384.0)), ..default() };
+    commands.spawn((sprite, CutscenePlayer::new(ticket.clip), preset.playback_settings()));
     Ok(())
 }

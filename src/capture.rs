@@ -75,15 +75,11 @@ pub(crate) fn on_capture(
     };
     let preset = ev.preset.clone();
     commands.spawn(screenshot).observe(
-        move |cap: On<ScreenshotCaptured>,
-              mut fp: FramePack,
-              presets: Res<Assets<Preset>>,
-              mut images: ResMut<Assets<Image>>,
-              mut commands: Commands| {
+        move |cap: On<ScreenshotCaptured>, mut fp: FramePack, presets: Res<Assets<Preset>>, mut commands: Commands| {
             let started = presets.get(&preset).ok_or_else(|| "the preset is not loaded".to_string()).and_then(|p| {
                 let image = RgbaImage::from_image(&cap.image).map_err(|e| e.to_string())?;
                 let ticket = fp.generate(p.request(image)).map_err(|e| e.to_string())?;
-                Ok(CutscenePlayer::new(&ticket, p.fps, p.playback, &mut images))
+                Ok((CutscenePlayer::new(ticket.clip), p.playback_settings()))
             });
             match started {
                 Ok(p) => {
@@ -95,36 +91,4 @@ pub(crate) fn on_capture(
             }
         },
     );
-}
-
-/// Points a new player's `Sprite`, `ImageNode` or `StandardMaterial` (with the plugin's `2d`,
-/// `ui` and `3d` features) at its image.
-#[allow(unused_variables, unused_mut)]
-pub(crate) fn attach_player_images(
-    players: Query<(Entity, &CutscenePlayer), Added<CutscenePlayer>>,
-    #[cfg(feature = "2d")] mut sprites: Query<&mut Sprite>,
-    #[cfg(feature = "ui")] mut nodes: Query<&mut ImageNode>,
-    #[cfg(feature = "3d")] materials: (
-        Query<&MeshMaterial3d<StandardMaterial>>,
-        Option<ResMut<Assets<StandardMaterial>>>,
-    ),
-) {
-    #[cfg(feature = "3d")]
-    let (handles, mut materials) = materials;
-    for (entity, player) in &players {
-        #[cfg(feature = "2d")]
-        if let Ok(mut s) = sprites.get_mut(entity) {
-            s.image = player.image().clone();
-        }
-        #[cfg(feature = "ui")]
-        if let Ok(mut n) = nodes.get_mut(entity) {
-            n.image = player.image().clone();
-        }
-        #[cfg(feature = "3d")]
-        if let (Ok(m), Some(materials)) = (handles.get(entity), materials.as_mut())
-            && let Some(mut m) = materials.get_mut(&m.0)
-        {
-            m.base_color_texture = Some(player.image().clone());
-        }
-    }
 }

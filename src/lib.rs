@@ -5,8 +5,16 @@
 //!   [`FramePack`] system parameter, follow them with [`GenerationEvent`] messages (started,
 //!   progress, section, then finished, failed with a [`GenerationError`], or cancelled).
 //! - [`Preset`] assets (`*.preset.ron`) hold prompt, length, seed, steps, schedule, …
-//! - [`CutscenePlayer`] plays a job's frames into an `Image` while later sections generate;
-//!   a `Sprite`, `ImageNode` or `StandardMaterial` on the same entity is pointed at it.
+//! - A job fills a [`CutsceneClip`] asset (its [`JobTicket::clip`]) section by section; clips
+//!   save to and load from `.cutscene` files, so a game can ship or cache cutscenes and replay
+//!   them without the model.
+//! - [`CutscenePlayer`] plays a clip into an `Image` while later sections generate (any number
+//!   of players share one clip's frames); a `Sprite`, `ImageNode` or `StandardMaterial` on the
+//!   same entity is pointed at it. [`CutscenePlayback`] sets the end mode (once, loop, despawn,
+//!   remove), buffering, speed, pause and clock; [`CutsceneFinished`], [`CutsceneLooped`] and
+//!   [`CutsceneFailed`] are triggered on the player's entity.
+//! - [`FramePack::preload`] loads the model ahead of time; [`FramePackStatus`] says when it is
+//!   ready.
 //! - Feature `egui`: `FramePackPanelPlugin`, a panel with preset picker, prompt, start/cancel,
 //!   progress and a live thumbnail. Feature `hot`: presets reload when their files change.
 //! - Trigger [`CaptureCutscene`] on an entity to capture a camera or the window and generate from
@@ -14,12 +22,13 @@
 //!
 //! The default model is the embedded *nano* model: a small transformer and VAE trained on
 //! procedural 64 × 64 game clips (green square walking and jumping, bouncing ball, camera pans),
-//! written to a temporary directory when the worker starts. It continues frames of such scenes
+//! loaded from memory when the worker starts. It continues frames of such scenes
 //! on a CPU with no download; point [`FramePackSettings::model`] at a real bundle for anything
 //! else. The engine-agnostic core is re-exported as [`framepack`].
 #![warn(missing_docs)]
 
 mod capture;
+mod clip;
 mod messages;
 mod nano;
 #[cfg(feature = "egui")]
@@ -36,11 +45,15 @@ pub use framepack;
 pub use framepack::DecoderChoice;
 
 pub use capture::{CaptureCutscene, CaptureFailed, CaptureSource};
+pub use clip::{ClipStatus, CutsceneClip, CutsceneClipLoader, CutsceneClipLoaderError};
 pub use messages::{GenerationError, GenerationEvent, JobId};
 #[cfg(feature = "egui")]
 pub use panel::{FramePackPanel, FramePackPanelPlugin};
-pub use param::{FramePack, FramePackWorker};
-pub use playback::{BufferPolicy, CutscenePlayer, PlaybackClock, PlaybackState};
+pub use param::{FramePack, FramePackStatus, FramePackWorker};
+pub use playback::{
+    BufferPolicy, CutsceneError, CutsceneFailed, CutsceneFinished, CutsceneLooped, CutscenePlayback, CutscenePlayer,
+    PlaybackClock, PlaybackMode, PlaybackState, PlaybackTime,
+};
 pub use plugin::{FramePackPlugin, FramePackSystems};
 pub use preset::{Preset, PresetLoader, PresetLoaderError};
 pub use request::{FramePackError, GenerationRequest, JobTicket, RgbaImage};
@@ -49,9 +62,11 @@ pub use settings::{FramePackSettings, ModelSource, Precision};
 /// The types most games need.
 pub mod prelude {
     pub use crate::{
-        BufferPolicy, CaptureCutscene, CaptureFailed, CaptureSource, CutscenePlayer, DecoderChoice, FramePack,
-        FramePackError, FramePackPlugin, FramePackSettings, FramePackSystems, GenerationError, GenerationEvent,
-        GenerationRequest, JobId, JobTicket, ModelSource, PlaybackState, Precision, Preset, RgbaImage,
+        BufferPolicy, CaptureCutscene, CaptureFailed, CaptureSource, ClipStatus, CutsceneClip, CutsceneError,
+        CutsceneFailed, CutsceneFinished, CutsceneLooped, CutscenePlayback, CutscenePlayer, DecoderChoice, FramePack,
+        FramePackError, FramePackPlugin, FramePackSettings, FramePackStatus, FramePackSystems, GenerationError,
+        GenerationEvent, GenerationRequest, JobId, JobTicket, ModelSource, PlaybackMode, PlaybackState, PlaybackTime,
+        Precision, Preset, RgbaImage,
     };
     #[cfg(feature = "egui")]
     pub use crate::{FramePackPanel, FramePackPanelPlugin};

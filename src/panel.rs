@@ -86,7 +86,7 @@ fn panel_ui(
         .target
         .as_ref()
         .and_then(|(_, e)| players.get(*e).ok())
-        .map(|p| (p.image().clone(), p.current_frame(), p.state()));
+        .and_then(|p| Some((p.image()?.clone(), p.current_frame(), p.state())));
     let texture = thumbnail.as_ref().map(|(image, ..)| {
         contexts.image_id(image).unwrap_or_else(|| contexts.add_image(EguiTextureHandle::Weak(image.id())))
     });

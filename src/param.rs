@@ -2,21 +2,43 @@
 //! system parameter that queues and cancels jobs.
 
 use bevy::ecs::system::SystemParam;
+use bevy::platform::collections::HashMap;
 use bevy::prelude::*;
 
-use crate::messages::JobId;
+use crate::clip::CutsceneClip;
+use crate::messages::{GenerationError, JobId};
 use crate::request::{FramePackError, GenerationRequest, JobTicket};
 use crate::settings::FramePackSettings;
 use crate::worker::{Command, Response, WorkerThread};
 
-/// The worker handle (a resource). The thread starts at the first generation request, with
-/// the [`FramePackSettings`] of that moment, and stops on `AppExit` or when the resource is
-/// dropped.
+/// Whether the model is ready (a resource): a loading screen can wait for `Ready` after
+/// [`FramePack::preload`], so the first cutscene does not pay for the load.
+#[derive(Resource, Clone, Debug, Default, PartialEq, Eq, Reflect)]
+#[reflect(Resource, Debug, Default)]
+pub enum FramePackStatus {
+    /// Nothing loaded yet (or the worker has shut down).
+    #[default]
+    Unloaded,
+    /// The worker is loading the model.
+    Loading,
+    /// The model is loaded.
+    Ready,
+    /// The model failed to load; the next preload or job tries again.
+    Failed(GenerationError),
+}
+
+/// The worker handle (a resource). The thread starts at the first generation request or
+/// [`FramePack::preload`], with the [`FramePackSettings`] of that moment, and stops on `AppExit`
+/// or when the resource is dropped. Settings changed after that are not applied: the plugin
+/// logs a warning and the worker keeps [`FramePackWorker::settings`].
 #[derive(Resource, Default)]
 pub struct FramePackWorker {
     thread: Option<WorkerThread>,
+    settings: Option<FramePackSettings>,
     next_id: u64,
     shut_down: bool,
+    /// The clip of every job that has not ended.
+    pub(crate) clips: HashMap<JobId, Handle<CutsceneClip>>,
 }
 
 impl FramePackWorker {
@@ -34,6 +56,24 @@ impl FramePackWorker {
         }
     }
 
+    /// The settings the running worker started with.
+    pub fn settings(&self) -> Option<&FramePackSettings> {
+        self.settings.as_ref().filter(|_| self.thread.is_some())
+    }
+
+    fn start(&mut self, settings: &FramePackSettings) -> Result<&WorkerThread, FramePackError> {
+        if self.shut_down {
+            return Err(FramePackError::WorkerUnavailable("the worker has shut down".into()));
+        }
+        if self.thread.is_none() {
+            let t = WorkerThread::spawn(settings.clone())
+                .map_err(|e| FramePackError::WorkerUnavailable(format!("cannot start the thread: {e}")))?;
+            self.thread = Some(t);
+            self.settings = Some(settings.clone());
+        }
+        Ok(self.thread.as_ref().unwrap_or_else(|| unreachable!("started above")))
+    }
+
     pub(crate) fn drain(&self) -> impl Iterator<Item = Response> + '_ {
         self.thread.iter().flat_map(|t| t.rx.try_iter())
     }
@@ -45,12 +85,11 @@ impl FramePackWorker {
 /// use bevy::prelude::*;
 /// use bevy_framepack::prelude::*;
 ///
-/// fn start(mut framepack: FramePack, mut images: ResMut<Assets<Image>>, mut commands: Commands) {
+/// fn start(mut framepack: FramePack, mut commands: Commands) {
 ///     let image = RgbaImage::new(2, 2, vec![255; 16]).expect("2·2·4 bytes");
 ///     match framepack.generate(GenerationRequest::new(image, "a cat walks")) {
 ///         Ok(ticket) => {
-///             let player = CutscenePlayer::new(&ticket, 30.0, BufferPolicy::Pause, &mut images);
-///             commands.spawn((Sprite::default(), player));
+///             commands.spawn((Sprite::default(), CutscenePlayer::new(ticket.clip), CutscenePlayback::ONCE));
 ///         }
 ///         Err(e) => error!("{e}"),
 ///     }
@@ -61,6 +100,8 @@ impl FramePackWorker {
 pub struct FramePack<'w> {
     worker: ResMut<'w, FramePackWorker>,
     settings: Res<'w, FramePackSettings>,
+    clips: ResMut<'w, Assets<CutsceneClip>>,
+    status: ResMut<'w, FramePackStatus>,
 }
 
 impl FramePack<'_> {
@@ -70,29 +111,46 @@ impl FramePack<'_> {
         let request = request.to_core()?;
         let plan = request.plan().map_err(|e| FramePackError::InvalidRequest(e.to_string()))?;
         let worker = &mut *self.worker;
-        if worker.shut_down {
-            return Err(FramePackError::WorkerUnavailable("the worker has shut down".into()));
-        }
-        if worker.thread.is_none() {
-            let t = WorkerThread::spawn((*self.settings).clone())
-                .map_err(|e| FramePackError::WorkerUnavailable(format!("cannot start the thread: {e}")))?;
-            worker.thread = Some(t);
-        }
         let id = JobId(worker.next_id);
-        worker.next_id += 1;
-        let thread = worker.thread.as_ref().expect("started above");
-        let ticket = JobTicket {
-            id,
-            width: plan.width as u32,
-            height: plan.height as u32,
-            total_frames: plan.total_frames(),
-            sections: plan.sections.sections,
-        };
+        let thread = worker.start(&self.settings)?;
+        let (width, height) = (plan.width as u32, plan.height as u32);
+        let total_frames = plan.total_frames();
+        let sections = plan.sections.sections;
         thread
             .tx
             .send(Command::Generate { id, request: Box::new(request), plan: Box::new(plan) })
             .map_err(|_| FramePackError::WorkerUnavailable("the worker thread has stopped".into()))?;
-        Ok(ticket)
+        worker.next_id += 1;
+        self.loading();
+        let clip = self.clips.add(CutsceneClip::generating(id, (width, height), total_frames));
+        self.worker.clips.insert(id, clip.clone());
+        Ok(JobTicket { id, clip, width, height, total_frames, sections })
+    }
+
+    /// Starts the worker and loads the model now; [`FramePackStatus`] turns `Ready` (or
+    /// `Failed`) when done. Does nothing more when the model is loaded or loading.
+    pub fn preload(&mut self) -> Result<(), FramePackError> {
+        if matches!(*self.status, FramePackStatus::Ready | FramePackStatus::Loading) && self.worker.thread.is_some() {
+            return Ok(());
+        }
+        let thread = self.worker.start(&self.settings)?;
+        thread
+            .tx
+            .send(Command::Preload)
+            .map_err(|_| FramePackError::WorkerUnavailable("the worker thread has stopped".into()))?;
+        self.loading();
+        Ok(())
+    }
+
+    /// Whether the model is loaded.
+    pub fn status(&self) -> &FramePackStatus {
+        &self.status
+    }
+
+    fn loading(&mut self) {
+        if matches!(*self.status, FramePackStatus::Unloaded | FramePackStatus::Failed(_)) {
+            *self.status = FramePackStatus::Loading;
+        }
     }
 
     /// Cancels a queued or running job; a [`GenerationEvent::Cancelled`] message follows

@@ -1,14 +1,13 @@
-//! Cutscene playback: frames stream into one [`Image`] while later sections still generate.
-
-use std::sync::Arc;
+//! Cutscene playback: a [`CutscenePlayer`] plays a [`CutsceneClip`] into one [`Image`] while later
+//! sections still generate; [`CutscenePlayback`] controls it.
 
 use bevy::asset::RenderAssetUsages;
 use bevy::prelude::*;
 use bevy::render::render_resource::{Extent3d, TextureDimension, TextureFormat};
 use serde::Deserialize;
 
-use crate::messages::JobId;
-use crate::request::JobTicket;
+use crate::clip::{ClipStatus, CutsceneClip};
+use crate::messages::GenerationError;
 
 /// What playback does when it reaches a frame that is not generated yet.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Reflect)]
@@ -48,6 +47,8 @@ pub struct PlaybackClock {
     total: Option<usize>,
     state: PlaybackState,
     shown: Option<usize>,
+    looping: bool,
+    loops: u32,
 }
 
 impl PlaybackClock {
@@ -61,6 +62,37 @@ impl PlaybackClock {
             total: None,
             state: PlaybackState::Waiting,
             shown: None,
+            looping: false,
+            loops: 0,
+        }
+    }
+
+    /// What to do on reaching frames that are not generated yet.
+    pub fn set_policy(&mut self, policy: BufferPolicy) {
+        self.policy = policy;
+    }
+
+    /// Whether playback starts again from frame 0 after the last frame of a complete video
+    /// (instead of finishing).
+    pub fn set_looping(&mut self, looping: bool) {
+        self.looping = looping;
+    }
+
+    /// Times playback wrapped from the last frame to the first.
+    pub fn loops(&self) -> u32 {
+        self.loops
+    }
+
+    /// Moves to `frame` (clamped to the video's last frame once its length is known); a
+    /// finished clock plays on from there.
+    pub fn seek(&mut self, frame: usize) {
+        let frame = match self.total {
+            Some(t) => frame.min(t.saturating_sub(1)),
+            None => frame,
+        };
+        self.position = frame as f64;
+        if self.state == PlaybackState::Finished {
+            self.state = PlaybackState::Playing;
         }
     }
 
@@ -105,8 +137,15 @@ impl PlaybackClock {
             self.state = PlaybackState::Playing;
             self.shown = Some(index);
         } else if self.total.is_some_and(|t| self.available >= t) {
-            self.state = PlaybackState::Finished;
-            self.shown = Some(self.available - 1);
+            if self.looping {
+                self.loops += (self.position / avail) as u32;
+                self.position %= avail;
+                self.state = PlaybackState::Playing;
+                self.shown = Some(self.position as usize);
+            } else {
+                self.state = PlaybackState::Finished;
+                self.shown = Some(self.available - 1);
+            }
         } else {
             self.state = PlaybackState::Buffering;
             match self.policy {
@@ -126,141 +165,314 @@ impl PlaybackClock {
     }
 }
 
-/// Plays a generation job into an [`Image`]. Put the image on a `Sprite`, an `ImageNode` or a
-/// `StandardMaterial`: the image keeps its size, so the GPU texture is reused, and its pixels
-/// live in the render world only (`RenderAssetUsages::RENDER_WORLD`).
+/// What a player does after the last frame of its clip.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Reflect)]
+pub enum PlaybackMode {
+    /// Stay on the last frame.
+    #[default]
+    Once,
+    /// Start again from the first frame (once the clip is complete; until then the
+    /// [`BufferPolicy`] applies).
+    Loop,
+    /// Despawn the entity.
+    Despawn,
+    /// Remove the [`CutscenePlayer`] and its [`CutscenePlayback`] (the image keeps the last frame).
+    Remove,
+}
+
+/// Which clock drives playback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Reflect)]
+pub enum PlaybackTime {
+    /// `Time<Virtual>`: pauses and scales with the game.
+    #[default]
+    Virtual,
+    /// `Time<Real>`: runs while the game is paused.
+    Real,
+}
+
+/// How a [`CutscenePlayer`] plays: end mode, buffering, speed, pause and clock. Read every
+/// frame, so changing it controls a playing cutscene (`playback.paused = true`).
+#[derive(Component, Clone, Copy, Debug, PartialEq, Reflect)]
+#[reflect(Component, Debug, Default)]
+pub struct CutscenePlayback {
+    /// What happens after the last frame.
+    pub mode: PlaybackMode,
+    /// What happens on reaching frames that are not generated yet.
+    pub buffer: BufferPolicy,
+    /// Playback rate relative to the clip's frame rate (1.0: 30 fps for FramePack).
+    pub speed: f32,
+    /// Whether the clock stands still.
+    pub paused: bool,
+    /// Virtual (game) or real time.
+    pub time: PlaybackTime,
+}
+
+impl Default for CutscenePlayback {
+    fn default() -> Self {
+        Self::ONCE
+    }
+}
+
+impl CutscenePlayback {
+    /// Play once and stay on the last frame.
+    pub const ONCE: Self = Self {
+        mode: PlaybackMode::Once,
+        buffer: BufferPolicy::Pause,
+        speed: 1.0,
+        paused: false,
+        time: PlaybackTime::Virtual,
+    };
+    /// Loop.
+    pub const LOOP: Self = Self { mode: PlaybackMode::Loop, ..Self::ONCE };
+    /// Play once, then despawn the entity.
+    pub const DESPAWN: Self = Self { mode: PlaybackMode::Despawn, ..Self::ONCE };
+    /// Play once, then remove the player.
+    pub const REMOVE: Self = Self { mode: PlaybackMode::Remove, ..Self::ONCE };
+
+    /// With this buffering policy.
+    pub fn with_buffer(self, buffer: BufferPolicy) -> Self {
+        Self { buffer, ..self }
+    }
+    /// With this speed.
+    pub fn with_speed(self, speed: f32) -> Self {
+        Self { speed, ..self }
+    }
+    /// Starting paused.
+    pub fn paused(self) -> Self {
+        Self { paused: true, ..self }
+    }
+    /// Driven by real time.
+    pub fn with_real_time(self) -> Self {
+        Self { time: PlaybackTime::Real, ..self }
+    }
+}
+
+/// Plays a [`CutsceneClip`] into an [`Image`], like Bevy's `AudioPlayer` plays a sound:
+/// `commands.spawn((Sprite::default(), CutscenePlayer::new(ticket.clip), CutscenePlayback::LOOP))`.
+///
+/// Once the clip's size is known the player makes its image and points a `Sprite`, an
+/// `ImageNode` or a `StandardMaterial` on its entity at it (features `2d`, `ui`, `3d`). The
+/// image keeps its size, so the GPU texture is reused, and its pixels live in the render world
+/// only (`RenderAssetUsages::RENDER_WORLD`). At the end it triggers [`CutsceneFinished`] (or
+/// [`CutsceneLooped`] each time it wraps), and [`CutsceneFailed`] if the clip's generation or
+/// loading failed; each at most once (per wrap).
 #[derive(Component, Debug, Reflect)]
 #[reflect(Component, Debug)]
+#[require(CutscenePlayback)]
 pub struct CutscenePlayer {
-    job: JobId,
-    image: Handle<Image>,
-    size: (u32, u32),
-    #[reflect(ignore)]
-    frames: Vec<Option<Arc<[u8]>>>,
-    clock: PlaybackClock,
+    clip: Handle<CutsceneClip>,
+    image: Option<Handle<Image>>,
+    clock: Option<PlaybackClock>,
+    seek: Option<usize>,
     uploaded: Option<usize>,
-    #[reflect(ignore)]
-    preview: Option<Arc<[u8]>>,
     preview_shown: bool,
+    preview_seen: Option<u64>,
+    failed: bool,
+    ended: bool,
 }
 
 impl CutscenePlayer {
-    /// A player for the job of `ticket`, with a black image of the job's frame size.
-    pub fn new(ticket: &JobTicket, fps: f32, policy: BufferPolicy, images: &mut Assets<Image>) -> Self {
-        let image = Image::new_fill(
-            Extent3d { width: ticket.width, height: ticket.height, depth_or_array_layers: 1 },
-            TextureDimension::D2,
-            &[0, 0, 0, 255],
-            TextureFormat::Rgba8UnormSrgb,
-            RenderAssetUsages::RENDER_WORLD,
-        );
+    /// A player of `clip`, from its first frame.
+    pub fn new(clip: Handle<CutsceneClip>) -> Self {
         Self {
-            job: ticket.id,
-            image: images.add(image),
-            size: (ticket.width, ticket.height),
-            frames: vec![None; ticket.total_frames],
-            clock: PlaybackClock::new(fps, policy),
+            clip,
+            image: None,
+            clock: None,
+            seek: None,
             uploaded: None,
-            preview: None,
             preview_shown: false,
+            preview_seen: None,
+            failed: false,
+            ended: false,
         }
     }
 
-    /// The job it plays.
-    pub fn job(&self) -> JobId {
-        self.job
+    /// The clip it plays.
+    pub fn clip(&self) -> &Handle<CutsceneClip> {
+        &self.clip
     }
-    /// The image the frames go to.
-    pub fn image(&self) -> &Handle<Image> {
-        &self.image
+    /// The image the frames go to, once the clip's size is known.
+    pub fn image(&self) -> Option<&Handle<Image>> {
+        self.image.as_ref()
     }
     /// The playback state.
     pub fn state(&self) -> PlaybackState {
-        self.clock.state()
+        self.clock.as_ref().map_or(PlaybackState::Waiting, PlaybackClock::state)
     }
     /// The frame shown now.
     pub fn current_frame(&self) -> Option<usize> {
         self.uploaded
     }
-    /// The RGBA8 pixels of frame `index`, if received. Every player of a job shares the same
-    /// frame buffers.
-    pub fn frame(&self, index: usize) -> Option<&[u8]> {
-        self.frames.get(index).and_then(|f| f.as_deref())
+    /// Times playback wrapped to the first frame ([`PlaybackMode::Loop`]).
+    pub fn loops(&self) -> u32 {
+        self.clock.as_ref().map_or(0, PlaybackClock::loops)
     }
-
-    /// Frames received so far (in order from the start, without gaps).
-    pub fn available(&self) -> usize {
-        self.frames.iter().take_while(|f| f.is_some()).count()
+    /// Jumps to `frame` at the next update (a finished player plays on from there).
+    pub fn seek(&mut self, frame: usize) {
+        self.seek = Some(frame);
+        self.ended = false;
     }
-
-    fn frame_bytes(&self) -> usize {
-        self.size.0 as usize * self.size.1 as usize * 4
-    }
-
-    /// Stores frames `start..` (RGBA8 of the player's size, shared with the job's other players);
-    /// frames of another size are refused.
-    pub(crate) fn receive(&mut self, start: usize, frames: &[Arc<[u8]>]) -> bool {
-        if frames.iter().any(|f| f.len() != self.frame_bytes()) {
-            return false;
-        }
-        for (i, f) in frames.iter().enumerate() {
-            if let Some(slot) = self.frames.get_mut(start + i) {
-                *slot = Some(f.clone());
-            }
-        }
-        self.clock.set_available(self.available());
-        true
-    }
-
     /// Whether the image shows a preview (the tiny decoder's estimate of the section being
     /// sampled, sent when the request asks for previews) while the player waits for frames.
     pub fn showing_preview(&self) -> bool {
         self.preview_shown
     }
+}
 
-    /// Keeps a preview frame (RGBA8 of the player's size) to show while waiting; frames of
-    /// another size are ignored.
-    pub(crate) fn receive_preview(&mut self, frame: Arc<[u8]>) {
-        if frame.len() == self.frame_bytes() {
-            self.preview = Some(frame);
+/// A [`CutscenePlayer`] showed the last frame of its clip (not triggered in
+/// [`PlaybackMode::Loop`], nor after [`CutsceneFailed`]). `Despawn` and `Remove` apply after it.
+#[derive(EntityEvent, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CutsceneFinished {
+    /// The player's entity.
+    pub entity: Entity,
+}
+
+/// A looping [`CutscenePlayer`] went from the last frame back to the first.
+#[derive(EntityEvent, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CutsceneLooped {
+    /// The player's entity.
+    pub entity: Entity,
+    /// Wraps so far.
+    pub loops: u32,
+}
+
+/// Why a [`CutscenePlayer`] cannot play its whole clip.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CutsceneError {
+    /// The clip's generation failed; the frames generated before still play.
+    #[error(transparent)]
+    Generation(#[from] GenerationError),
+    /// The clip's file did not load.
+    #[error("cannot load the clip: {0}")]
+    Load(String),
+}
+
+/// A [`CutscenePlayer`]'s clip failed to generate or load (triggered once on its entity).
+#[derive(EntityEvent, Clone, Debug, PartialEq, Eq)]
+pub struct CutsceneFailed {
+    /// The player's entity.
+    pub entity: Entity,
+    /// What went wrong.
+    pub error: CutsceneError,
+}
+
+/// Makes a player's image once its clip's size is known and points a `Sprite`, `ImageNode` or
+/// `StandardMaterial` (with the plugin's `2d`, `ui` and `3d` features) on its entity at it.
+#[allow(unused_variables, unused_mut)]
+pub(crate) fn prepare_players(
+    mut players: Query<(Entity, &mut CutscenePlayer)>,
+    clips: Res<Assets<CutsceneClip>>,
+    images: Option<ResMut<Assets<Image>>>,
+    #[cfg(feature = "2d")] mut sprites: Query<&mut Sprite>,
+    #[cfg(feature = "ui")] mut nodes: Query<&mut ImageNode>,
+    #[cfg(feature = "3d")] materials: (
+        Query<&MeshMaterial3d<StandardMaterial>>,
+        Option<ResMut<Assets<StandardMaterial>>>,
+    ),
+) {
+    let Some(mut images) = images else { return };
+    #[cfg(feature = "3d")]
+    let (handles, mut materials) = materials;
+    for (entity, mut player) in &mut players {
+        if player.image.is_some() {
+            continue;
         }
-    }
-
-    /// Generation stopped: no frames beyond those received will come.
-    pub(crate) fn end_generation(&mut self) {
-        self.preview = None;
-        let n = self.available();
-        self.frames.truncate(n);
-        self.clock.set_total(n);
-    }
-
-    pub(crate) fn generation_total(&mut self, total: usize) {
-        self.frames.resize(total, None);
-        self.clock.set_total(total);
-        self.clock.set_available(self.available());
+        let Some(clip) = clips.get(&player.clip) else { continue };
+        let image = images.add(Image::new_fill(
+            Extent3d { width: clip.width(), height: clip.height(), depth_or_array_layers: 1 },
+            TextureDimension::D2,
+            &[0, 0, 0, 255],
+            TextureFormat::Rgba8UnormSrgb,
+            RenderAssetUsages::RENDER_WORLD,
+        ));
+        #[cfg(feature = "2d")]
+        if let Ok(mut s) = sprites.get_mut(entity) {
+            s.image = image.clone();
+        }
+        #[cfg(feature = "ui")]
+        if let Ok(mut n) = nodes.get_mut(entity) {
+            n.image = image.clone();
+        }
+        #[cfg(feature = "3d")]
+        if let (Ok(m), Some(materials)) = (handles.get(entity), materials.as_mut())
+            && let Some(mut m) = materials.get_mut(&m.0)
+        {
+            m.base_color_texture = Some(image.clone());
+        }
+        player.image = Some(image);
     }
 }
 
+fn upload(images: &mut Assets<Image>, image: &Handle<Image>, frame: &[u8]) {
+    if let Some(mut image) = images.get_mut(image) {
+        image.data = Some(frame.to_vec());
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn play_cutscenes(
-    time: Res<Time>,
-    mut players: Query<&mut CutscenePlayer>,
+    virtual_time: Res<Time<Virtual>>,
+    real_time: Res<Time<Real>>,
+    mut players: Query<(Entity, &mut CutscenePlayer, &CutscenePlayback)>,
+    clips: Res<Assets<CutsceneClip>>,
+    server: Res<AssetServer>,
     images: Option<ResMut<Assets<Image>>>,
+    mut commands: Commands,
 ) {
     let Some(mut images) = images else { return };
-    let dt = time.delta_secs();
-    for mut player in &mut players {
+    for (entity, mut player, settings) in &mut players {
         let player = &mut *player;
-        let shown = player.clock.advance(dt);
+        let Some(clip) = clips.get(&player.clip) else {
+            if !player.failed
+                && let Some(bevy::asset::LoadState::Failed(e)) = server.get_load_state(&player.clip)
+            {
+                player.failed = true;
+                commands.trigger(CutsceneFailed { entity, error: CutsceneError::Load(e.to_string()) });
+                end_of_playback(&mut commands, entity, settings.mode);
+            }
+            continue;
+        };
+        let Some(image) = player.image.clone() else { continue };
+        if !player.failed
+            && let ClipStatus::Failed(e) = clip.status()
+        {
+            player.failed = true;
+            commands.trigger(CutsceneFailed { entity, error: CutsceneError::Generation(e.clone()) });
+        }
+        let clock = player.clock.get_or_insert_with(|| PlaybackClock::new(clip.fps(), settings.buffer));
+        clock.set_policy(settings.buffer);
+        clock.set_looping(settings.mode == PlaybackMode::Loop);
+        clock.set_available(clip.available());
+        if clip.is_final() {
+            clock.set_total(clip.len());
+        }
+        if let Some(frame) = player.seek.take() {
+            clock.seek(frame);
+        }
+        let dt = match settings.time {
+            PlaybackTime::Virtual => virtual_time.delta_secs(),
+            PlaybackTime::Real => real_time.delta_secs(),
+        };
+        let dt = if settings.paused || !settings.speed.is_finite() { 0.0 } else { dt * settings.speed.max(0.0) };
+        let loops = clock.loops();
+        let shown = clock.advance(dt);
+        let state = clock.state();
+        if clock.loops() > loops {
+            commands.trigger(CutsceneLooped { entity, loops: clock.loops() });
+        }
         // Previews stand in while nothing plays: before the first frame, and while buffering
         // (except under `Loop`, which replays what it has).
-        let waiting = match player.clock.state() {
+        let waiting = match state {
             PlaybackState::Waiting => true,
-            PlaybackState::Buffering => player.clock.policy != BufferPolicy::Loop,
+            PlaybackState::Buffering => settings.buffer != BufferPolicy::Loop,
             _ => false,
         };
         if waiting {
-            if let (Some(frame), Some(mut image)) = (player.preview.take(), images.get_mut(&player.image)) {
-                image.data = Some(frame.to_vec());
+            if let Some((n, frame)) = clip.preview()
+                && player.preview_seen != Some(*n)
+            {
+                upload(&mut images, &image, frame);
+                player.preview_seen = Some(*n);
                 player.preview_shown = true;
             }
             if player.preview_shown {
@@ -273,10 +485,29 @@ pub(crate) fn play_cutscenes(
         }
         if let Some(index) = shown
             && shown != player.uploaded
-            && let (Some(Some(frame)), Some(mut image)) = (player.frames.get(index), images.get_mut(&player.image))
+            && let Some(frame) = clip.frame(index)
         {
-            image.data = Some(frame.to_vec());
+            upload(&mut images, &image, frame);
             player.uploaded = shown;
+        }
+        if state == PlaybackState::Finished && !player.ended {
+            player.ended = true;
+            if !player.failed {
+                commands.trigger(CutsceneFinished { entity });
+            }
+            end_of_playback(&mut commands, entity, settings.mode);
+        }
+    }
+}
+
+fn end_of_playback(commands: &mut Commands, entity: Entity, mode: PlaybackMode) {
+    match mode {
+        PlaybackMode::Once | PlaybackMode::Loop => {}
+        PlaybackMode::Despawn => {
+            commands.entity(entity).try_despawn();
+        }
+        PlaybackMode::Remove => {
+            commands.entity(entity).try_remove::<(CutscenePlayer, CutscenePlayback)>();
         }
     }
 }

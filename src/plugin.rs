@@ -3,10 +3,11 @@
 use bevy::asset::{AssetEventSystems, AssetTrackingSystems};
 use bevy::prelude::*;
 
-use crate::capture::{attach_player_images, on_capture};
+use crate::capture::on_capture;
+use crate::clip::{ClipStatus, CutsceneClip, CutsceneClipLoader};
 use crate::messages::*;
-use crate::param::FramePackWorker;
-use crate::playback::{CutscenePlayer, play_cutscenes};
+use crate::param::{FramePackStatus, FramePackWorker};
+use crate::playback::{CutscenePlayback, CutscenePlayer, play_cutscenes, prepare_players};
 use crate::preset::{Preset, PresetLoader};
 use crate::settings::FramePackSettings;
 use crate::worker::{JobEnd, Response};
@@ -23,10 +24,11 @@ pub struct FramePackPlugin;
 #[derive(SystemSet, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FramePackSystems {
     /// `PreUpdate`, after asset tracking: drains the worker's responses, writes the messages and
-    /// hands frames to the [`CutscenePlayer`]s.
+    /// puts the frames into the jobs' [`CutsceneClip`]s.
     Receive,
-    /// `PostUpdate`, before `AssetEventSystems`: points new players' sprites, UI images and
-    /// materials at their image, advances playback and uploads the frame to show.
+    /// `PostUpdate`, before `AssetEventSystems`: makes new players' images and points their
+    /// sprites, UI images and materials at them, advances playback, uploads the frame to show
+    /// and triggers the players' end events.
     Playback,
     /// `Last`: stops the worker when the app exits.
     Shutdown,
@@ -37,71 +39,105 @@ impl Plugin for FramePackPlugin {
         app.init_resource::<FramePackSettings>()
             .register_type::<FramePackSettings>()
             .register_type::<CutscenePlayer>()
+            .register_type::<CutscenePlayback>()
             .register_type::<GenerationEvent>()
             .init_resource::<FramePackWorker>()
+            .init_resource::<FramePackStatus>()
+            .register_type::<FramePackStatus>()
             .init_asset::<Preset>()
             .init_asset_loader::<PresetLoader>()
+            .init_asset::<CutsceneClip>()
+            .init_asset_loader::<CutsceneClipLoader>()
             .add_message::<GenerationEvent>()
             .add_observer(on_capture)
             .configure_sets(PreUpdate, FramePackSystems::Receive.after(AssetTrackingSystems))
             .configure_sets(PostUpdate, FramePackSystems::Playback.before(AssetEventSystems))
-            .add_systems(PreUpdate, receive.in_set(FramePackSystems::Receive))
-            .add_systems(PostUpdate, (attach_player_images, play_cutscenes).chain().in_set(FramePackSystems::Playback))
+            .add_systems(PreUpdate, (refuse_late_settings, receive).in_set(FramePackSystems::Receive))
+            .add_systems(PostUpdate, (prepare_players, play_cutscenes).chain().in_set(FramePackSystems::Playback))
             .add_systems(Last, shutdown_on_exit.in_set(FramePackSystems::Shutdown));
     }
 }
 
 fn receive(
-    worker: Res<FramePackWorker>,
-    mut players: Query<&mut CutscenePlayer>,
+    mut worker: ResMut<FramePackWorker>,
+    mut clips: ResMut<Assets<CutsceneClip>>,
+    mut status: ResMut<FramePackStatus>,
     mut events: MessageWriter<GenerationEvent>,
 ) {
-    let mut for_job = |job: JobId, f: &mut dyn FnMut(&mut CutscenePlayer)| {
-        for mut p in &mut players {
-            if p.job() == job {
-                f(&mut p);
-            }
-        }
-    };
-    for response in worker.drain() {
+    let responses: Vec<Response> = worker.drain().collect();
+    for response in responses {
+        let clip = response.job().and_then(|job| worker.clips.get(&job)).and_then(|h| clips.get_mut(h));
         let event = match response {
             Response::Started { job, sections, total_frames, width, height } => {
-                for_job(job, &mut |p| p.generation_total(total_frames));
+                if let Some(mut c) = clip {
+                    c.set_total(total_frames);
+                }
                 GenerationEvent::Started { job, sections, total_frames, width, height }
             }
             Response::Progress { job, section, sections, step, steps, fraction, eta } => {
                 GenerationEvent::Progress { job, section, sections, step, steps, fraction, eta }
             }
-            Response::Preview { job, frame } => {
-                for_job(job, &mut |p| p.receive_preview(frame.clone()));
+            Response::Preview { frame, .. } => {
+                if let Some(mut c) = clip {
+                    c.receive_preview(frame);
+                }
                 continue;
             }
             Response::Section { job, index, sections, range, frames } => {
-                for_job(job, &mut |p| {
-                    if !p.receive(range.start, &frames) {
-                        warn!("CutscenePlayer of job {job:?}: the section's frames do not fit its image");
-                    }
-                });
+                if let Some(mut c) = clip
+                    && !c.receive(range.start, &frames)
+                {
+                    warn!("the frames of job {job:?}'s section do not fit its clip");
+                }
                 GenerationEvent::Section { job, index, sections, frames: range }
             }
             Response::Ended { job, end } => {
-                for_job(job, &mut |p| p.end_generation());
-                match end {
-                    JobEnd::Done => GenerationEvent::Finished { job },
-                    JobEnd::Cancelled | JobEnd::GameGone => GenerationEvent::Cancelled { job },
+                let (status, event) = match end {
+                    JobEnd::Done => (ClipStatus::Complete, GenerationEvent::Finished { job }),
+                    JobEnd::Cancelled | JobEnd::GameGone => (ClipStatus::Cancelled, GenerationEvent::Cancelled { job }),
                     JobEnd::Failed(error) => {
                         error!("FramePack job {job:?} failed: {error}");
-                        GenerationEvent::Failed { job, error }
+                        (ClipStatus::Failed(error.clone()), GenerationEvent::Failed { job, error })
                     }
+                };
+                if let Some(mut c) = clip {
+                    c.end(status);
                 }
+                worker.clips.remove(&job);
+                event
+            }
+            Response::Model(loaded) => {
+                *status = match loaded {
+                    Ok(()) => FramePackStatus::Ready,
+                    Err(e) => FramePackStatus::Failed(e),
+                };
+                continue;
             }
         };
         events.write(event);
     }
 }
 
-fn shutdown_on_exit(mut exit: MessageReader<AppExit>, mut worker: ResMut<FramePackWorker>) {
+fn shutdown_on_exit(
+    mut exit: MessageReader<AppExit>,
+    mut worker: ResMut<FramePackWorker>,
+    mut status: ResMut<FramePackStatus>,
+) {
     if exit.read().next().is_some() {
         worker.shutdown();
+        *status = FramePackStatus::Unloaded;
+    }
+}
+
+/// Settings are read once, when the worker starts; a later change is refused with a warning.
+fn refuse_late_settings(settings: Res<FramePackSettings>, worker: Res<FramePackWorker>) {
+    if settings.is_changed()
+        && let Some(running) = worker.settings()
+        && *running != *settings
+    {
+        warn!(
+            "FramePackSettings changed after the worker started; the worker keeps the settings it started with \
+             (insert the settings before the first generation or preload)"
+        );
     }
 }

@@ -7,7 +7,7 @@ use framepack::packing::ScheduleChoice;
 use framepack::{DecoderChoice, JobSettings};
 use serde::Deserialize;
 
-use crate::playback::BufferPolicy;
+use crate::playback::{BufferPolicy, CutscenePlayback, PlaybackMode};
 use crate::request::{GenerationRequest, RgbaImage};
 
 /// A cutscene preset, loaded from a `*.preset.ron` file. Every field has a default:
@@ -22,7 +22,8 @@ use crate::request::{GenerationRequest, RgbaImage};
 ///     schedule: Geometric,
 ///     resolution: 640,
 ///     teacache: Some(0.15),
-///     playback: Pause,
+///     playback: Pause, // buffering: Pause, Hold or Loop
+///     mode: Once,      // after the last frame: Once, Loop, Despawn or Remove
 ///     end_image: None, // or Some("presets/door_end.png"); needs an inverted or symmetric schedule
 ///     decoder: Full,   // or Tiny: the bundle's tiny decoder (vae_tiny/), far faster
 ///     previews: false, // true: players show the tiny decoder's estimate while a section samples
@@ -50,10 +51,12 @@ pub struct Preset {
     pub resolution: usize,
     /// TeaCache threshold, or `None` for full computation.
     pub teacache: Option<f64>,
-    /// Playback frame rate.
+    /// Playback frame rate (the clip's is 30 fps; other rates play it faster or slower).
     pub fps: f32,
     /// What a [`CutscenePlayer`](crate::CutscenePlayer) does when it catches up with generation.
     pub playback: BufferPolicy,
+    /// What a player does after the last frame.
+    pub mode: PlaybackMode,
     /// Optional end frame: an image asset path (PNG), relative to the assets folder. The video
     /// is generated towards it, which needs a schedule with context after the window
     /// (`InvertedAntiDrifting` or `Symmetric`).
@@ -83,6 +86,7 @@ impl Default for Preset {
             teacache: None,
             fps: 30.0,
             playback: BufferPolicy::default(),
+            mode: PlaybackMode::Once,
             end_image: None,
             decoder: DecoderChoice::Full,
             previews: false,
@@ -110,6 +114,14 @@ impl Preset {
             previews: self.previews,
             ..JobSettings::default()
         }
+    }
+
+    /// How players of this preset's cutscenes play: its end mode, buffering policy and frame
+    /// rate (as a speed relative to FramePack's 30 fps).
+    pub fn playback_settings(&self) -> CutscenePlayback {
+        let speed =
+            if self.fps.is_finite() && self.fps > 0.0 { self.fps / framepack::packing::FPS as f32 } else { 1.0 };
+        CutscenePlayback { mode: self.mode, buffer: self.playback, speed, ..CutscenePlayback::ONCE }
     }
 
     /// A generation request for this preset, starting from `image`.

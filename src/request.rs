@@ -1,10 +1,12 @@
 //! What a game asks the worker for, and what it gets back at once.
 
+use bevy::asset::Handle;
 use bevy::image::Image;
 use framepack::JobSettings;
 use framepack::pipeline::Request;
 use framepack::preprocess::RgbImage;
 
+use crate::clip::CutsceneClip;
 use crate::messages::JobId;
 
 /// RGBA8 pixels of a start (or end) image, row-major, tightly packed.
@@ -102,10 +104,14 @@ impl GenerationRequest {
 }
 
 /// What [`FramePack::generate`] knows about a job as soon as it is queued.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JobTicket {
     /// The job.
     pub id: JobId,
+    /// The clip the job fills, section by section: give it to [`CutscenePlayer`]s.
+    ///
+    /// [`CutscenePlayer`]: crate::CutscenePlayer
+    pub clip: Handle<CutsceneClip>,
     /// Frame width in pixels.
     pub width: u32,
     /// Frame height in pixels.

@@ -37,8 +37,8 @@ impl Precision {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Reflect)]
 pub enum ModelSource {
     /// The embedded nano model (8.5 MB, f16): a small FramePack transformer and VAE trained on
-    /// procedural 64 × 64 game clips (see `assets/nano/MODEL_CARD.md`), written to a temporary
-    /// directory when the worker starts. It continues a frame of a simple 2-D scene with learned
+    /// procedural 64 × 64 game clips (see `assets/nano/MODEL_CARD.md`), compiled into the plugin
+    /// and loaded from memory when the worker starts. It continues a frame of a simple 2-D scene with learned
     /// motion on the CPU (a 1.2 s section takes about 2.3 s on 2 cores at 10 steps); it knows
     /// nothing of other scenes.
     #[default]

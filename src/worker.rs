@@ -29,7 +29,13 @@ use crate::messages::{GenerationError, JobId};
 use crate::settings::{FramePackSettings, ModelSource};
 
 pub(crate) enum Command {
-    Generate { id: JobId, request: Box<Request>, plan: Box<RequestPlan> },
+    Generate {
+        id: JobId,
+        request: Box<Request>,
+        plan: Box<RequestPlan>,
+    },
+    /// Load the models now, so the first job does not pay for it.
+    Preload,
     Shutdown,
 }
 
@@ -67,6 +73,21 @@ pub(crate) enum Response {
         job: JobId,
         end: JobEnd,
     },
+    /// The models were loaded, or failed to load.
+    Model(Result<(), GenerationError>),
+}
+
+impl Response {
+    pub(crate) fn job(&self) -> Option<JobId> {
+        match self {
+            Self::Started { job, .. }
+            | Self::Progress { job, .. }
+            | Self::Section { job, .. }
+            | Self::Preview { job, .. }
+            | Self::Ended { job, .. } => Some(*job),
+            Self::Model(_) => None,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -196,6 +217,11 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
     while let Ok(cmd) = rx.recv() {
         let (id, request, plan) = match cmd {
             Command::Shutdown => break,
+            Command::Preload => {
+                // A failure is reported as `Response::Model`; the next job tries again.
+                let _ = ensure_loaded(&settings, &mut pipeline, &out);
+                continue;
+            }
             Command::Generate { id, request, plan } => (id, request, plan),
         };
         if out.stop.load(Ordering::SeqCst) {
@@ -233,6 +259,20 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
     drop(pipeline);
 }
 
+/// The loaded pipeline, loading it first (and reporting the outcome) when there is none.
+fn ensure_loaded<'p>(
+    settings: &FramePackSettings,
+    pipeline: &'p mut Option<Pipeline>,
+    out: &Out,
+) -> Result<&'p mut Pipeline, GenerationError> {
+    if pipeline.is_none() {
+        let loaded = load_pipeline(settings);
+        let _ = out.send(Response::Model(loaded.as_ref().map(|_| ()).map_err(Clone::clone)));
+        *pipeline = Some(loaded?);
+    }
+    Ok(pipeline.as_mut().unwrap_or_else(|| unreachable!("loaded above")))
+}
+
 fn rgba(rgb: &[u8]) -> Arc<[u8]> {
     rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect()
 }
@@ -252,13 +292,10 @@ fn run_job(
             JobEnd::Failed(GenerationError::from_core(&e))
         }
     };
-    if pipeline.is_none() {
-        match load_pipeline(settings) {
-            Ok(p) => *pipeline = Some(p),
-            Err(e) => return JobEnd::Failed(e),
-        }
-    }
-    let Some(p) = pipeline.as_mut() else { unreachable!("loaded above") };
+    let p = match ensure_loaded(settings, pipeline, out) {
+        Ok(p) => p,
+        Err(e) => return JobEnd::Failed(e),
+    };
     if token.is_cancelled() {
         return JobEnd::Cancelled;
     }

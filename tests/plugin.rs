@@ -125,21 +125,20 @@ fn round_trip_streams_sections_into_a_player() {
     let ticket = generate(&mut app, preset.clone()).unwrap();
     assert_eq!((ticket.width, ticket.height), (32, 32));
     assert!(ticket.sections >= 2);
-    let (player, second) = app.world_mut().resource_scope(|w, mut images: Mut<Assets<Image>>| {
-        let a = w.spawn(CutscenePlayer::new(&ticket, preset.fps, preset.playback, &mut images)).id();
-        let b = w.spawn(CutscenePlayer::new(&ticket, preset.fps, preset.playback, &mut images)).id();
-        (a, b)
-    });
+    let player = app.world_mut().spawn((CutscenePlayer::new(ticket.clip.clone()), preset.playback_settings())).id();
+    let second = app.world_mut().spawn((CutscenePlayer::new(ticket.clip.clone()), preset.playback_settings())).id();
     update_until(&mut app, "finish", |a| !a.world().resource::<Log>().finished.is_empty());
     {
-        // Two players of one job share its frames' memory.
+        // Two players of one job play the one clip: its frames are not copied per player.
         let (a, b) =
             (app.world().get::<CutscenePlayer>(player).unwrap(), app.world().get::<CutscenePlayer>(second).unwrap());
+        assert_eq!(a.clip(), b.clip());
+        let clip = app.world().resource::<Assets<CutsceneClip>>().get(a.clip()).unwrap();
+        assert_eq!(clip.status(), &ClipStatus::Complete);
         for i in 0..ticket.total_frames {
-            let (fa, fb) = (a.frame(i).unwrap(), b.frame(i).unwrap());
-            assert_eq!(fa.len(), 32 * 32 * 4);
-            assert!(std::ptr::eq(fa, fb), "frame {i} is copied per player");
+            assert_eq!(clip.frame(i).unwrap().len(), 32 * 32 * 4);
         }
+        assert_eq!(clip.available(), ticket.total_frames);
     }
     {
         let log = app.world().resource::<Log>();
@@ -156,9 +155,8 @@ fn round_trip_streams_sections_into_a_player() {
         assert_each_job_ends_once(log);
     }
     let p = app.world().get::<CutscenePlayer>(player).unwrap();
-    assert_eq!(p.available(), ticket.total_frames);
     assert!(p.current_frame().is_some());
-    let handle = p.image().clone();
+    let handle = p.image().unwrap().clone();
     let img = app.world().resource::<Assets<Image>>().get(&handle).unwrap();
     assert_eq!(img.texture_descriptor.size.width, 32);
     // The frame went to the render world (RENDER_WORLD only) or is waiting for it.
@@ -173,9 +171,7 @@ fn playback_follows_the_preset_fps_and_never_skips_with_pause() {
     let mut app = app(FramePackSettings::default());
     let preset = nano_preset(2.5, 2);
     let ticket = generate(&mut app, preset.clone()).unwrap();
-    let player = app.world_mut().resource_scope(|w, mut images: Mut<Assets<Image>>| {
-        w.spawn(CutscenePlayer::new(&ticket, 30.0, BufferPolicy::Pause, &mut images)).id()
-    });
+    let player = app.world_mut().spawn(CutscenePlayer::new(ticket.clip.clone())).id();
     let mut shown = Vec::new();
     update_until(&mut app, "playback to finish", |a| {
         let p = a.world().get::<CutscenePlayer>(player).unwrap();
@@ -393,12 +389,11 @@ fn a_new_player_is_shown_by_the_sprite_ui_image_and_material_on_its_entity() {
     let material = app.world_mut().resource_mut::<Assets<StandardMaterial>>().add(StandardMaterial::default());
     let e = app.world_mut().spawn((Sprite::default(), ImageNode::default(), MeshMaterial3d(material.clone()))).id();
     app.update();
-    let player = app.world_mut().resource_scope(|_, mut images: Mut<Assets<Image>>| {
-        CutscenePlayer::new(&ticket, 30.0, BufferPolicy::Hold, &mut images)
-    });
-    let handle = player.image().clone();
-    app.world_mut().entity_mut(e).insert(player);
+    app.world_mut()
+        .entity_mut(e)
+        .insert((CutscenePlayer::new(ticket.clip), CutscenePlayback::ONCE.with_buffer(BufferPolicy::Hold)));
     app.update();
+    let handle = app.world().get::<CutscenePlayer>(e).unwrap().image().expect("the clip's size is known").clone();
     assert_eq!(app.world().get::<Sprite>(e).unwrap().image, handle);
     assert_eq!(app.world().get::<ImageNode>(e).unwrap().image, handle);
     let m = app.world().resource::<Assets<StandardMaterial>>().get(&material).unwrap();
@@ -445,14 +440,13 @@ fn previews_stand_in_on_the_player_until_frames_arrive() {
         ..nano_preset(2.4, 3)
     };
     let ticket = generate(&mut app, preset.clone()).unwrap();
-    let player = app.world_mut().resource_scope(|w, mut images: Mut<Assets<Image>>| {
-        w.spawn(CutscenePlayer::new(&ticket, preset.fps, preset.playback, &mut images)).id()
-    });
+    let player = app.world_mut().spawn((CutscenePlayer::new(ticket.clip.clone()), preset.playback_settings())).id();
     let mut saw_preview = false;
     update_until(&mut app, "finish", |a| {
         let p = a.world().get::<CutscenePlayer>(player).unwrap();
         if p.showing_preview() {
-            assert_eq!(p.available(), 0, "previews only while nothing can play");
+            let clip = a.world().resource::<Assets<CutsceneClip>>().get(p.clip()).unwrap();
+            assert_eq!(clip.available(), 0, "previews only while nothing can play");
             saw_preview = true;
         }
         !a.world().resource::<Log>().finished.is_empty()
