@@ -189,8 +189,11 @@ fn a_generated_clip_saves_and_loads_back_as_an_asset_with_identical_frames() {
         ..Preset::default()
     };
     let image = RgbaImage::new(8, 8, (0..256).map(|i| i as u8).collect()).unwrap();
-    let ticket =
-        app.world_mut().run_system_once(move |mut fp: FramePack| fp.generate(preset.request(image.clone()))).unwrap().unwrap();
+    let ticket = app
+        .world_mut()
+        .run_system_once(move |mut fp: FramePack| fp.generate(preset.request(image.clone())))
+        .unwrap()
+        .unwrap();
     update_until(&mut app, "the clip", |a| {
         a.world().resource::<Assets<CutsceneClip>>().get(&ticket.clip).is_some_and(CutsceneClip::is_final)
     });
@@ -265,4 +268,20 @@ fn a_model_that_cannot_load_is_a_failed_status() {
     });
     let FramePackStatus::Failed(e) = app.world().resource::<FramePackStatus>() else { unreachable!() };
     assert!(e.to_string().contains("cannot load the model"), "{e}");
+}
+
+#[test]
+fn the_shipped_clip_plays_with_no_model_loaded() {
+    let mut app = app_in(None);
+    let clip: Handle<CutsceneClip> = app.world().resource::<AssetServer>().load("cutscenes/ball.cutscene");
+    let e = app.world_mut().spawn((CutscenePlayer::new(clip.clone()), CutscenePlayback::ONCE)).id();
+    assert!(matches!(wait_loaded(&mut app, &clip), LoadState::Loaded));
+    let loaded = app.world().resource::<Assets<CutsceneClip>>().get(&clip).unwrap();
+    assert_eq!((loaded.width(), loaded.height(), loaded.len()), (64, 64, 73));
+    update_until(&mut app, "the end", |a| {
+        a.world().get::<CutscenePlayer>(e).unwrap().state() == PlaybackState::Finished
+    });
+    assert_eq!(shown(&app, e), Some(72));
+    assert_eq!(app.world().resource::<FramePackStatus>(), &FramePackStatus::Unloaded);
+    assert!(!app.world().resource::<FramePackWorker>().is_running());
 }
