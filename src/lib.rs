@@ -27,6 +27,7 @@
 //! else. The engine-agnostic core is re-exported as [`framepack`].
 #![warn(missing_docs)]
 
+mod cache;
 mod capture;
 mod clip;
 mod messages;

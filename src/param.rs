@@ -5,7 +5,12 @@ use bevy::ecs::system::SystemParam;
 use bevy::platform::collections::HashMap;
 use bevy::prelude::*;
 
-use crate::clip::CutsceneClip;
+use std::path::PathBuf;
+
+use framepack::pipeline::{Request, RequestPlan};
+
+use crate::cache::{self, PendingLoad};
+use crate::clip::{ClipStatus, CutsceneClip};
 use crate::messages::{GenerationError, JobId};
 use crate::request::{FramePackError, GenerationRequest, JobTicket};
 use crate::settings::FramePackSettings;
@@ -39,6 +44,10 @@ pub struct FramePackWorker {
     shut_down: bool,
     /// The clip of every job that has not ended.
     pub(crate) clips: HashMap<JobId, Handle<CutsceneClip>>,
+    /// Cached clips being read.
+    pub(crate) cache_loads: Vec<PendingLoad>,
+    /// Where each job's clip goes in the cache when it completes.
+    pub(crate) cache_saves: HashMap<JobId, PathBuf>,
 }
 
 impl FramePackWorker {
@@ -72,6 +81,34 @@ impl FramePackWorker {
             self.settings = Some(settings.clone());
         }
         Ok(self.thread.as_ref().unwrap_or_else(|| unreachable!("started above")))
+    }
+
+    /// Sends a planned job to the worker (starting it) and makes its clip.
+    pub(crate) fn enqueue(
+        &mut self,
+        settings: &FramePackSettings,
+        clips: &mut Assets<CutsceneClip>,
+        id: JobId,
+        clip: Handle<CutsceneClip>,
+        request: Box<Request>,
+        plan: Box<RequestPlan>,
+    ) -> Result<(), FramePackError> {
+        let size = (plan.width as u32, plan.height as u32);
+        let total_frames = plan.total_frames();
+        let sent = self.start(settings).and_then(|thread| {
+            thread
+                .tx
+                .send(Command::Generate { id, request, plan })
+                .map_err(|_| FramePackError::WorkerUnavailable("the worker thread has stopped".into()))
+        });
+        let mut generating = CutsceneClip::generating(id, size, total_frames);
+        if let Err(e) = &sent {
+            generating.end(ClipStatus::Failed(GenerationError::ModelLoad(e.to_string())));
+        } else {
+            self.clips.insert(id, clip.clone());
+        }
+        let _ = clips.insert(&clip, generating);
+        sent
     }
 
     pub(crate) fn drain(&self) -> impl Iterator<Item = Response> + '_ {
@@ -108,23 +145,34 @@ impl FramePack<'_> {
     /// Validates the request and queues it; the worker runs jobs one after another. Returns
     /// the job's id and frame geometry at once (never blocks on inference).
     pub fn generate(&mut self, request: GenerationRequest) -> Result<JobTicket, FramePackError> {
-        let request = request.to_core()?;
-        let plan = request.plan().map_err(|e| FramePackError::InvalidRequest(e.to_string()))?;
-        let worker = &mut *self.worker;
-        let id = JobId(worker.next_id);
-        let thread = worker.start(&self.settings)?;
-        let (width, height) = (plan.width as u32, plan.height as u32);
-        let total_frames = plan.total_frames();
-        let sections = plan.sections.sections;
-        thread
-            .tx
-            .send(Command::Generate { id, request: Box::new(request), plan: Box::new(plan) })
-            .map_err(|_| FramePackError::WorkerUnavailable("the worker thread has stopped".into()))?;
-        worker.next_id += 1;
+        let request = Box::new(request.to_core()?);
+        let plan = Box::new(request.plan().map_err(|e| FramePackError::InvalidRequest(e.to_string()))?);
+        if self.worker.shut_down {
+            return Err(FramePackError::WorkerUnavailable("the worker has shut down".into()));
+        }
+        let id = JobId(self.worker.next_id);
+        self.worker.next_id += 1;
+        let clip = self.clips.reserve_handle();
+        let ticket = JobTicket {
+            id,
+            clip: clip.clone(),
+            width: plan.width as u32,
+            height: plan.height as u32,
+            total_frames: plan.total_frames(),
+            sections: plan.sections.sections,
+        };
+        if let Some(dir) = &self.settings.cache {
+            let path = cache::path(dir, cache::key(&self.settings, &request));
+            if path.is_file() {
+                let task = cache::read(path.clone());
+                self.worker.cache_loads.push(PendingLoad { job: id, clip, path, task, request, plan });
+                return Ok(ticket);
+            }
+            self.worker.cache_saves.insert(id, path);
+        }
+        self.worker.enqueue(&self.settings, &mut self.clips, id, clip, request, plan)?;
         self.loading();
-        let clip = self.clips.add(CutsceneClip::generating(id, (width, height), total_frames));
-        self.worker.clips.insert(id, clip.clone());
-        Ok(JobTicket { id, clip, width, height, total_frames, sections })
+        Ok(ticket)
     }
 
     /// Starts the worker and loads the model now; [`FramePackStatus`] turns `Ready` (or

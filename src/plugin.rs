@@ -52,7 +52,10 @@ impl Plugin for FramePackPlugin {
             .add_observer(on_capture)
             .configure_sets(PreUpdate, FramePackSystems::Receive.after(AssetTrackingSystems))
             .configure_sets(PostUpdate, FramePackSystems::Playback.before(AssetEventSystems))
-            .add_systems(PreUpdate, (refuse_late_settings, receive).in_set(FramePackSystems::Receive))
+            .add_systems(
+                PreUpdate,
+                (refuse_late_settings, receive, crate::cache::poll_loads).in_set(FramePackSystems::Receive),
+            )
             .add_systems(PostUpdate, (prepare_players, play_cutscenes).chain().in_set(FramePackSystems::Playback))
             .add_systems(Last, shutdown_on_exit.in_set(FramePackSystems::Shutdown));
     }
@@ -100,8 +103,14 @@ fn receive(
                         (ClipStatus::Failed(error.clone()), GenerationEvent::Failed { job, error })
                     }
                 };
+                let saved = worker.cache_saves.remove(&job);
                 if let Some(mut c) = clip {
                     c.end(status);
+                    if let Some(path) = saved
+                        && c.status() == &ClipStatus::Complete
+                    {
+                        crate::cache::save(&c, path);
+                    }
                 }
                 worker.clips.remove(&job);
                 event

@@ -67,6 +67,16 @@ pub struct FramePackSettings {
     /// How many response messages (sections, progress, …) may wait for the game before the
     /// worker stops and waits (back-pressure). At least 1.
     pub response_capacity: usize,
+    /// Threads of the worker's dedicated inference pool (`None`: one per CPU core). Fewer
+    /// threads leave cores to the game's own systems.
+    pub threads: Option<usize>,
+    /// Run the worker and its pool at a lower OS priority (nice 10 on Linux) than the game, so
+    /// the game's frames come first on a busy CPU.
+    pub low_priority: bool,
+    /// A folder of generated clips: a request whose clip is there (same model, start and end
+    /// image, prompt and settings) plays it without generating, and every completed job is
+    /// saved there as `<key>.cutscene`.
+    pub cache: Option<PathBuf>,
 }
 
 impl Default for FramePackSettings {
@@ -77,6 +87,9 @@ impl Default for FramePackSettings {
             precision: Precision::Auto,
             low_vram_budget: None,
             response_capacity: 8,
+            threads: None,
+            low_priority: true,
+            cache: None,
         }
     }
 }
@@ -116,6 +129,16 @@ impl FramePackSettings {
             Some(budget_bytes) => Residency::Streamed { budget_bytes },
             None => Residency::Resident,
         }
+    }
+    /// Uses `threads` inference threads.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = Some(threads.max(1));
+        self
+    }
+    /// Caches generated clips in `dir`.
+    pub fn with_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache = Some(dir.into());
+        self
     }
     /// Sets the response channel capacity.
     pub fn with_response_capacity(mut self, capacity: usize) -> Self {

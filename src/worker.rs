@@ -100,6 +100,21 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Lowers the calling thread's scheduling priority (nice 10) when `low`; Linux only, where the
+/// nice value is per thread.
+fn lower_priority(low: bool) {
+    #[cfg(target_os = "linux")]
+    if low {
+        // SAFETY: plain syscalls on the calling thread's id; a failure leaves the priority as is.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = low;
+}
+
 pub(crate) struct WorkerThread {
     pub(crate) tx: Sender<Command>,
     pub(crate) rx: Receiver<Response>,
@@ -116,9 +131,19 @@ impl WorkerThread {
         let stop = Arc::new(AtomicBool::new(false));
         let out = Out { tx: resp_tx, stop: stop.clone() };
         let sh = shared.clone();
-        let join = std::thread::Builder::new()
-            .name("framepack-worker".into())
-            .spawn(move || worker_main(settings, cmd_rx, out, sh))?;
+        let threads = settings.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let low = settings.low_priority;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads.max(1))
+            .thread_name(|i| format!("framepack-inference-{i}"))
+            .start_handler(move |_| lower_priority(low))
+            .build()
+            .map_err(std::io::Error::other)?;
+        let join = std::thread::Builder::new().name("framepack-worker".into()).spawn(move || {
+            lower_priority(low);
+            // Every tensor op of the job runs on the dedicated pool, not on rayon's global one.
+            pool.install(|| worker_main(settings, cmd_rx, out, sh))
+        })?;
         Ok(Self { tx, rx, shared, stop, join: Some(join) })
     }
 

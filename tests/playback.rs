@@ -285,3 +285,77 @@ fn the_shipped_clip_plays_with_no_model_loaded() {
     assert_eq!(app.world().resource::<FramePackStatus>(), &FramePackStatus::Unloaded);
     assert!(!app.world().resource::<FramePackWorker>().is_running());
 }
+
+#[derive(Resource, Default)]
+struct Messages(Vec<GenerationEvent>);
+
+fn record(mut log: ResMut<Messages>, mut events: MessageReader<GenerationEvent>) {
+    log.0.extend(events.read().cloned());
+}
+
+fn cache_app(dir: &std::path::Path) -> App {
+    let mut app = app_in(None);
+    app.insert_resource(FramePackSettings::default().with_cache(dir).with_threads(1))
+        .init_resource::<Messages>()
+        .add_systems(Update, record);
+    app
+}
+
+/// Generates (or replays) one small request and waits for its clip.
+fn cached_run(app: &mut App) -> (JobTicket, CutsceneClip) {
+    let preset =
+        Preset { prompt: "a ball bounces".into(), seconds: 1.0, steps: 1, resolution: 32, ..Preset::default() };
+    let image = RgbaImage::new(8, 8, (0..256).map(|i| (i * 3) as u8).collect()).unwrap();
+    let ticket = app
+        .world_mut()
+        .run_system_once(move |mut fp: FramePack| fp.generate(preset.request(image.clone())))
+        .unwrap()
+        .unwrap();
+    update_until(app, "the clip", |a| {
+        a.world().resource::<Assets<CutsceneClip>>().get(&ticket.clip).is_some_and(CutsceneClip::is_final)
+    });
+    let clip = app.world().resource::<Assets<CutsceneClip>>().get(&ticket.clip).unwrap().clone();
+    (ticket, clip)
+}
+
+fn same_frames(a: &CutsceneClip, b: &CutsceneClip) -> bool {
+    a.len() == b.len() && (0..a.len()).all(|i| a.frame(i).unwrap()[..] == b.frame(i).unwrap()[..])
+}
+
+#[test]
+fn the_cache_replays_a_request_seen_before_without_the_model() {
+    let dir = temp_dir("cache");
+    let mut first = cache_app(&dir);
+    let (ticket, generated) = cached_run(&mut first);
+    assert_eq!(generated.status(), &ClipStatus::Complete);
+    let file = || {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "cutscene"))
+    };
+    update_until(&mut first, "the cache file", |_| file().is_some());
+    drop(first);
+
+    let mut second = cache_app(&dir);
+    let (replay, clip) = cached_run(&mut second);
+    assert!(same_frames(&clip, &generated), "the cached clip has other frames");
+    assert_eq!((replay.width, replay.height, replay.total_frames), (ticket.width, ticket.height, ticket.total_frames));
+    assert!(!second.world().resource::<FramePackWorker>().is_running(), "a cache hit started the model");
+    second.update();
+    let log = &second.world().resource::<Messages>().0;
+    assert!(
+        matches!(log[..], [GenerationEvent::Started { .. }, GenerationEvent::Finished { job }] if job == replay.id),
+        "{log:?}"
+    );
+
+    // An unreadable cache file is generated again (and the frames are the same: the CPU path is
+    // deterministic).
+    std::fs::write(file().unwrap(), b"garbage").unwrap();
+    let mut third = cache_app(&dir);
+    let (_, again) = cached_run(&mut third);
+    assert!(third.world().resource::<FramePackWorker>().is_running());
+    assert!(same_frames(&again, &generated));
+    let _ = std::fs::remove_dir_all(&dir);
+}
