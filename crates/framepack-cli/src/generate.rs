@@ -134,10 +134,11 @@ fn fmt_duration(d: Duration) -> String {
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
-/// The bundle a `--weights` argument names: a folder, or `hub:original` / `hub:f1`.
-pub fn bundle_paths(weights: &Path) -> Result<BundlePaths> {
+/// The bundle a `--weights` argument names: a folder, or `hub:original` / `hub:f1` (downloads
+/// show progress unless `quiet`).
+pub fn bundle_paths(weights: &Path, quiet: bool) -> Result<BundlePaths> {
     if let Some(which) = weights.to_str().and_then(|s| s.strip_prefix("hub:")) {
-        return hub(which);
+        return hub(which, quiet);
     }
     if !weights.is_dir() {
         return Err(invalid("weights", format!("folder {} not found", weights.display())));
@@ -146,7 +147,7 @@ pub fn bundle_paths(weights: &Path) -> Result<BundlePaths> {
 }
 
 #[cfg(feature = "hf-hub")]
-fn hub(which: &str) -> Result<BundlePaths> {
+fn hub(which: &str, quiet: bool) -> Result<BundlePaths> {
     let repo = match which {
         "original" | "inverted" => framepack::hub::ORIGINAL,
         "f1" | "geometric" => framepack::hub::F1,
@@ -154,11 +155,11 @@ fn hub(which: &str) -> Result<BundlePaths> {
             return Err(invalid("weights", format!("unknown hub model `{other}` (expected hub:original or hub:f1)")));
         }
     };
-    framepack::hub::fetch(repo)
+    framepack::hub::fetch_with(repo, framepack::hub::HubOptions { progress: !quiet, ..Default::default() })
 }
 
 #[cfg(not(feature = "hf-hub"))]
-fn hub(_: &str) -> Result<BundlePaths> {
+fn hub(_: &str, _quiet: bool) -> Result<BundlePaths> {
     Err(invalid("weights", "this build cannot download weights (rebuild with the `hf-hub` feature) — give a folder"))
 }
 
@@ -183,7 +184,7 @@ fn write_strip(path: &Path, frames: &[Frame]) -> Result<(), String> {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let started = Instant::now();
-    let mut paths = bundle_paths(&args.weights)?;
+    let mut paths = bundle_paths(&args.weights, args.quiet)?;
     if let Some(t) = &args.tiny_decoder {
         if !t.exists() {
             return Err(invalid("--tiny-decoder", format!("{} not found", t.display())));

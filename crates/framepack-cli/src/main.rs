@@ -133,7 +133,7 @@ fn plan(
 }
 
 fn info(weights: PathBuf) -> framepack_cli::error::Result<()> {
-    let paths = generate::bundle_paths(&weights)?;
+    let paths = generate::bundle_paths(&weights, false)?;
     let report = paths.inspect();
     print!("{report}");
     match paths.inspect_tiny_decoder() {

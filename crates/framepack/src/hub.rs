@@ -8,11 +8,13 @@
 //! - `vae/`, `text_encoder/`, `tokenizer/`, `text_encoder_2/`, `tokenizer_2/` from [`HUNYUAN_VIDEO`];
 //! - `image_encoder/`, `feature_extractor/` from [`FLUX_REDUX`].
 //!
-//! Gated repositories need a token (`HF_TOKEN` or `huggingface-cli login`).
+//! The client follows the Hub's environment variables: `HF_HOME` (the cache folder),
+//! `HF_ENDPOINT` (a mirror) and `HF_TOKEN` (else the token `huggingface-cli login` saved under
+//! `HF_HOME`), which gated repositories need. Failed downloads are retried.
 
 use std::path::{Path, PathBuf};
 
-use hf_hub::api::sync::{Api, ApiRepo};
+use hf_hub::api::sync::{Api, ApiBuilder, ApiRepo};
 
 use crate::bundle::BundlePaths;
 use crate::error::{Error, Result};
@@ -65,10 +67,39 @@ fn parent(p: &Path) -> PathBuf {
     p.parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
+/// How downloads behave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HubOptions {
+    /// Show a progress bar per file.
+    pub progress: bool,
+    /// Attempts after a failed download of a file.
+    pub retries: usize,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        Self { progress: true, retries: 3 }
+    }
+}
+
+/// A client configured from the environment (`HF_HOME`, `HF_ENDPOINT`, `HF_TOKEN`).
+fn api(options: HubOptions) -> Result<Api> {
+    let mut builder = ApiBuilder::from_env().with_progress(options.progress).with_retries(options.retries);
+    if let Some(token) = std::env::var("HF_TOKEN").ok().filter(|t| !t.trim().is_empty()) {
+        builder = builder.with_token(Some(token.trim().to_string()));
+    }
+    builder.build().map_err(|e| Error::invalid("hub download", e.to_string()))
+}
+
+/// [`fetch_with`] with progress bars and 3 retries.
+pub fn fetch(transformer_repo: &str) -> Result<BundlePaths> {
+    fetch_with(transformer_repo, HubOptions::default())
+}
+
 /// Fetches a complete bundle with the transformer from `transformer_repo` ([`ORIGINAL`] or
 /// [`F1`]); files already in the cache are not downloaded again.
-pub fn fetch(transformer_repo: &str) -> Result<BundlePaths> {
-    let api = Api::new().map_err(|e| Error::invalid("hub download", e.to_string()))?;
+pub fn fetch_with(transformer_repo: &str, options: HubOptions) -> Result<BundlePaths> {
+    let api = api(options)?;
     let transformer = get_model(&api.model(transformer_repo.into()), transformer_repo, "", "diffusion_pytorch_model")?;
     let hunyuan = api.model(HUNYUAN_VIDEO.into());
     let vae = get_model(&hunyuan, HUNYUAN_VIDEO, "vae", "diffusion_pytorch_model")?;
