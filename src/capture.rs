@@ -11,7 +11,7 @@ use bevy::window::WindowRef;
 use crate::param::FramePack;
 use crate::playback::CutscenePlayer;
 use crate::preset::Preset;
-use crate::request::RgbaImage;
+use crate::request::{JobTicket, RgbaImage};
 
 /// What to capture.
 #[derive(Clone, Debug, PartialEq, Reflect)]
@@ -37,6 +37,18 @@ pub struct CaptureCutscene {
     pub source: CaptureSource,
     /// The preset to generate with (must be loaded when the frame arrives).
     pub preset: Handle<Preset>,
+}
+
+/// A [`CaptureCutscene`] started its job: triggered on the entity that plays it, with the start
+/// image the worker received (e.g. to show as a freeze frame while the first section generates).
+#[derive(EntityEvent, Clone, Debug)]
+pub struct CaptureStarted {
+    /// The entity that received the [`CutscenePlayer`].
+    pub entity: Entity,
+    /// The job.
+    pub ticket: JobTicket,
+    /// The captured frame, as sent to the worker.
+    pub image: RgbaImage,
 }
 
 /// A [`CaptureCutscene`] could not start a job: triggered on the entity that was to play it
@@ -78,12 +90,13 @@ pub(crate) fn on_capture(
         move |cap: On<ScreenshotCaptured>, mut fp: FramePack, presets: Res<Assets<Preset>>, mut commands: Commands| {
             let started = presets.get(&preset).ok_or_else(|| "the preset is not loaded".to_string()).and_then(|p| {
                 let image = RgbaImage::from_image(&cap.image).map_err(|e| e.to_string())?;
-                let ticket = fp.generate(p.request(image)).map_err(|e| e.to_string())?;
-                Ok((CutscenePlayer::new(ticket.clip), p.playback_settings()))
+                let ticket = fp.generate(p.request(image.clone())).map_err(|e| e.to_string())?;
+                Ok((CutscenePlayer::new(ticket.clip.clone()), p.playback_settings(), ticket, image))
             });
             match started {
-                Ok(p) => {
-                    commands.entity(player).try_insert(p);
+                Ok((cutscene, playback, ticket, image)) => {
+                    commands.entity(player).try_insert((cutscene, playback));
+                    commands.trigger(CaptureStarted { entity: player, ticket, image });
                 }
                 Err(error) => {
                     commands.trigger(CaptureFailed { entity: player, error });

@@ -18,7 +18,8 @@
 //! - Feature `egui`: `FramePackPanelPlugin`, a panel with preset picker, prompt, start/cancel,
 //!   progress and a live thumbnail. Feature `hot`: presets reload when their files change.
 //! - Trigger [`CaptureCutscene`] on an entity to capture a camera or the window and generate from
-//!   that frame; the entity gets the [`CutscenePlayer`], or a [`CaptureFailed`] event.
+//!   that frame; the entity gets the [`CutscenePlayer`] and a [`CaptureStarted`] event with the
+//!   start image, or a [`CaptureFailed`] event.
 //!
 //! The default model is the embedded *nano* model: a small transformer and VAE trained on
 //! procedural 64 × 64 game clips (green square walking and jumping, bouncing ball, camera pans),
@@ -45,7 +46,7 @@ mod worker;
 pub use framepack;
 pub use framepack::DecoderChoice;
 
-pub use capture::{CaptureCutscene, CaptureFailed, CaptureSource};
+pub use capture::{CaptureCutscene, CaptureFailed, CaptureSource, CaptureStarted};
 pub use clip::{ClipStatus, CutsceneClip, CutsceneClipLoader, CutsceneClipLoaderError};
 pub use messages::{GenerationError, GenerationEvent, JobId};
 #[cfg(feature = "egui")]
@@ -63,11 +64,11 @@ pub use settings::{FramePackSettings, ModelSource, Precision};
 /// The types most games need.
 pub mod prelude {
     pub use crate::{
-        BufferPolicy, CaptureCutscene, CaptureFailed, CaptureSource, ClipStatus, CutsceneClip, CutsceneError,
-        CutsceneFailed, CutsceneFinished, CutsceneLooped, CutscenePlayback, CutscenePlayer, DecoderChoice, FramePack,
-        FramePackError, FramePackPlugin, FramePackSettings, FramePackStatus, FramePackSystems, GenerationError,
-        GenerationEvent, GenerationRequest, JobId, JobTicket, ModelSource, PlaybackMode, PlaybackState, PlaybackTime,
-        Precision, Preset, RgbaImage,
+        BufferPolicy, CaptureCutscene, CaptureFailed, CaptureSource, CaptureStarted, ClipStatus, CutsceneClip,
+        CutsceneError, CutsceneFailed, CutsceneFinished, CutsceneLooped, CutscenePlayback, CutscenePlayer,
+        DecoderChoice, FramePack, FramePackError, FramePackPlugin, FramePackSettings, FramePackStatus,
+        FramePackSystems, GenerationError, GenerationEvent, GenerationRequest, JobId, JobTicket, ModelSource,
+        PlaybackMode, PlaybackState, PlaybackTime, Precision, Preset, RgbaImage,
     };
     #[cfg(feature = "egui")]
     pub use crate::{FramePackPanel, FramePackPanelPlugin};

@@ -520,6 +520,13 @@ mod tests {
         (0..n).map(|_| clock.advance(dt)).collect()
     }
 
+    /// A 10 fps clock with `available` frames.
+    fn clock(policy: BufferPolicy, available: usize) -> PlaybackClock {
+        let mut c = PlaybackClock::new(10.0, policy);
+        c.set_available(available);
+        c
+    }
+
     #[test]
     fn waits_then_plays_at_fps() {
         let mut c = PlaybackClock::new(10.0, BufferPolicy::Pause);
@@ -532,8 +539,7 @@ mod tests {
 
     #[test]
     fn pause_holds_then_resumes_without_skipping() {
-        let mut c = PlaybackClock::new(10.0, BufferPolicy::Pause);
-        c.set_available(3);
+        let mut c = clock(BufferPolicy::Pause, 3);
         assert_eq!(run(&mut c, 0.1, 6), [Some(0), Some(1), Some(2), Some(2), Some(2), Some(2)]);
         assert_eq!(c.state(), PlaybackState::Buffering);
         c.set_available(6);
@@ -542,8 +548,7 @@ mod tests {
 
     #[test]
     fn hold_keeps_the_clock_running_and_skips() {
-        let mut c = PlaybackClock::new(10.0, BufferPolicy::Hold);
-        c.set_available(3);
+        let mut c = clock(BufferPolicy::Hold, 3);
         assert_eq!(run(&mut c, 0.1, 6), [Some(0), Some(1), Some(2), Some(2), Some(2), Some(2)]);
         c.set_available(10);
         assert_eq!(c.advance(0.1), Some(6));
@@ -551,16 +556,14 @@ mod tests {
 
     #[test]
     fn loop_replays_available_frames() {
-        let mut c = PlaybackClock::new(10.0, BufferPolicy::Loop);
-        c.set_available(3);
+        let mut c = clock(BufferPolicy::Loop, 3);
         assert_eq!(run(&mut c, 0.1, 7), [Some(0), Some(1), Some(2), Some(0), Some(1), Some(2), Some(0)]);
         assert_eq!(c.state(), PlaybackState::Buffering);
     }
 
     #[test]
     fn finishes_on_the_last_frame() {
-        let mut c = PlaybackClock::new(10.0, BufferPolicy::Pause);
-        c.set_available(3);
+        let mut c = clock(BufferPolicy::Pause, 3);
         c.set_total(3);
         assert_eq!(run(&mut c, 0.1, 5), [Some(0), Some(1), Some(2), Some(2), Some(2)]);
         assert_eq!(c.state(), PlaybackState::Finished);

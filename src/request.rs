@@ -56,6 +56,10 @@ impl RgbaImage {
     pub fn height(&self) -> u32 {
         self.height
     }
+    /// The RGBA8 bytes.
+    pub fn pixels(&self) -> &[u8] {
+        &self.rgba
+    }
 
     fn to_rgb(&self) -> Result<RgbImage, FramePackError> {
         let rgb = self.rgba.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect();

@@ -67,18 +67,24 @@ fn frames_shown(app: &mut App, e: Entity, updates: usize) -> Vec<Option<usize>> 
         .collect()
 }
 
+/// A player of a fresh `n`-frame clip, and the frames it shows over `updates` updates.
+fn play(n: u8, playback: CutscenePlayback, updates: usize) -> (App, Entity, Vec<Option<usize>>) {
+    let mut app = app_in(None);
+    let clip = clip(&mut app, n);
+    let e = app.world_mut().spawn((CutscenePlayer::new(clip), playback)).id();
+    let got = frames_shown(&mut app, e, updates);
+    (app, e, got)
+}
+
 fn ends(app: &App) -> Vec<String> {
     app.world().resource::<Ends>().0.clone()
 }
 
 #[test]
 fn once_stays_on_the_last_frame_and_finishes_exactly_once() {
-    let mut app = app_in(None);
-    let clip = clip(&mut app, 9);
-    let e = app.world_mut().spawn((CutscenePlayer::new(clip), CutscenePlayback::ONCE)).id();
     // The first update makes the image and shows frame 0 (Bevy's first delta is 0); then 3
     // frames per update.
-    let got = frames_shown(&mut app, e, 6);
+    let (mut app, e, got) = play(9, CutscenePlayback::ONCE, 6);
     assert_eq!(got, [Some(0), Some(3), Some(6), Some(8), Some(8), Some(8)]);
     assert_eq!(app.world().get::<CutscenePlayer>(e).unwrap().state(), PlaybackState::Finished);
     frames_shown(&mut app, e, 5);
@@ -87,10 +93,7 @@ fn once_stays_on_the_last_frame_and_finishes_exactly_once() {
 
 #[test]
 fn loop_wraps_and_reports_each_wrap_instead_of_finishing() {
-    let mut app = app_in(None);
-    let clip = clip(&mut app, 4);
-    let e = app.world_mut().spawn((CutscenePlayer::new(clip), CutscenePlayback::LOOP)).id();
-    let got = frames_shown(&mut app, e, 5);
+    let (app, e, got) = play(4, CutscenePlayback::LOOP, 5);
     assert_eq!(got, [Some(0), Some(3), Some(2), Some(1), Some(0)]);
     assert_eq!(ends(&app), [format!("looped {e} 1"), format!("looped {e} 2"), format!("looped {e} 3")]);
     assert_eq!(app.world().get::<CutscenePlayer>(e).unwrap().loops(), 3);

@@ -10,10 +10,7 @@ use crate::measure::Stats;
 /// The panel's Start button captures the game view into the in-world screen.
 #[cfg(feature = "egui")]
 pub fn panel_target(scene: Res<Scene>, screen: Query<Entity, With<Screen>>, mut panel: ResMut<FramePackPanel>) {
-    let source = match &scene.target {
-        Some(t) => CaptureSource::Image(t.clone()),
-        None => CaptureSource::Camera(scene.camera),
-    };
+    let source = CaptureSource::Image(scene.capture.clone());
     panel.target = screen.single().ok().map(|e| (source, e));
 }
 
@@ -34,10 +31,7 @@ pub fn trigger(
     // A new capture replaces the screen's player; untint the placeholder so frames show as made.
     sprite.color = Color::WHITE;
     commands.entity(screen).remove::<CutscenePlayer>();
-    let source = match &scene.target {
-        Some(t) => CaptureSource::Image(t.clone()),
-        None => CaptureSource::Camera(scene.camera),
-    };
+    let source = CaptureSource::Image(scene.capture.clone());
     commands.trigger(CaptureCutscene { entity: screen, source, preset: scene.preset.clone() });
 }
 

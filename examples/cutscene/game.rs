@@ -1,7 +1,10 @@
 //! The game: a flat 2-D scene (sky, ground, blocks, the golden door), the green square the
-//! player moves, and the in-world screen the cutscene plays on.
+//! player moves, and the in-world screen the cutscene plays on. The screen and the status line
+//! are on their own render layer, which the capture camera does not see: the model gets the
+//! game alone, as in its training clips.
 
 use bevy::camera::RenderTarget;
+use bevy::camera::visibility::RenderLayers;
 use bevy::prelude::*;
 use bevy::render::render_resource::TextureFormat;
 use bevy_framepack::prelude::*;
@@ -10,6 +13,8 @@ use crate::Args;
 
 pub const VIEW: (u32, u32) = (640, 480);
 pub const DOOR: Vec2 = Vec2::new(220.0, -120.0);
+/// The render layer of what is not the game: the in-world screen and the status line.
+const OVERLAY: usize = 1;
 
 #[derive(Component)]
 pub struct Player;
@@ -19,9 +24,10 @@ pub struct Screen;
 pub struct Status;
 #[derive(Resource)]
 pub struct Scene {
-    pub camera: Entity,
     /// The offscreen image the camera renders to in headless mode.
     pub target: Option<Handle<Image>>,
+    /// What the capture camera renders: the game without the screen and the status line.
+    pub capture: Handle<Image>,
     pub preset: Handle<Preset>,
     pub job: Option<JobId>,
     pub triggered: bool,
@@ -31,11 +37,17 @@ pub fn setup(mut commands: Commands, args: Res<Args>, server: Res<AssetServer>, 
     let target = args
         .headless
         .then(|| images.add(Image::new_target_texture(VIEW.0, VIEW.1, TextureFormat::Rgba8UnormSrgb, None)));
-    let mut camera = commands.spawn(Camera2d);
+    let mut camera = commands.spawn((Camera2d, RenderLayers::from_layers(&[0, OVERLAY])));
     if let Some(t) = &target {
         camera.insert(RenderTarget::from(t.clone()));
     }
-    let camera = camera.id();
+    let capture = images.add(Image::new_target_texture(VIEW.0, VIEW.1, TextureFormat::Rgba8UnormSrgb, None));
+    commands.spawn((
+        Camera2d,
+        Camera { order: -1, ..default() },
+        RenderTarget::from(capture.clone()),
+        RenderLayers::layer(0),
+    ));
     let rect = |c: Color, size: Vec2, at: Vec2, z: f32| {
         (Sprite { color: c, custom_size: Some(size), ..default() }, Transform::from_translation(at.extend(z)))
     };
@@ -48,12 +60,21 @@ pub fn setup(mut commands: Commands, args: Res<Args>, server: Res<AssetServer>, 
     commands.spawn(rect(Color::srgb(0.9, 0.75, 0.2), Vec2::new(50.0, 90.0), DOOR, 0.3));
     commands.spawn((rect(Color::srgb(0.2, 0.85, 0.3), Vec2::splat(36.0), Vec2::new(-280.0, -120.0), 0.5), Player));
     // The in-world screen: frame + the cutscene sprite (a CutscenePlayer is added on capture).
-    commands.spawn(rect(Color::srgb(0.05, 0.05, 0.05), Vec2::new(236.0, 180.0), Vec2::new(180.0, 130.0), 0.6));
-    commands.spawn((rect(Color::srgb(0.2, 0.2, 0.2), Vec2::new(224.0, 168.0), Vec2::new(180.0, 130.0), 0.7), Screen));
+    let overlay = RenderLayers::layer(OVERLAY);
+    commands.spawn((
+        rect(Color::srgb(0.05, 0.05, 0.05), Vec2::new(236.0, 180.0), Vec2::new(180.0, 130.0), 0.6),
+        overlay.clone(),
+    ));
+    commands.spawn((
+        rect(Color::srgb(0.2, 0.2, 0.2), Vec2::new(224.0, 168.0), Vec2::new(180.0, 130.0), 0.7),
+        overlay.clone(),
+        Screen,
+    ));
     commands.spawn((
         Text2d::new("Walk into the golden door or press C"),
         TextFont { font_size: FontSize::Px(14.0), ..default() },
         Transform::from_xyz(-135.0, 210.0, 1.0),
+        overlay,
         Status,
     ));
     let preset = match (&args.preset, &args.model) {
@@ -61,7 +82,7 @@ pub fn setup(mut commands: Commands, args: Res<Args>, server: Res<AssetServer>, 
         (None, Some(_)) => "presets/door.preset.ron".into(),
         (None, None) => "presets/nano.preset.ron".into(),
     };
-    commands.insert_resource(Scene { camera, target, preset: server.load(preset), job: None, triggered: false });
+    commands.insert_resource(Scene { target, capture, preset: server.load(preset), job: None, triggered: false });
 }
 
 pub fn move_player(keys: Res<ButtonInput<KeyCode>>, time: Res<Time>, mut q: Query<&mut Transform, With<Player>>) {

@@ -30,7 +30,9 @@ use bevy_framepack::prelude::*;
 
 use capture::{CaptureError, cancel, capture_failed, status, trigger};
 use game::{VIEW, move_player, setup};
-use measure::{Stats, headless_script, measure, playback_begins, playback_ends};
+use measure::{
+    ModelFrames, Stats, headless_script, measure, playback_begins, playback_ends, save_capture, save_model_frames,
+};
 
 #[derive(Resource, Clone, Debug, Default)]
 pub struct Args {
@@ -107,10 +109,15 @@ fn main() {
         .insert_resource(settings)
         .insert_resource(args)
         .init_resource::<Stats>()
+        .init_resource::<ModelFrames>()
+        .add_observer(save_capture)
         .init_resource::<CaptureError>()
         .add_observer(capture_failed)
         .add_systems(Startup, setup)
-        .add_systems(Update, (move_player, trigger, cancel, status, headless_script, measure).chain())
+        .add_systems(
+            Update,
+            (move_player, trigger, cancel, status, headless_script, save_model_frames, measure).chain(),
+        )
         .add_systems(
             PostUpdate,
             (playback_begins.before(FramePackSystems::Playback), playback_ends.after(FramePackSystems::Playback)),

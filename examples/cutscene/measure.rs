@@ -1,8 +1,11 @@
 //! The measuring: frame times with and without a generation running, the playback systems'
-//! cost on upload frames, and the headless script that walks to the door, saves screenshots and
-//! prints the numbers.
+//! cost on upload frames, and the headless script that walks to the door, saves screenshots,
+//! the start image the worker received (`capture.png`) and the cutscene's frames at model
+//! resolution (`frames/NNNN.png`), and prints the numbers.
 
+use bevy::asset::RenderAssetUsages;
 use bevy::prelude::*;
+use bevy::render::render_resource::{Extent3d, TextureDimension, TextureFormat};
 use bevy::render::view::screenshot::{Screenshot, save_to_disk};
 use bevy_framepack::prelude::*;
 
@@ -103,4 +106,50 @@ pub fn headless_script(
         println!("playback systems on upload frames (main world): {}", percentiles(&stats.upload));
         exit.write(AppExit::Success);
     }
+}
+
+/// The clip of the last capture, and whether its frames were written.
+#[derive(Resource, Default)]
+pub struct ModelFrames(Option<Handle<CutsceneClip>>, bool);
+
+fn write_png(path: &std::path::Path, (width, height): (u32, u32), rgba: Vec<u8>) {
+    let image = Image::new(
+        Extent3d { width, height, depth_or_array_layers: 1 },
+        TextureDimension::D2,
+        rgba,
+        TextureFormat::Rgba8UnormSrgb,
+        RenderAssetUsages::MAIN_WORLD,
+    );
+    let saved =
+        image.try_into_dynamic().map_err(|e| e.to_string()).and_then(|d| d.save(path).map_err(|e| e.to_string()));
+    if let Err(e) = saved {
+        error!("cannot write {}: {e}", path.display());
+    }
+}
+
+/// Headless mode: writes the start image the worker received as `capture.png`.
+pub fn save_capture(ev: On<CaptureStarted>, args: Res<Args>, mut frames: ResMut<ModelFrames>) {
+    if args.headless {
+        let size = (ev.image.width(), ev.image.height());
+        write_png(&args.out.join("capture.png"), size, ev.image.pixels().to_vec());
+        *frames = ModelFrames(Some(ev.ticket.clip.clone()), false);
+    }
+}
+
+/// Headless mode: writes the cutscene's frames as `frames/NNNN.png` once generation ends.
+pub fn save_model_frames(args: Res<Args>, clips: Res<Assets<CutsceneClip>>, mut frames: ResMut<ModelFrames>) {
+    let ModelFrames(Some(handle), written) = &mut *frames else { return };
+    let Some(clip) = clips.get(&*handle).filter(|c| c.is_final() && !*written) else { return };
+    *written = true;
+    let dir = args.out.join("frames");
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        error!("cannot create {}: {e}", dir.display());
+        return;
+    }
+    for i in 0..clip.available() {
+        if let Some(f) = clip.frame(i) {
+            write_png(&dir.join(format!("{i:04}.png")), (clip.width(), clip.height()), f.to_vec());
+        }
+    }
+    info!("wrote {} frames of {}x{} to {}", clip.available(), clip.width(), clip.height(), dir.display());
 }
