@@ -43,6 +43,8 @@ pub struct Args {
     pub preset: Option<String>,
     /// Inference threads (`--threads N`; default: one per core).
     pub threads: Option<usize>,
+    /// Run inference at the game's priority (`--normal-priority`) instead of nice 10.
+    pub normal_priority: bool,
 }
 fn parse_args() -> Result<Args, String> {
     let mut a = Args { frames: 150, out: "out".into(), ..default() };
@@ -55,11 +57,12 @@ fn parse_args() -> Result<Args, String> {
             "--out" => a.out = value("--out")?.into(),
             "--model" => a.model = Some(value("--model")?.into()),
             "--preset" => a.preset = Some(value("--preset")?),
+            "--normal-priority" => a.normal_priority = true,
             "--threads" => a.threads = Some(value("--threads")?.parse().map_err(|e| format!("--threads: {e}"))?),
             other => {
                 return Err(format!(
                     "unknown argument {other} (expected --headless, --frames N, --out DIR, --model DIR, \
-                     --preset ASSET_PATH, --threads N)"
+                     --preset ASSET_PATH, --threads N, --normal-priority)"
                 ));
             }
         }
@@ -101,6 +104,7 @@ fn main() {
         None => FramePackSettings::default(),
     };
     settings.threads = args.threads;
+    settings.low_priority = !args.normal_priority;
     // With `--features egui`: the FramePack panel (preset picker, prompt, start/cancel, progress).
     #[cfg(feature = "egui")]
     app.add_plugins((bevy_egui::EguiPlugin::default(), FramePackPanelPlugin))
