@@ -57,8 +57,9 @@ pub enum GenerationEvent {
         /// Frame height in pixels.
         height: u32,
     },
-    /// A section was generated and decoded; its frames went to the job's
-    /// [`CutscenePlayer`](crate::CutscenePlayer)s.
+    /// A section was generated and decoded. Its frames are in the job's
+    /// [`CutsceneClip`](crate::CutsceneClip) already: each arrives as soon as it is decoded (frame by
+    /// frame with the tiny decoder on a forward schedule).
     Section {
         /// The job.
         job: JobId,

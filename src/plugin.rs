@@ -86,12 +86,15 @@ fn receive(
                 }
                 continue;
             }
-            Response::Section { job, index, sections, range, frames } => {
+            Response::Frame { job, index, frame } => {
                 if let Some(mut c) = clip
-                    && !c.receive(range.start, &frames)
+                    && !c.receive(index, std::slice::from_ref(&frame))
                 {
-                    warn!("the frames of job {job:?}'s section do not fit its clip");
+                    warn!("frame {index} of job {job:?} does not fit its clip");
                 }
+                continue;
+            }
+            Response::Section { job, index, sections, range } => {
                 GenerationEvent::Section { job, index, sections, frames: range }
             }
             Response::Ended { job, end } => {

@@ -57,12 +57,18 @@ pub(crate) enum Response {
         fraction: f32,
         eta: Duration,
     },
+    /// A section is done (its frames came before it as `Frame`s).
     Section {
         job: JobId,
         index: usize,
         sections: usize,
         range: Range<usize>,
-        frames: Vec<Arc<[u8]>>,
+    },
+    /// A final frame, sent as soon as it is decoded.
+    Frame {
+        job: JobId,
+        index: usize,
+        frame: Arc<[u8]>,
     },
     /// The first frame of the tiny decoder's estimate of the section being sampled.
     Preview {
@@ -83,6 +89,7 @@ impl Response {
             Self::Started { job, .. }
             | Self::Progress { job, .. }
             | Self::Section { job, .. }
+            | Self::Frame { job, .. }
             | Self::Preview { job, .. }
             | Self::Ended { job, .. } => Some(*job),
             Self::Model(_) => None,
@@ -343,6 +350,14 @@ fn run_job(
             eta: p.eta,
         })
     });
+    let frame_out = out.clone();
+    let frame_token = token.clone();
+    let job = job.on_frame(move |index, f| {
+        if !frame_out.send(Response::Frame { job: id, index, frame: rgba(&f.rgb) }) {
+            // The game is gone: stop at the next check.
+            frame_token.cancel();
+        }
+    });
     let (width, height) = job.frame_size();
     let started = Response::Started {
         job: id,
@@ -359,14 +374,18 @@ fn run_job(
             Ok(s) => s,
             Err(e) => return failed(e),
         };
-        let frames = s.frames.iter().map(|f| rgba(&f.rgb)).collect();
-        let section =
-            Response::Section { job: id, index: s.index, sections: s.sections, range: s.frame_range.clone(), frames };
+        let section = Response::Section { job: id, index: s.index, sections: s.sections, range: s.frame_range.clone() };
         if !out.send(section) {
             return JobEnd::GameGone;
         }
     }
-    if token.is_cancelled() { JobEnd::Cancelled } else { JobEnd::Done }
+    if out.stop.load(Ordering::SeqCst) {
+        JobEnd::GameGone
+    } else if token.is_cancelled() {
+        JobEnd::Cancelled
+    } else {
+        JobEnd::Done
+    }
 }
 
 #[cfg(test)]

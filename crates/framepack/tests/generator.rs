@@ -425,3 +425,37 @@ fn the_tiny_decoder_must_exist_when_asked_for() {
         assert!(err.to_string().contains("tiny decoder"), "{err}");
     }
 }
+
+#[test]
+fn on_frame_delivers_every_final_frame_before_its_section_returns() {
+    let g = generator();
+    for s in [
+        tiny_settings(ScheduleChoice::Geometric),
+        tiny_settings(ScheduleChoice::InvertedAntiDrifting),
+        settings(ScheduleChoice::Geometric, 2.4, 9),
+    ] {
+        let label = format!("{:?} {:?}", s.schedule, s.decoder);
+        let yielded = Arc::new(Mutex::new(0usize));
+        let got: Arc<Mutex<Vec<(usize, Frame, usize)>>> = Arc::default();
+        let (y, sink) = (yielded.clone(), got.clone());
+        let job = g
+            .start(conditioning(32, 32), s)
+            .unwrap()
+            .on_frame(move |i, f| sink.lock().unwrap().push((i, f.clone(), *y.lock().unwrap())));
+        let total = job.total_frames();
+        let mut sections = Vec::new();
+        for section in job {
+            sections.push(section.unwrap());
+            *yielded.lock().unwrap() += 1;
+        }
+        let got = got.lock().unwrap();
+        let mut indices: Vec<usize> = got.iter().map(|(i, ..)| *i).collect();
+        indices.sort_unstable();
+        assert_eq!(indices, (0..total).collect::<Vec<_>>(), "{label}: every frame once");
+        for (i, frame, before) in got.iter() {
+            let k = sections.iter().position(|s| s.frame_range.contains(i)).unwrap();
+            assert_eq!(*before, k, "{label}: frame {i} came after its section");
+            assert_eq!(frame, &sections[k].frames[i - sections[k].frame_range.start], "{label}: frame {i}");
+        }
+    }
+}

@@ -73,6 +73,9 @@ impl Progress<'_> {
 /// A progress callback (runs on the job's thread).
 pub type ProgressFn = Box<dyn FnMut(&Progress<'_>) + Send>;
 
+/// Receives each final frame with its index in the video (see [`Job::on_frame`]).
+pub type FrameFn = Box<dyn FnMut(usize, &Frame) + Send>;
+
 /// One generated section and the frames it finalized.
 #[derive(Clone, Debug)]
 pub struct Section {
@@ -298,6 +301,7 @@ impl Generator {
             plan,
             next: 0,
             emitted: 0,
+            frame_sink: None,
             cancel: CancelToken::new(),
             progress: None,
             started: None,
@@ -350,6 +354,7 @@ pub struct Job {
     emitted: usize,
     cancel: CancelToken,
     progress: Option<ProgressFn>,
+    frame_sink: Option<FrameFn>,
     started: Option<Instant>,
     steps_done: usize,
     done: bool,
@@ -396,6 +401,15 @@ impl Job {
     /// Calls `f` after every sampler step.
     pub fn on_progress(mut self, f: impl FnMut(&Progress<'_>) + Send + 'static) -> Self {
         self.progress = Some(Box::new(f));
+        self
+    }
+
+    /// Calls `f` with every final frame and its index in the video, in generation order, as soon
+    /// as it exists: forward jobs with the tiny decoder decode frame by frame, so each frame
+    /// arrives while the rest of its section is still decoding; other jobs deliver a section's
+    /// frames when it is decoded. The frames are those of [`Section::frames`].
+    pub fn on_frame(mut self, f: impl FnMut(usize, &Frame) + Send + 'static) -> Self {
+        self.frame_sink = Some(Box::new(f));
         self
     }
 
@@ -582,6 +596,7 @@ impl Job {
                 None => vae.decode(&vae.unscale_latents(z)?.to_dtype(vae_dtype)?),
             }
         };
+        let streamed = matches!(self.decoding, Some(Decoding::Streamed(_)));
         let mut pixels = match self.decoding.as_mut().expect("decoding lives until the last section") {
             Decoding::Blended(decoder) => decoder.push(&to_push, &mut decode)?,
             Decoding::Streamed(stream) => {
@@ -589,6 +604,12 @@ impl Job {
                 let mut frames = Vec::new();
                 while let Some(f) = stream.next_frame()? {
                     cancel.check()?;
+                    if let Some(sink) = self.frame_sink.as_mut() {
+                        let index = self.emitted + frames.len();
+                        for frame in to_frames(&f.permute((0, 2, 1, 3, 4))?.affine(2.0, -1.0)?)? {
+                            sink(index, &frame);
+                        }
+                    }
                     frames.push(f);
                 }
                 Some(Tensor::cat(&frames, 1)?.permute((0, 2, 1, 3, 4))?.affine(2.0, -1.0)?)
@@ -615,6 +636,11 @@ impl Job {
             SectionOrder::Inverted => total - self.emitted - n..total - self.emitted,
         };
         self.emitted += n;
+        if !streamed && let Some(sink) = self.frame_sink.as_mut() {
+            for (i, frame) in frames.iter().enumerate() {
+                sink(frame_range.start + i, frame);
+            }
+        }
         let provisional = match &self.decoding {
             Some(Decoding::Blended(d)) => match d.pixels().provisional() {
                 Some(p) => to_frames(p)?,

@@ -37,7 +37,7 @@ mod settings;
 
 pub use conditioning::{Conditioning, TextConditioning};
 pub use frames::{Frame, to_frames};
-pub use job::{CancelToken, Generator, Job, Models, Progress, ProgressFn, Section};
+pub use job::{CancelToken, FrameFn, Generator, Job, Models, Progress, ProgressFn, Section};
 pub use noise::NoiseRng;
 pub use preview::{LATENT_RGB_BIAS, LATENT_RGB_FACTORS, latent_preview};
 pub use prompts::{PromptSchedule, TimedPrompt};
