@@ -4,7 +4,7 @@
 use bevy::prelude::*;
 use bevy_framepack::prelude::*;
 
-use crate::game::{DOOR, Player, Scene, Screen, Status};
+use crate::game::{CaptureCamera, DOOR, Player, Scene, Screen, Status};
 use crate::measure::Stats;
 
 /// The panel's Start button captures the game view into the in-world screen.
@@ -93,4 +93,15 @@ pub fn status(
             t.0 = line.clone();
         }
     }
+}
+
+/// Any capture (the door, C, or the panel's Start) switches the capture camera on for the frame
+/// the screenshot is taken in.
+pub fn capture_camera_on(_: On<CaptureCutscene>, mut cameras: Query<&mut Camera, With<CaptureCamera>>) {
+    cameras.iter_mut().for_each(|mut c| c.is_active = true);
+}
+
+/// The capture is over (the job started or could not): the capture camera stops rendering.
+pub fn capture_camera_off(mut cameras: Query<&mut Camera, With<CaptureCamera>>) {
+    cameras.iter_mut().for_each(|mut c| c.is_active = false);
 }

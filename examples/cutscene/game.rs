@@ -22,6 +22,9 @@ pub struct Player;
 pub struct Screen;
 #[derive(Component)]
 pub struct Status;
+/// The camera that renders the game without the overlay for captures.
+#[derive(Component)]
+pub struct CaptureCamera;
 #[derive(Resource)]
 pub struct Scene {
     /// The offscreen image the camera renders to in headless mode.
@@ -42,11 +45,13 @@ pub fn setup(mut commands: Commands, args: Res<Args>, server: Res<AssetServer>, 
         camera.insert(RenderTarget::from(t.clone()));
     }
     let capture = images.add(Image::new_target_texture(VIEW.0, VIEW.1, TextureFormat::Rgba8UnormSrgb, None));
+    // Renders only while a capture is pending (see `capture.rs`), so it costs nothing otherwise.
     commands.spawn((
         Camera2d,
-        Camera { order: -1, ..default() },
+        Camera { order: -1, is_active: false, ..default() },
         RenderTarget::from(capture.clone()),
         RenderLayers::layer(0),
+        CaptureCamera,
     ));
     let rect = |c: Color, size: Vec2, at: Vec2, z: f32| {
         (Sprite { color: c, custom_size: Some(size), ..default() }, Transform::from_translation(at.extend(z)))

@@ -28,7 +28,7 @@ use bevy::window::ExitCondition;
 use bevy::winit::WinitPlugin;
 use bevy_framepack::prelude::*;
 
-use capture::{CaptureError, cancel, capture_failed, status, trigger};
+use capture::{CaptureError, cancel, capture_camera_off, capture_camera_on, capture_failed, status, trigger};
 use game::{VIEW, move_player, setup};
 use measure::{
     ModelFrames, Stats, headless_script, measure, playback_begins, playback_ends, save_capture, save_model_frames,
@@ -117,6 +117,13 @@ fn main() {
         .add_observer(save_capture)
         .init_resource::<CaptureError>()
         .add_observer(capture_failed)
+        .add_observer(capture_camera_on)
+        .add_observer(|_: On<CaptureStarted>, cameras: Query<&mut Camera, With<game::CaptureCamera>>| {
+            capture_camera_off(cameras)
+        })
+        .add_observer(|_: On<CaptureFailed>, cameras: Query<&mut Camera, With<game::CaptureCamera>>| {
+            capture_camera_off(cameras)
+        })
         .add_systems(Startup, setup)
         .add_systems(
             Update,
