@@ -10,7 +10,7 @@ use framepack::clip::{Clip, ClipError};
 
 use crate::clip::CutsceneClip;
 use crate::messages::{GenerationError, GenerationEvent, JobId};
-use crate::param::FramePackWorker;
+use crate::param::{FramePackStatus, FramePackWorker};
 use crate::settings::{FramePackSettings, ModelSource};
 use framepack::pipeline::{Request, RequestPlan};
 
@@ -87,6 +87,7 @@ pub(crate) fn poll_loads(
     mut worker: ResMut<FramePackWorker>,
     settings: Res<FramePackSettings>,
     mut clips: ResMut<Assets<CutsceneClip>>,
+    mut status: ResMut<FramePackStatus>,
     mut events: MessageWriter<GenerationEvent>,
 ) {
     let pending = std::mem::take(&mut worker.cache_loads);
@@ -118,6 +119,9 @@ pub(crate) fn poll_loads(
                     events.write(GenerationEvent::Failed { job, error });
                 } else {
                     worker.cache_saves.insert(job, path);
+                    if matches!(*status, FramePackStatus::Unloaded | FramePackStatus::Failed(_)) {
+                        *status = FramePackStatus::Loading;
+                    }
                 }
             }
         }
