@@ -87,8 +87,19 @@ pub(crate) fn on_capture(
     };
     let preset = ev.preset.clone();
     commands.spawn(screenshot).observe(
-        move |cap: On<ScreenshotCaptured>, mut fp: FramePack, presets: Res<Assets<Preset>>, mut commands: Commands| {
-            let started = presets.get(&preset).ok_or_else(|| "the preset is not loaded".to_string()).and_then(|p| {
+        move |cap: On<ScreenshotCaptured>,
+              mut fp: FramePack,
+              presets: Res<Assets<Preset>>,
+              server: Res<AssetServer>,
+              mut commands: Commands| {
+            let not_loaded = || match (preset.path(), server.get_load_state(&preset)) {
+                (Some(path), Some(bevy::asset::LoadState::Failed(e))) => {
+                    format!("the preset {path} failed to load: {e}")
+                }
+                (Some(path), _) => format!("the preset {path} is not loaded yet"),
+                (None, _) => "the preset is not loaded".to_string(),
+            };
+            let started = presets.get(&preset).ok_or_else(not_loaded).and_then(|p| {
                 let image = RgbaImage::from_image(&cap.image).map_err(|e| e.to_string())?;
                 let ticket = fp.generate(p.request(image.clone())).map_err(|e| e.to_string())?;
                 Ok((CutscenePlayer::new(ticket.clip.clone()), p.playback_settings(), ticket, image))
