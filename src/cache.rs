@@ -69,16 +69,76 @@ pub(crate) fn read(path: PathBuf) -> Task<Result<Clip, ClipError>> {
     IoTaskPool::get().spawn(async move { Clip::open(&path) })
 }
 
-/// Saves a completed clip in the background.
-pub(crate) fn save(clip: &CutsceneClip, path: PathBuf) {
+/// Saves a completed clip in the background, then trims the folder to `limit` bytes.
+pub(crate) fn save(clip: &CutsceneClip, path: PathBuf, limit: u64) {
     let clip = clip.clone();
     IoTaskPool::get()
         .spawn(async move {
             if let Err(e) = clip.save(&path) {
                 warn!("cannot cache the cutscene at {}: {e}", path.display());
+                return;
+            }
+            if let Some(dir) = path.parent()
+                && let Err(e) = evict(dir, limit, &path)
+            {
+                warn!("cannot trim the cutscene cache {}: {e}", dir.display());
             }
         })
         .detach();
+}
+
+/// Deletes the least recently written `.cutscene` files of `dir` (never `keep`) until the ones
+/// left add up to at most `limit` bytes.
+fn evict(dir: &Path, limit: u64, keep: &Path) -> std::io::Result<()> {
+    let mut clips = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if path.extension().is_some_and(|x| x == "cutscene") {
+            let meta = entry.metadata()?;
+            clips.push((meta.modified()?, meta.len(), path));
+        }
+    }
+    let mut total: u64 = clips.iter().map(|(_, len, _)| len).sum();
+    clips.sort();
+    for (_, len, path) in clips {
+        if total <= limit {
+            break;
+        }
+        if path != keep {
+            std::fs::remove_file(&path)?;
+            total -= len;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::*;
+
+    #[test]
+    fn eviction_deletes_the_oldest_clips_first_and_keeps_the_new_one() {
+        let dir = std::env::temp_dir().join(format!("bevy-framepack-evict-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(100);
+        for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+            let f = std::fs::File::create(dir.join(format!("{name}.cutscene"))).unwrap();
+            f.set_len(10).unwrap();
+            f.set_modified(t0 + Duration::from_secs(10 * i as u64)).unwrap();
+        }
+        std::fs::write(dir.join("notes.txt"), [0u8; 50]).unwrap();
+        // `a` is the oldest but was just written by the caller: it stays.
+        evict(&dir, 20, &dir.join("a.cutscene")).unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["a.cutscene", "d.cutscene", "notes.txt"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// Finishes cached loads: the clip plays with `Started` and `Finished` messages, or the job is

@@ -34,8 +34,10 @@ pub enum FramePackStatus {
 
 /// The worker handle (a resource). The thread starts at the first generation request or
 /// [`FramePack::preload`], with the [`FramePackSettings`] of that moment, and stops on `AppExit`
-/// or when the resource is dropped. Settings changed after that are not applied: the plugin
-/// logs a warning and the worker keeps [`FramePackWorker::settings`].
+/// or when the resource is dropped. Settings the worker reads (model, device, precision, memory
+/// budget, threads, priority, channel capacity) changed after that are not applied: the plugin
+/// logs a warning and the worker keeps [`FramePackWorker::settings`]. The cache settings apply
+/// at once.
 #[derive(Resource, Default)]
 pub struct FramePackWorker {
     thread: Option<WorkerThread>,

@@ -62,6 +62,7 @@ impl Plugin for FramePackPlugin {
 }
 
 fn receive(
+    settings: Res<FramePackSettings>,
     mut worker: ResMut<FramePackWorker>,
     mut clips: ResMut<Assets<CutsceneClip>>,
     mut status: ResMut<FramePackStatus>,
@@ -112,7 +113,7 @@ fn receive(
                     if let Some(path) = saved
                         && c.status() == &ClipStatus::Complete
                     {
-                        crate::cache::save(&c, path);
+                        crate::cache::save(&c, path, settings.cache_limit_bytes);
                     }
                 }
                 worker.clips.remove(&job);
@@ -145,7 +146,7 @@ fn shutdown_on_exit(
 fn refuse_late_settings(settings: Res<FramePackSettings>, worker: Res<FramePackWorker>) {
     if settings.is_changed()
         && let Some(running) = worker.settings()
-        && *running != *settings
+        && !running.same_worker(&settings)
     {
         warn!(
             "FramePackSettings changed after the worker started; the worker keeps the settings it started with \

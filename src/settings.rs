@@ -79,6 +79,9 @@ pub struct FramePackSettings {
     /// image, prompt and settings) plays it without generating, and every completed job is
     /// saved there as `<key>.cutscene`.
     pub cache: Option<PathBuf>,
+    /// Most bytes of clips the cache folder keeps: after each save the least recently written
+    /// clips are deleted until the folder fits (the new clip is always kept).
+    pub cache_limit_bytes: u64,
 }
 
 impl Default for FramePackSettings {
@@ -92,6 +95,7 @@ impl Default for FramePackSettings {
             threads: None,
             low_priority: true,
             cache: None,
+            cache_limit_bytes: 256 << 20,
         }
     }
 }
@@ -142,9 +146,28 @@ impl FramePackSettings {
         self.cache = Some(dir.into());
         self
     }
+    /// Whether the settings the worker reads when it starts are the same (the cache fields are
+    /// read by the game and apply at once).
+    pub(crate) fn same_worker(&self, other: &Self) -> bool {
+        Self { cache: None, cache_limit_bytes: 0, ..self.clone() }
+            == Self { cache: None, cache_limit_bytes: 0, ..other.clone() }
+    }
     /// Sets the response channel capacity.
     pub fn with_response_capacity(mut self, capacity: usize) -> Self {
         self.response_capacity = capacity;
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_cache_may_change_after_the_worker_started() {
+        let a = FramePackSettings::default();
+        assert!(a.same_worker(&a.clone().with_cache("clips")));
+        assert!(!a.same_worker(&a.clone().with_threads(1)));
+        assert!(!a.same_worker(&FramePackSettings::from_dir("bundle")));
     }
 }
