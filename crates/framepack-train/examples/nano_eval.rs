@@ -7,7 +7,11 @@
 //! 2. drift over 10 sections: mean intensity and sharpness (mean |Laplacian| of the luma) of the
 //!    first 15 % against the last 15 % of the frames, for inverted anti-drifting, forward
 //!    geometric and naive repeated image-to-video from the last frame;
-//! 3. CPU wall time per section against the section's play time (36 frames at 30 fps).
+//! 3. CPU wall time per section against the section's play time (36 frames at 30 fps), with all
+//!    threads and on a 1-thread pool, and the time from a job's start to its first frame.
+//!
+//! The last line is `SUMMARY key=value …` for scripts (`torch_ratio=na`: the PyTorch side of
+//! this workload is not written yet).
 //!
 //! `cargo run --release -p framepack-train --example nano_eval -- [--bundle DIR]
 //! [--clips N] [--steps N] [--threads N]`
@@ -192,6 +196,7 @@ fn main() -> Result<()> {
 
     // 2. Drift over 10 sections, and 3. wall time per section.
     let seconds = 10.0 * (4 * window) as f64 / FPS;
+    let mut first_frame_s = Vec::new();
     let mut rows: Vec<(&str, Vec<(f64, f64)>, Vec<f64>)> = Vec::new();
     for (name, schedule) in [
         ("inverted anti-drifting", ScheduleChoice::InvertedAntiDrifting),
@@ -202,7 +207,12 @@ fn main() -> Result<()> {
         for (i, &seed) in seeds.iter().take(a.drift_clips).enumerate() {
             let clip = clips::clip(seed, &cfg)?;
             let req = request(first_frame(&clip)?, &clip.prompt, seconds, schedule.clone(), a.steps, i as u64);
-            let mut job = pipeline.start(&req)?;
+            let started = Instant::now();
+            let first = std::sync::Arc::new(std::sync::Mutex::new(None::<f64>));
+            let sink = first.clone();
+            let mut job = pipeline.start(&req)?.on_frame(move |_, _| {
+                sink.lock().expect("not poisoned").get_or_insert(started.elapsed().as_secs_f64());
+            });
             let total = job.total_frames();
             let mut video: Vec<Option<Frame>> = vec![None; total];
             let mut t = Instant::now();
@@ -216,6 +226,11 @@ fn main() -> Result<()> {
             }
             let video: Vec<Frame> = video.into_iter().map(|f| f.expect("every frame")).collect();
             d.push(drift(&video));
+            if schedule == ScheduleChoice::Geometric
+                && let Some(t) = *first.lock().expect("not poisoned")
+            {
+                first_frame_s.push(t);
+            }
         }
         rows.push((name, d, times));
     }
@@ -265,6 +280,52 @@ fn main() -> Result<()> {
     }
     println!(
         "\nreal-time factor = wall time per section / its play time ({play:.1} s); below 1 plays without waiting."
+    );
+
+    // The forward job again on a 1-thread pool (what `FramePackSettings::threads: Some(1)` runs).
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .map_err(|e| framepack::Error::Candle(candle_core::Error::Msg(e.to_string())))?;
+    let mut one_thread = Vec::new();
+    for (i, &seed) in seeds.iter().take(a.drift_clips.min(2)).enumerate() {
+        let clip = clips::clip(seed, &cfg)?;
+        let req = request(first_frame(&clip)?, &clip.prompt, 3.0 * play, ScheduleChoice::Geometric, a.steps, i as u64);
+        pool.install(|| -> Result<()> {
+            let mut t = Instant::now();
+            for s in pipeline.start(&req)? {
+                s?;
+                one_thread.push(t.elapsed().as_secs_f64());
+                t = Instant::now();
+            }
+            Ok(())
+        })?;
+    }
+    let rtf_1t = bench::median(&one_thread) / play;
+    let ttff = bench::median(&first_frame_s);
+    println!(
+        "forward geometric on a 1-thread pool: {:.3} s/section (median of {}), real-time factor {rtf_1t:.2}",
+        bench::median(&one_thread),
+        one_thread.len()
+    );
+    println!("time from a forward job's start to its first frame: {ttff:.3} s (median of {})", first_frame_s.len());
+
+    let psnr_of = |m: &[f64]| 10.0 * (4.0 / mean(m)).log10();
+    let beats = m_model.iter().zip(&m_copy).filter(|(a, b)| a < b).count() as f64 / m_model.len().max(1) as f64;
+    let sharp = |name: &str| {
+        let d = &rows.iter().find(|r| r.0 == name).expect("every row").1;
+        d.iter().map(|x| x.1.abs()).sum::<f64>() / d.len().max(1) as f64
+    };
+    let rtf = bench::median(&rows.iter().find(|r| r.0 == "forward geometric").expect("row").2) / play;
+    println!(
+        "SUMMARY recon_psnr={:.2} next_psnr={:.2} copy_psnr={:.2} beats_copy={beats:.3} rtf={rtf:.3} rtf_1t={rtf_1t:.3} \
+         ttff_s={ttff:.3} drift_sharp_inv={:.4} drift_sharp_f1={:.4} drift_sharp_i2v={:.4} torch_ratio=na",
+        psnr_of(&m_recon),
+        psnr_of(&m_model),
+        psnr_of(&m_copy),
+        sharp("inverted anti-drifting"),
+        sharp("forward geometric"),
+        sharp("naive repeated image-to-video"),
     );
     Ok(())
 }
