@@ -42,7 +42,8 @@ pub struct CutsceneClip {
     meta: BTreeMap<String, String>,
 }
 
-fn rgba_from_rgb(rgb: &[u8]) -> Arc<[u8]> {
+/// Opaque RGBA8 of RGB8 pixels.
+pub(crate) fn rgba_from_rgb(rgb: &[u8]) -> Arc<[u8]> {
     rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect()
 }
 

@@ -25,6 +25,7 @@ use framepack::CancelToken;
 use framepack::bundle::BundlePaths;
 use framepack::pipeline::{Pipeline, Request, RequestPlan};
 
+use crate::clip::rgba_from_rgb;
 use crate::messages::{GenerationError, JobId};
 use crate::settings::{FramePackSettings, ModelSource};
 
@@ -305,10 +306,6 @@ fn ensure_loaded<'p>(
     Ok(pipeline.as_mut().unwrap_or_else(|| unreachable!("loaded above")))
 }
 
-fn rgba(rgb: &[u8]) -> Arc<[u8]> {
-    rgb.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 255]).collect()
-}
-
 fn run_job(
     settings: &FramePackSettings,
     pipeline: &mut Option<Pipeline>,
@@ -338,7 +335,7 @@ fn run_job(
     let progress_out = out.clone();
     let job = job.with_cancel_token(token.clone()).on_progress(move |p| {
         if let Some(f) = p.preview.first() {
-            progress_out.try_send(Response::Preview { job: id, frame: rgba(&f.rgb) });
+            progress_out.try_send(Response::Preview { job: id, frame: rgba_from_rgb(&f.rgb) });
         }
         progress_out.try_send(Response::Progress {
             job: id,
@@ -353,7 +350,7 @@ fn run_job(
     let frame_out = out.clone();
     let frame_token = token.clone();
     let job = job.on_frame(move |index, f| {
-        if !frame_out.send(Response::Frame { job: id, index, frame: rgba(&f.rgb) }) {
+        if !frame_out.send(Response::Frame { job: id, index, frame: rgba_from_rgb(&f.rgb) }) {
             // The game is gone: stop at the next check.
             frame_token.cancel();
         }

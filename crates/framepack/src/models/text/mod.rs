@@ -221,15 +221,15 @@ pub struct PromptEncoderFiles {
 
 fn safetensors_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let err = |reason: String| Error::invalid("text encoder weights", format!("{}: {reason}", dir.display()));
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+    let files: Vec<PathBuf> = FileStore::Disk
+        .list(dir)
         .map_err(|e| err(e.to_string()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
+        .into_iter()
         .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
         .collect();
     if files.is_empty() {
         return Err(err("no .safetensors files".into()));
     }
-    files.sort();
     Ok(files)
 }
 
