@@ -32,7 +32,6 @@ mod cache;
 mod capture;
 mod clip;
 mod messages;
-mod nano;
 #[cfg(feature = "egui")]
 mod panel;
 mod param;

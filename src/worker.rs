@@ -223,7 +223,7 @@ pub(crate) enum JobEnd {
 fn load_pipeline(settings: &FramePackSettings) -> Result<Pipeline, GenerationError> {
     let paths = match &settings.model {
         ModelSource::Directory(dir) => BundlePaths::from_dir(dir),
-        ModelSource::Nano => BundlePaths::from_memory(crate::nano::ROOT, crate::nano::FILES),
+        ModelSource::Nano => framepack_nano::bundle(),
     };
     let device = settings.device.open().map_err(|e| GenerationError::ModelLoad(e.to_string()))?;
     Pipeline::load_with(&paths, &device, settings.dtype(), settings.residency())

@@ -39,7 +39,7 @@ pub struct GenerateArgs {
     /// Start frame (PNG or JPEG). It is matched to the nearest bucket of the resolution class,
     /// resized and center-cropped.
     #[arg(long, value_name = "FILE")]
-    image: PathBuf,
+    pub(crate) image: PathBuf,
     /// What happens in the video. Timestamps change the prompt over time, e.g.
     /// "[0s: a cat sits] [2s-4s: the cat jumps] in a garden"; text outside brackets is used
     /// wherever no tag applies. A section uses the prompt active when it starts.
@@ -54,7 +54,7 @@ pub struct GenerateArgs {
     seed: u64,
     /// Sampler steps per section (FramePack: 25).
     #[arg(long, default_value_t = 25)]
-    steps: usize,
+    pub(crate) steps: usize,
     /// Distilled guidance scale (FramePack: 10).
     #[arg(long, default_value_t = 10.0)]
     guidance: f64,
@@ -80,12 +80,25 @@ pub struct GenerateArgs {
     /// The weights folder (layout above; check it with `framepack info`). In a build with the
     /// `hf-hub` feature, `hub:original` or `hub:f1` downloads the released repositories instead
     /// (into the Hugging Face cache).
-    #[arg(long, value_name = "DIR")]
-    weights: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present_any = ["nano", "remote"], conflicts_with_all = ["nano", "remote"])]
+    weights: Option<PathBuf>,
+    /// Use the embedded nano model (64 × 64 procedural game clips) instead of a weights folder.
+    #[arg(long, conflicts_with = "remote")]
+    nano: bool,
+    /// Generate on the workers behind this NATS server (`framepack worker`) instead of here,
+    /// e.g. nats://127.0.0.1:4222 or tls://gpu-host:4222. The weights are the workers'.
+    #[arg(
+        long,
+        value_name = "URL",
+        conflicts_with_all = ["device", "dtype", "low_vram", "tiny_decoder", "preview"]
+    )]
+    pub(crate) remote: Option<String>,
+    #[command(flatten)]
+    pub(crate) nats: crate::remote::NatsArgs,
     /// Output: a folder of PNG frames, or a file ending in .gif, .mp4 (H.264) or .cutscene (a clip
     /// `bevy_framepack` plays as an asset, without the model).
     #[arg(long, value_name = "PATH")]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Device: cpu, cuda[:N] or metal[:N] (GPU backends need a build with the cuda/metal feature).
     #[arg(long, default_value = "cpu")]
     device: DeviceChoice,
@@ -112,7 +125,7 @@ pub struct GenerateArgs {
     preview: Option<PathBuf>,
     /// No progress bars (the per-section lines are still printed).
     #[arg(long)]
-    quiet: bool,
+    pub(crate) quiet: bool,
 }
 
 pub(crate) fn invalid(what: &'static str, reason: impl Into<String>) -> CliError {
@@ -125,11 +138,11 @@ fn load_image(path: &Path, what: &'static str) -> Result<RgbImage> {
     Ok(RgbImage::new(rgb.width() as usize, rgb.height() as usize, rgb.into_raw())?)
 }
 
-fn style(template: &str) -> ProgressStyle {
+pub(crate) fn style(template: &str) -> ProgressStyle {
     ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> ")
 }
 
-fn fmt_duration(d: Duration) -> String {
+pub(crate) fn fmt_duration(d: Duration) -> String {
     let s = d.as_secs();
     format!("{:02}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
@@ -184,13 +197,6 @@ fn write_strip(path: &Path, frames: &[Frame]) -> Result<(), String> {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let started = Instant::now();
-    let mut paths = bundle_paths(&args.weights, args.quiet)?;
-    if let Some(t) = &args.tiny_decoder {
-        if !t.exists() {
-            return Err(invalid("--tiny-decoder", format!("{} not found", t.display())));
-        }
-        paths.vae_tiny = t.clone();
-    }
     let dtype = match &args.dtype {
         Some(d) => parse_dtype(d)?,
         None if args.device == DeviceChoice::Cpu => candle_core::DType::F32,
@@ -236,6 +242,19 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         std::fs::create_dir_all(parent)
             .map_err(|e| invalid("out", format!("cannot create {}: {e}", parent.display())))?;
     }
+    if let Some(url) = &args.remote {
+        return crate::remote::generate(&args, url, &request, started);
+    }
+    let (mut paths, source) = match &args.weights {
+        Some(w) => (bundle_paths(w, args.quiet)?, w.display().to_string()),
+        None => (framepack_nano::bundle(), "the embedded nano model".to_string()),
+    };
+    if let Some(t) = &args.tiny_decoder {
+        if !t.exists() {
+            return Err(invalid("--tiny-decoder", format!("{} not found", t.display())));
+        }
+        paths.vae_tiny = t.clone();
+    }
     let device = args.device.open()?;
 
     let multi = MultiProgress::with_draw_target(if args.quiet {
@@ -243,7 +262,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         ProgressDrawTarget::stderr()
     });
-    let spinner = multi.add(ProgressBar::new_spinner().with_message(format!("loading {}", args.weights.display())));
+    let spinner = multi.add(ProgressBar::new_spinner().with_message(format!("loading {source}")));
     spinner.enable_steady_tick(Duration::from_millis(120));
     let residency = match args.low_vram {
         None => Residency::Resident,

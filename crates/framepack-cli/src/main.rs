@@ -1,6 +1,7 @@
 //! `framepack`: FramePack video generation from the terminal.
 
 mod generate;
+mod remote;
 mod train;
 
 use std::path::PathBuf;
@@ -62,6 +63,10 @@ enum Command {
     /// the weights, the step reached and a CSV loss log per stage; running a stage again in the
     /// same directory resumes it.
     TrainNano(train::TrainArgs),
+    /// Serve generation jobs from a NATS JetStream queue with this machine's model: one job at a
+    /// time, progress acknowledged after every sampler step, every frame published as it is
+    /// decoded. Run one per GPU; games and `generate --remote` submit to the same server.
+    Worker(remote::WorkerArgs),
 }
 
 fn slot_name(s: &Slot) -> String {
@@ -180,6 +185,7 @@ fn main() -> ExitCode {
         Command::Info { weights } => info(weights),
         Command::Generate(args) => generate::run(args),
         Command::TrainNano(args) => train::run(args),
+        Command::Worker(args) => remote::worker(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

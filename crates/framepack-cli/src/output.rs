@@ -38,17 +38,23 @@ impl OrderedWriter {
     /// Adds a section's frames; writes all that are now in order.
     pub fn push(&mut self, section: Section) -> Result<(), VideoError> {
         for (i, f) in section.frame_range.zip(section.frames) {
-            if i >= self.total || i < self.next || self.pending.contains_key(&i) {
-                return Err(VideoError::Unsupported(format!("frame {i} is out of range or arrived twice")));
-            }
-            if (f.width, f.height) != (self.width, self.height) {
-                return Err(VideoError::Unsupported(format!(
-                    "frame {i} is {}x{}, the video is {}x{}",
-                    f.width, f.height, self.width, self.height
-                )));
-            }
-            self.pending.insert(i, f);
+            self.push_frame(i, f)?;
         }
+        Ok(())
+    }
+
+    /// Adds frame `i`; writes all that are now in order.
+    pub fn push_frame(&mut self, i: usize, f: Frame) -> Result<(), VideoError> {
+        if i >= self.total || i < self.next || self.pending.contains_key(&i) {
+            return Err(VideoError::Unsupported(format!("frame {i} is out of range or arrived twice")));
+        }
+        if (f.width, f.height) != (self.width, self.height) {
+            return Err(VideoError::Unsupported(format!(
+                "frame {i} is {}x{}, the video is {}x{}",
+                f.width, f.height, self.width, self.height
+            )));
+        }
+        self.pending.insert(i, f);
         let sink = self.sink.as_mut().expect("open until finish");
         while let Some(f) = self.pending.remove(&self.next) {
             sink.push(&f.rgb)?;

@@ -235,7 +235,8 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, String> {
+/// One 8-bit RGB frame as a PNG (the encoding of a clip's frames).
+pub fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
     let mut enc = png::Encoder::new(&mut out, width, height);
     enc.set_color(png::ColorType::Rgb);
@@ -246,11 +247,12 @@ fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-fn decode_png(data: &[u8], width: u32, height: u32) -> Result<Vec<u8>, String> {
+/// The RGB bytes of an 8-bit RGB PNG that must be `width × height`.
+pub fn decode_png(data: &[u8], width: u32, height: u32) -> Result<Vec<u8>, String> {
     let mut reader = png::Decoder::new(Cursor::new(data)).read_info().map_err(|e| format!("not a PNG: {e}"))?;
     let info = reader.info();
     if (info.width, info.height) != (width, height) {
-        return Err(format!("{}x{}, the clip is {width}x{height}", info.width, info.height));
+        return Err(format!("{}x{}, expected {width}x{height}", info.width, info.height));
     }
     if (info.color_type, info.bit_depth) != (png::ColorType::Rgb, png::BitDepth::Eight) {
         return Err(format!("{:?} {:?}, expected 8-bit RGB", info.color_type, info.bit_depth));

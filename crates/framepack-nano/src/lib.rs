@@ -1,17 +1,21 @@
-//! The embedded nano model: the trained f16 bundle from `assets/nano` (see its `MODEL_CARD.md`),
-//! compiled into the plugin so it runs with no download, and loaded from memory.
+//! The embedded nano FramePack model: the trained f16 bundle from the repository's `assets/nano`
+//! (see its `MODEL_CARD.md`), compiled into the binary so it runs with no download, and loaded
+//! from memory. The Bevy plugin's default model and the `framepack worker --nano` /
+//! `framepack generate --nano` model.
+
+use framepack::bundle::BundlePaths;
 
 macro_rules! embed {
     ($($path:literal),* $(,)?) => {
-        &[$(($path, include_bytes!(concat!("../assets/nano/", $path)))),*]
+        &[$(($path, include_bytes!(concat!("../../../assets/nano/", $path)))),*]
     };
 }
 
 /// The root its files are named under in errors.
-pub(crate) const ROOT: &str = "<embedded nano model>";
+pub const ROOT: &str = "<embedded nano model>";
 
 /// Every file of the bundle, by path relative to its root.
-pub(crate) const FILES: &[(&str, &[u8])] = embed!(
+pub const FILES: &[(&str, &[u8])] = embed!(
     "transformer/config.json",
     "transformer/diffusion_pytorch_model.safetensors",
     "vae/config.json",
@@ -29,13 +33,18 @@ pub(crate) const FILES: &[(&str, &[u8])] = embed!(
     "feature_extractor/preprocessor_config.json",
 );
 
+/// The bundle, read from the embedded bytes in place.
+pub fn bundle() -> BundlePaths {
+    BundlePaths::from_memory(ROOT, FILES)
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     #[test]
     fn every_file_of_the_asset_folder_is_embedded() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/nano");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/nano");
         let mut on_disk = Vec::new();
         let mut stack = vec![root.clone()];
         while let Some(dir) = stack.pop() {
@@ -52,5 +61,11 @@ mod tests {
         let mut embedded: Vec<String> = super::FILES.iter().map(|(p, _)| p.to_string()).collect();
         embedded.sort();
         assert_eq!(on_disk, embedded);
+    }
+
+    #[test]
+    fn the_bundle_is_complete() {
+        let report = super::bundle().inspect();
+        report.require(&framepack::bundle::BundlePart::ALL).expect("every part present and matching");
     }
 }
