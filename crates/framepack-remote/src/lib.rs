@@ -13,6 +13,8 @@ mod engine;
 pub mod error;
 mod options;
 pub mod protocol;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod worker;
 
 pub use client::{Client, JobEvent, JobEvents, new_job_id};
