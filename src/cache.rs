@@ -40,6 +40,9 @@ pub(crate) fn key(settings: &FramePackSettings, request: &Request) -> u64 {
     match &settings.model {
         ModelSource::Nano => h.bytes(b"nano"),
         ModelSource::Directory(dir) => h.bytes(dir.to_string_lossy().as_bytes()),
+        // The workers' model is not known here; the server and namespace stand for it.
+        #[cfg(feature = "remote")]
+        ModelSource::Remote(o) => h.bytes(format!("remote {} {}", o.url, o.prefix).as_bytes()),
     };
     h.bytes(format!("{:?} {:?}", settings.precision, settings.device).as_bytes());
     for image in std::iter::once(&request.image).chain(request.end_image.as_ref()) {

@@ -38,11 +38,17 @@ mod param;
 mod playback;
 mod plugin;
 mod preset;
+#[cfg(feature = "remote")]
+mod remote;
 mod request;
 mod settings;
 mod worker;
 
 pub use framepack;
+/// The remote path's options (`RemoteOptions`, `Credentials`, `Tls`) and its worker, for
+/// [`ModelSource::Remote`].
+#[cfg(feature = "remote")]
+pub use framepack_remote;
 pub use framepack::DecoderChoice;
 
 pub use capture::{CaptureCutscene, CaptureFailed, CaptureSource, CaptureStarted};

@@ -26,6 +26,9 @@ pub enum GenerationError {
     /// Inference panicked; the worker reloads the models for the next job.
     #[error("inference panicked: {0}")]
     Panicked(String),
+    /// Remote generation could not reach or lost the NATS server (`ModelSource::Remote`).
+    #[error("remote generation failed: {0}")]
+    Remote(String),
 }
 
 impl GenerationError {

@@ -45,6 +45,13 @@ pub enum ModelSource {
     Nano,
     /// A FramePack model bundle in the released layout (see `framepack::bundle::BundlePaths`).
     Directory(PathBuf),
+    /// `framepack worker`s behind a NATS JetStream server (the `remote` feature): jobs are
+    /// queued there, run on whichever worker is free (a GPU host), and their frames stream back
+    /// as they are decoded. Nothing runs on this machine; the device, precision, thread and
+    /// low-VRAM settings are the workers'. An unreachable server fails the job with
+    /// [`GenerationError::Remote`](crate::GenerationError::Remote); the game keeps running.
+    #[cfg(feature = "remote")]
+    Remote(#[reflect(ignore)] framepack_remote::RemoteOptions),
 }
 
 /// The plugin's settings. Insert it before or after adding [`FramePackPlugin`](crate::FramePackPlugin)
@@ -104,6 +111,12 @@ impl FramePackSettings {
     /// Settings for a model bundle directory.
     pub fn from_dir(dir: impl Into<PathBuf>) -> Self {
         Self { model: ModelSource::Directory(dir.into()), ..default() }
+    }
+    /// Settings for the workers behind the NATS server at `url` (e.g. `nats://127.0.0.1:4222`),
+    /// with no credentials; use [`ModelSource::Remote`] for credentials, TLS and timeouts.
+    #[cfg(feature = "remote")]
+    pub fn remote(url: impl Into<String>) -> Self {
+        Self { model: ModelSource::Remote(framepack_remote::RemoteOptions::new(url)), ..default() }
     }
     /// Sets the model source.
     pub fn with_model(mut self, model: ModelSource) -> Self {

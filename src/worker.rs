@@ -37,6 +37,9 @@ pub(crate) enum Command {
     },
     /// Load the models now, so the first job does not pay for it.
     Preload,
+    /// Cancel a job (remote workers; the local worker is cancelled through its token).
+    #[cfg_attr(not(feature = "remote"), allow(dead_code))]
+    Cancel(JobId),
     Shutdown,
 }
 
@@ -129,6 +132,8 @@ pub(crate) struct WorkerThread {
     shared: Arc<Mutex<Shared>>,
     stop: Arc<AtomicBool>,
     pub(crate) join: Option<JoinHandle<()>>,
+    /// Jobs run on remote workers: cancels go over the command channel.
+    remote: bool,
 }
 
 impl WorkerThread {
@@ -138,6 +143,14 @@ impl WorkerThread {
         let shared = Arc::new(Mutex::new(Shared::default()));
         let stop = Arc::new(AtomicBool::new(false));
         let out = Out { tx: resp_tx, stop: stop.clone() };
+        #[cfg(feature = "remote")]
+        if let ModelSource::Remote(opts) = &settings.model {
+            let opts = opts.clone();
+            let join = std::thread::Builder::new()
+                .name("framepack-remote".into())
+                .spawn(move || crate::remote::remote_main(opts, cmd_rx, out))?;
+            return Ok(Self { tx, rx, shared, stop, join: Some(join), remote: true });
+        }
         let sh = shared.clone();
         let threads = settings.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let low = settings.low_priority;
@@ -152,10 +165,14 @@ impl WorkerThread {
             // Every tensor op of the job runs on the dedicated pool, not on rayon's global one.
             pool.install(|| worker_main(settings, cmd_rx, out, sh))
         })?;
-        Ok(Self { tx, rx, shared, stop, join: Some(join) })
+        Ok(Self { tx, rx, shared, stop, join: Some(join), remote: false })
     }
 
     pub(crate) fn cancel(&self, id: JobId) {
+        if self.remote {
+            let _ = self.tx.send(Command::Cancel(id));
+            return;
+        }
         let mut s = lock(&self.shared);
         match &s.current {
             Some((cur, token)) if *cur == id => token.cancel(),
@@ -186,13 +203,13 @@ impl Drop for WorkerThread {
 /// The worker's sending side: blocks while the bounded channel is full, but gives up as soon
 /// as shutdown is requested or the game side is gone.
 #[derive(Clone)]
-struct Out {
+pub(crate) struct Out {
     tx: Sender<Response>,
     stop: Arc<AtomicBool>,
 }
 
 impl Out {
-    fn send(&self, mut r: Response) -> bool {
+    pub(crate) fn send(&self, mut r: Response) -> bool {
         loop {
             if self.stop.load(Ordering::SeqCst) {
                 return false;
@@ -204,9 +221,26 @@ impl Out {
             }
         }
     }
-    fn try_send(&self, r: Response) {
+    pub(crate) fn try_send(&self, r: Response) {
         match self.tx.try_send(r) {
             Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+    /// `send` for the async remote thread: waits without blocking it.
+    #[cfg(feature = "remote")]
+    pub(crate) async fn send_async(&self, mut r: Response) -> bool {
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return false;
+            }
+            match self.tx.try_send(r) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(back)) => {
+                    r = back;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(TrySendError::Disconnected(_)) => return false,
+            }
         }
     }
 }
@@ -224,6 +258,8 @@ fn load_pipeline(settings: &FramePackSettings) -> Result<Pipeline, GenerationErr
     let paths = match &settings.model {
         ModelSource::Directory(dir) => BundlePaths::from_dir(dir),
         ModelSource::Nano => framepack_nano::bundle(),
+        #[cfg(feature = "remote")]
+        ModelSource::Remote(_) => return Err(GenerationError::ModelLoad("remote models load on the workers".into())),
     };
     let device = settings.device.open().map_err(|e| GenerationError::ModelLoad(e.to_string()))?;
     Pipeline::load_with(&paths, &device, settings.dtype(), settings.residency())
@@ -250,6 +286,7 @@ fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, sha
     while let Ok(cmd) = rx.recv() {
         let (id, request, plan) = match cmd {
             Command::Shutdown => break,
+            Command::Cancel(_) => continue,
             Command::Preload => {
                 // A failure is reported as `Response::Model`; the next job tries again.
                 let _ = ensure_loaded(&settings, &mut pipeline, &out);

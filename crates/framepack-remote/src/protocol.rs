@@ -126,6 +126,7 @@ pub struct JobSpec {
 /// Why a remote job failed, sorted like the plugin's errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum FailureKind {
     /// The worker could not load its model.
     ModelLoad,
