@@ -129,6 +129,10 @@ pub struct WorkerArgs {
     /// event message (default: what the server's max_payload allows).
     #[arg(long, value_name = "BYTES")]
     inline_limit: Option<usize>,
+    /// Inference threads (default: one per core); give each of several workers on one machine
+    /// its share.
+    #[arg(long)]
+    threads: Option<usize>,
     #[command(flatten)]
     nats_args: NatsArgs,
 }
@@ -177,6 +181,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         ack_wait: Duration::from_secs_f64(args.ack_wait),
         max_deliver: args.max_deliver,
         inline_limit: args.inline_limit,
+        threads: args.threads,
         ..WorkerOptions::default()
     };
     let url = args.nats.clone();

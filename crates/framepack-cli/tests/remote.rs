@@ -319,6 +319,34 @@ fn a_stopped_server_fails_the_job_with_a_clear_error_and_the_worker_survives() {
 }
 
 #[test]
+fn a_short_outage_is_ridden_out_and_the_job_finishes() {
+    let mut server = NatsServer::start().unwrap();
+    let url = server.url();
+    let weights = tiny_bundle("outage");
+    let _worker = Worker::start(&url, &["--weights", weights.to_str().unwrap()], "w", &[]);
+    let rt = runtime();
+    let opts = RemoteOptions::new(&url).with_disconnect_timeout(Duration::from_secs(30));
+    let client = rt.block_on(Client::connect(&opts)).unwrap();
+    let req = request(8, 2.4, 32);
+    let job = rt.block_on(client.submit(&req)).unwrap();
+    let mut restarted = false;
+    let out = rt.block_on(follow(&client, &job, Duration::from_secs(120), |ev| {
+        if matches!(ev, JobEvent::Progress { step: 2, .. }) && !restarted {
+            // Down for a second, back on the same port and store.
+            server.stop();
+            std::thread::sleep(Duration::from_secs(1));
+            server.restart().unwrap();
+            restarted = true;
+        }
+    }));
+    assert!(restarted);
+    assert_eq!(out.end(), Some(&JobEvent::Finished), "{:?} {:?}", out.error, out.events);
+    let mut seen = std::collections::HashSet::new();
+    assert!(out.frames.iter().all(|(i, _)| seen.insert(*i)), "no frame arrives twice");
+    assert!(out.sorted_frames() == local_frames(&framepack::bundle::BundlePaths::from_dir(&weights), &req));
+}
+
+#[test]
 fn a_malformed_job_is_rejected_and_the_worker_keeps_working() {
     let server = NatsServer::start().unwrap();
     let url = server.url();

@@ -43,9 +43,23 @@ pub(crate) struct Engine {
 }
 
 impl Engine {
-    pub(crate) fn spawn(load: Loader) -> std::io::Result<Self> {
+    /// Starts the thread; with `threads`, its tensor operations run on a pool of that many
+    /// threads of its own instead of rayon's global one.
+    pub(crate) fn spawn(load: Loader, threads: Option<usize>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<EngineJob>();
-        let join = std::thread::Builder::new().name("framepack-remote-engine".into()).spawn(move || engine_main(load, rx))?;
+        let pool = threads
+            .map(|n| {
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n.max(1))
+                    .thread_name(|i| format!("framepack-remote-inference-{i}"))
+                    .build()
+                    .map_err(std::io::Error::other)
+            })
+            .transpose()?;
+        let join = std::thread::Builder::new().name("framepack-remote-engine".into()).spawn(move || match pool {
+            Some(pool) => pool.install(|| engine_main(load, rx)),
+            None => engine_main(load, rx),
+        })?;
         Ok(Self { tx: Some(tx), join: Some(join) })
     }
 

@@ -43,6 +43,9 @@ pub struct WorkerOptions {
     /// Largest blob sent inside an event message; larger frames go to the object store.
     /// `None`: what the server's `max_payload` allows.
     pub inline_limit: Option<usize>,
+    /// Threads of the worker's own inference pool (`None`: rayon's global pool, one thread per
+    /// core). Give each of several workers on one machine its share.
+    pub threads: Option<usize>,
 }
 
 impl Default for WorkerOptions {
@@ -54,6 +57,7 @@ impl Default for WorkerOptions {
             max_deliver: 5,
             max_ack_pending: 256,
             inline_limit: None,
+            threads: None,
         }
     }
 }
@@ -157,7 +161,7 @@ async fn work(
     let consumer = consumer(&infra, &opts).await?;
     let inline_budget =
         crate::protocol::inline_budget(client.server_info().max_payload).min(opts.inline_limit.unwrap_or(usize::MAX));
-    let engine = Engine::spawn(load).map_err(|e| RemoteError::Options(format!("cannot start the inference thread: {e}")))?;
+    let engine = Engine::spawn(load, opts.threads).map_err(|e| RemoteError::Options(format!("cannot start the inference thread: {e}")))?;
     let ctx = Ctx { infra, opts, inline_budget, engine };
     ready();
     while !*stop.borrow() {
