@@ -10,13 +10,14 @@ use framepack::bundle::BundlePaths;
 use framepack::models::transformer::Transformer;
 use framepack::models::vae::AutoencoderKLHunyuanVideo;
 use framepack_cli::error::Result;
-use framepack_train::{bundle, dit, train};
+use framepack_train::{bundle, dit, taehv, train};
 
 /// Arguments of `framepack train-nano`.
 #[derive(Args)]
 pub struct TrainArgs {
-    /// `vae` (stage 1), `dit` (stage 2, on the stage-1 VAE) or `export` (the bundle in f16).
-    #[arg(value_parser = ["vae", "dit", "export"])]
+    /// `vae` (stage 1), `dit` (stage 2, on the stage-1 VAE), `export` (the bundle in f16), or
+    /// `taehv` (version 2's TAEHV autoencoder at 128 × 96; `--steps`, `--batch`, `--frames`, `--lr`).
+    #[arg(value_parser = ["vae", "dit", "export", "taehv"])]
     stage: String,
     /// Run directory.
     #[arg(long, value_name = "DIR")]
@@ -66,6 +67,47 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 )
             })?;
             println!("{}: vae step {step}", a.out.display());
+            Ok(())
+        }
+        "taehv" => {
+            let d = taehv::TaehvTraining::default();
+            let settings = taehv::TaehvTraining {
+                steps: a.steps.unwrap_or(d.steps),
+                batch: a.batch.unwrap_or(d.batch),
+                lr: a.lr.unwrap_or(d.lr),
+                checkpoint_every: a.checkpoint_every.unwrap_or(d.checkpoint_every),
+                frames: a.frames.unwrap_or(d.frames),
+                ..d
+            };
+            let started = std::time::Instant::now();
+            let mut first = None;
+            let step = taehv::train_taehv(&a.out, &settings, |s| {
+                let first = *first.get_or_insert(s.step);
+                let per_step = started.elapsed().as_secs_f64() / (s.step + 1 - first) as f64;
+                let eta = per_step * (settings.steps - s.step) as f64;
+                println!(
+                    "step {}/{}: loss {:.5} (recon {:.5}, {:.2} dB, latent rms {:.3}) {:.2} s, ETA {}",
+                    s.step,
+                    settings.steps,
+                    s.loss,
+                    s.recon,
+                    s.psnr,
+                    s.latent_rms,
+                    s.seconds,
+                    crate::generate::fmt_duration(std::time::Duration::from_secs_f64(eta))
+                )
+            })?;
+            let psnr = taehv::held_out_psnr(
+                &train::RunFiles::taehv(&a.out).weights,
+                16,
+                &framepack_train::clips::ClipConfig {
+                    width: settings.width,
+                    height: settings.height,
+                    frames: 17,
+                    fps: 30.0,
+                },
+            )?;
+            println!("{}: taehv step {step}; held-out reconstruction {psnr:.2} dB (16 clips, 17 frames)", a.out.display());
             Ok(())
         }
         "dit" => {

@@ -221,7 +221,13 @@ impl Taehv {
     /// the default flags), all frames at once. [`super::StreamingDecoder`] gives the same frames
     /// one at a time in constant memory.
     pub fn decode(&self, latents: &Tensor) -> Result<Tensor> {
-        self.decode_inner(latents, None)
+        self.decode_inner(latents, None, true)
+    }
+
+    /// [`Self::decode`] without the final clamp to `[0, 1]`, for training (the clamp has no
+    /// gradient outside that range).
+    pub fn decode_unclamped(&self, latents: &Tensor) -> Result<Tensor> {
+        self.decode_inner(latents, None, false)
     }
 
     /// [`Self::decode`] that also returns every decoder block's output `(N·T', C, H', W')` before
@@ -229,16 +235,16 @@ impl Taehv {
     /// ReLU after it are one block, recorded under the ReLU's index).
     pub fn decode_traced(&self, latents: &Tensor) -> Result<(Tensor, Vec<(usize, Tensor)>)> {
         let mut trace = Vec::new();
-        let out = self.decode_inner(latents, Some(&mut trace))?;
+        let out = self.decode_inner(latents, Some(&mut trace), true)?;
         Ok((out, trace))
     }
 
-    fn decode_inner(&self, latents: &Tensor, trace: Option<&mut Vec<(usize, Tensor)>>) -> Result<Tensor> {
+    fn decode_inner(&self, latents: &Tensor, trace: Option<&mut Vec<(usize, Tensor)>>, clamp: bool) -> Result<Tensor> {
         let (n, t, h, w) = self.check(latents, self.config.latent_channels, "taehv decoder input")?;
         let z = latents.to_dtype(self.dtype)?.to_device(&self.device)?;
         let z = z.reshape((n * t, self.config.latent_channels, h, w))?;
         let x = run_parallel(&self.decoder, z, n, trace)?;
-        let x = self.postprocess(&x)?;
+        let x = if clamp { self.postprocess(&x)? } else { pixel_shuffle(&x, self.config.patch_size)? };
         let (nt, c, oh, ow) = x.dims4()?;
         let frames = nt / n;
         let trim = self.config.frames_to_trim().min(frames);
