@@ -13,7 +13,7 @@ use framepack::packing::ScheduleChoice;
 use framepack::pipeline::{Pipeline, Request};
 use framepack::preprocess::RgbImage;
 use framepack_remote::testing::NatsServer;
-use framepack_remote::{Client, FailureKind, JobEvent, RemoteError, RemoteOptions};
+use framepack_remote::{Client, Credentials, FailureKind, JobEvent, RemoteError, RemoteOptions};
 
 fn temp_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("framepack-remote-{}-{name}", std::process::id()));
@@ -425,4 +425,35 @@ fn generate_remote_writes_the_same_clip_as_a_local_run() {
     assert!(said.contains("on w:"), "{said}");
     run(&["--weights", weights.to_str().unwrap()], &local);
     assert_eq!(std::fs::read(&remote).unwrap(), std::fs::read(&local).unwrap());
+}
+
+#[test]
+fn credentials_pass_through_and_a_refusal_is_clear() {
+    let server = NatsServer::start_with(Some("authorization { user: game, password: s3cret }\n")).unwrap();
+    let url = server.url();
+    let rt = runtime();
+    let err = rt.block_on(Client::connect(&RemoteOptions::new(&url))).err().expect("refused without credentials");
+    assert!(matches!(err, RemoteError::Refused { .. }), "{err:?}");
+    assert!(err.to_string().contains(&format!("the NATS server at {url} refused the connection")), "{err}");
+    let creds = Credentials::UserPassword { user: "game".into(), password: "s3cret".into() };
+    let opts = RemoteOptions::new(&url).with_credentials(creds);
+    assert!(!format!("{opts:?}").contains("s3cret"), "Debug shows no password");
+    // A worker with the wrong password stops with the refusal instead of retrying forever.
+    let weights = tiny_bundle("auth");
+    let o = Command::new(env!("CARGO_BIN_EXE_framepack"))
+        .args(["worker", "--nats", &url, "--weights", weights.to_str().unwrap(), "--nats-user", "game"])
+        .env("FRAMEPACK_NATS_PASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("refused the connection"), "{stderr}");
+    // The right one serves jobs.
+    let _w = Worker::start(&url, &["--weights", weights.to_str().unwrap()], "w", &["--nats-user", "game", "--nats-password", "s3cret"]);
+    let out = rt.block_on(async {
+        let client = Client::connect(&opts).await.unwrap();
+        let job = client.submit(&request(2, 1.2, 32)).await.unwrap();
+        follow(&client, &job, Duration::from_secs(120), |_| {}).await
+    });
+    assert_eq!(out.end(), Some(&JobEvent::Finished), "{:?}", out.error);
 }

@@ -123,7 +123,7 @@ impl Client {
     /// Connects to the server (one attempt within the options' `connect_timeout`) and opens the
     /// namespace's streams and buckets, creating those that are missing.
     pub async fn connect(opts: &RemoteOptions) -> Result<Self> {
-        let nats = opts.connect(false).await?;
+        let nats = opts.connect().await?;
         let infra = Infra::open(nats.clone(), &opts.prefix, opts.request_timeout).await.map_err(|e| match e {
             RemoteError::JetStream { what, reason } => RemoteError::Connect {
                 url: opts.url.clone(),

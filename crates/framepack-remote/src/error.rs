@@ -15,6 +15,15 @@ pub enum RemoteError {
         /// What the client said.
         reason: String,
     },
+    /// The server refused the credentials, or the TLS or server settings are unusable (retrying
+    /// does not help).
+    #[error("the NATS server at {url} refused the connection: {reason}")]
+    Refused {
+        /// The server URL.
+        url: String,
+        /// What the client said.
+        reason: String,
+    },
     /// The connection to the server was lost for longer than the options allow.
     #[error("lost the connection to the NATS server at {url} for {seconds:.1} s; the job's outcome is unknown")]
     Disconnected {

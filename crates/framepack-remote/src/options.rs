@@ -132,10 +132,11 @@ impl RemoteOptions {
     }
 
     /// Connects (one attempt, within `connect_timeout`); the client then reconnects by itself
-    /// whenever the connection drops. `retry` keeps trying the first connection too (workers).
-    pub(crate) async fn connect(&self, retry: bool) -> Result<async_nats::Client> {
+    /// whenever the connection drops.
+    pub(crate) async fn connect(&self) -> Result<async_nats::Client> {
         self.check()?;
         let fail = |reason: String| RemoteError::Connect { url: self.url.clone(), reason };
+        let refused = |reason: String| RemoteError::Refused { url: self.url.clone(), reason };
         let mut o = match &self.credentials {
             Credentials::None => async_nats::ConnectOptions::new(),
             Credentials::UserPassword { user, password } => {
@@ -166,12 +167,13 @@ impl RemoteOptions {
             // Silences async-nats' default callback; disconnects are watched through
             // `connection_state`.
             .event_callback(|_| async {});
-        if retry {
-            o = o.retry_on_initial_connect();
-            return o.connect(self.url.as_str()).await.map_err(|e| fail(e.to_string()));
-        }
+        use async_nats::ConnectErrorKind as K;
         match tokio::time::timeout(self.connect_timeout + Duration::from_secs(1), o.connect(self.url.as_str())).await {
-            Ok(r) => r.map_err(|e| fail(e.to_string())),
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => match e.kind() {
+                K::Authentication | K::AuthorizationViolation | K::Tls | K::ServerParse => Err(refused(e.to_string())),
+                _ => Err(fail(e.to_string())),
+            },
             Err(_) => Err(fail(format!("no answer within {:.1} s", self.connect_timeout.as_secs_f64()))),
         }
     }

@@ -64,8 +64,9 @@ impl Default for WorkerOptions {
 
 /// Runs a worker until `shutdown` resolves (a running job is then handed back to the queue).
 /// `load` builds the pipeline when the first job arrives; `ready` is called once the worker
-/// listens for jobs. Only an unusable server (no JetStream, refused credentials) is an error;
-/// an unreachable one is retried, and every job failure becomes an event.
+/// listens for jobs. Only a server that refuses the connection (credentials, TLS) is an
+/// error; an unreachable one (or one without JetStream yet) is retried every second, and every
+/// job failure becomes an event.
 pub async fn run(
     opts: WorkerOptions,
     load: Loader,
@@ -142,9 +143,19 @@ async fn work(
 ) -> Result<()> {
     let mut remote = opts.remote.clone();
     remote.name.get_or_insert_with(|| opts.name.clone());
-    let client = tokio::select! {
-        c = remote.connect(true) => c?,
-        _ = stop.changed() => return Ok(()),
+    // Wait for a server that is not up yet; give up on one that refuses these credentials.
+    let client = loop {
+        match remote.connect().await {
+            Ok(c) => break c,
+            Err(e @ (RemoteError::Refused { .. } | RemoteError::Options(_))) => return Err(e),
+            Err(e) => {
+                eprintln!("{}: {e}; retrying", opts.name);
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stop.changed() => return Ok(()),
+                }
+            }
+        }
     };
     let infra = loop {
         match Infra::open(client.clone(), &remote.prefix, remote.request_timeout).await {
