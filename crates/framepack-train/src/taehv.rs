@@ -44,6 +44,10 @@ pub struct TaehvTraining {
     pub width: usize,
     /// Clip height in pixels (a multiple of 8).
     pub height: usize,
+    /// Size of the random crop of each clip that a step trains on (multiples of 8, at most the
+    /// clip's): the model is convolutional, so crops teach it the full frame for a fraction of
+    /// the cost. `None`: whole frames.
+    pub crop: Option<(usize, usize)>,
     /// AdamW learning rate.
     pub lr: f64,
     /// Weight of the latents' mean square in the loss.
@@ -64,7 +68,8 @@ impl Default for TaehvTraining {
             frames: 5,
             width: 128,
             height: 96,
-            lr: 1e-3,
+            crop: Some((64, 48)),
+            lr: 3e-4,
             latent_weight: 1e-3,
             latent_noise: 0.05,
             checkpoint_every: 50,
@@ -124,10 +129,13 @@ pub fn train_taehv(dir: &Path, settings: &TaehvTraining, mut on_step: impl FnMut
         || !(settings.frames - 1).is_multiple_of(4)
         || !settings.width.is_multiple_of(8)
         || !settings.height.is_multiple_of(8)
+        || settings.crop.is_some_and(|(w, h)| {
+            w == 0 || h == 0 || !w.is_multiple_of(8) || !h.is_multiple_of(8) || w > settings.width || h > settings.height
+        })
     {
         return Err(crate::invalid(
             "training settings",
-            format!("{settings:?}: need batch ≥ 1, frames = 4k + 1 and sizes divisible by 8"),
+            format!("{settings:?}: need batch ≥ 1, frames = 4k + 1, sizes divisible by 8 and a crop inside the clip"),
         ));
     }
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -155,7 +163,12 @@ pub fn train_taehv(dir: &Path, settings: &TaehvTraining, mut on_step: impl FnMut
                 s
             })
             .collect();
-        let x = batch(&seeds, &clip_cfg, &dev)?;
+        let mut x = batch(&seeds, &clip_cfg, &dev)?;
+        if let Some((cw, ch)) = settings.crop {
+            let left = 8 * (rng.next_u64() as usize % ((settings.width - cw) / 8 + 1));
+            let top = 8 * (rng.next_u64() as usize % ((settings.height - ch) / 8 + 1));
+            x = x.narrow(3, top, ch)?.narrow(4, left, cw)?.contiguous()?;
+        }
         let z = model.encode(&x)?;
         let noisy = (&z + (rng.normal_tensor(z.dims(), &dev)? * settings.latent_noise)?)?;
         let recon = (model.decode_unclamped(&noisy)? - &x)?.sqr()?.mean_all()?;

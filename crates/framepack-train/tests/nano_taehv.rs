@@ -6,7 +6,16 @@ use framepack_train::taehv::{self, TaehvTraining};
 use framepack_train::train::RunFiles;
 
 fn settings(steps: usize) -> TaehvTraining {
-    TaehvTraining { steps, batch: 1, frames: 5, width: 32, height: 24, checkpoint_every: 2, ..TaehvTraining::default() }
+    TaehvTraining {
+        steps,
+        batch: 1,
+        frames: 5,
+        width: 32,
+        height: 24,
+        crop: Some((16, 16)),
+        checkpoint_every: 2,
+        ..TaehvTraining::default()
+    }
 }
 
 #[test]
@@ -44,6 +53,8 @@ fn bad_settings_are_refused() {
         TaehvTraining { frames: 6, ..settings(1) },
         TaehvTraining { batch: 0, ..settings(1) },
         TaehvTraining { width: 30, ..settings(1) },
+        TaehvTraining { crop: Some((40, 16)), ..settings(1) },
+        TaehvTraining { crop: Some((12, 16)), ..settings(1) },
     ] {
         let err = taehv::train_taehv(&dir, &bad, |_| {}).unwrap_err();
         assert!(err.to_string().contains("training settings"), "{err}");
