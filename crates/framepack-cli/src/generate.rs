@@ -15,6 +15,43 @@ use framepack_cli::error::{CliError, Result};
 use framepack_cli::output::OrderedWriter;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// Where the model runs: device, dtype and low-VRAM budget (shared by `generate` and `worker`).
+#[derive(Args, Debug, Clone)]
+pub struct Placement {
+    /// Device: cpu, cuda[:N] or metal[:N] (GPU backends need a build with the cuda/metal feature).
+    #[arg(long, default_value = "cpu")]
+    pub(crate) device: DeviceChoice,
+    /// Weight and activation dtype: f32, bf16 or f16. Default: f32 on the CPU, bf16 on a GPU.
+    #[arg(long, value_name = "DTYPE")]
+    dtype: Option<String>,
+    /// Low-VRAM mode: GiB of device memory the transformer's weights may use; its blocks then
+    /// stream from the memory-mapped checkpoint (e.g. 6 for the 13B model in bf16).
+    #[arg(long, value_name = "GIB")]
+    low_vram: Option<f64>,
+}
+
+impl Placement {
+    /// The dtype asked for, or the device's default.
+    pub(crate) fn dtype(&self) -> Result<candle_core::DType> {
+        Ok(match &self.dtype {
+            Some(d) => parse_dtype(d)?,
+            None if self.device == DeviceChoice::Cpu => candle_core::DType::F32,
+            None => candle_core::DType::BF16,
+        })
+    }
+
+    /// Where the transformer's weights live.
+    pub(crate) fn residency(&self) -> Result<Residency> {
+        match self.low_vram {
+            None => Ok(Residency::Resident),
+            Some(gib) if gib.is_finite() && gib > 0.0 => {
+                Ok(Residency::Streamed { budget_bytes: (gib * (1u64 << 30) as f64) as u64 })
+            }
+            Some(gib) => Err(invalid("--low-vram", format!("{gib} is not a positive number of GiB"))),
+        }
+    }
+}
+
 /// Decoder choice on the command line.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum DecoderArg {
@@ -99,16 +136,8 @@ pub struct GenerateArgs {
     /// `bevy_framepack` plays as an asset, without the model).
     #[arg(long, value_name = "PATH")]
     pub(crate) out: PathBuf,
-    /// Device: cpu, cuda[:N] or metal[:N] (GPU backends need a build with the cuda/metal feature).
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
-    /// Weight and activation dtype: f32, bf16 or f16. Default: f32 on the CPU, bf16 on a GPU.
-    #[arg(long, value_name = "DTYPE")]
-    dtype: Option<String>,
-    /// Low-VRAM mode: GiB of device memory the transformer's weights may use; its blocks then
-    /// stream from the memory-mapped checkpoint (e.g. 6 for the 13B model in bf16).
-    #[arg(long, value_name = "GIB")]
-    low_vram: Option<f64>,
+    #[command(flatten)]
+    pub(crate) place: Placement,
     /// Sampler.
     #[arg(long, value_enum, default_value = "unipc")]
     sampler: SamplerArg,
@@ -197,11 +226,7 @@ fn write_strip(path: &Path, frames: &[Frame]) -> Result<(), String> {
 
 pub fn run(args: GenerateArgs) -> Result<()> {
     let started = Instant::now();
-    let dtype = match &args.dtype {
-        Some(d) => parse_dtype(d)?,
-        None if args.device == DeviceChoice::Cpu => candle_core::DType::F32,
-        None => candle_core::DType::BF16,
-    };
+    let dtype = args.place.dtype()?;
     let settings = JobSettings {
         seconds: args.seconds,
         seed: args.seed,
@@ -255,7 +280,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
         }
         paths.vae_tiny = t.clone();
     }
-    let device = args.device.open()?;
+    let device = args.place.device.open()?;
 
     let multi = MultiProgress::with_draw_target(if args.quiet {
         ProgressDrawTarget::hidden()
@@ -264,13 +289,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     });
     let spinner = multi.add(ProgressBar::new_spinner().with_message(format!("loading {source}")));
     spinner.enable_steady_tick(Duration::from_millis(120));
-    let residency = match args.low_vram {
-        None => Residency::Resident,
-        Some(gib) if gib.is_finite() && gib > 0.0 => {
-            Residency::Streamed { budget_bytes: (gib * (1u64 << 30) as f64) as u64 }
-        }
-        Some(gib) => return Err(invalid("--low-vram", format!("{gib} is not a positive number of GiB"))),
-    };
+    let residency = args.place.residency()?;
     let mut pipeline = Pipeline::load_with(&paths, &device, dtype, residency)?;
     spinner.set_message("encoding prompt and image");
     let job = pipeline.start_planned(&request, &planned)?;

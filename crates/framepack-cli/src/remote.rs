@@ -4,8 +4,6 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use framepack::bundle::{DeviceChoice, parse_dtype};
-use framepack::models::transformer::Residency;
 use framepack::packing::FPS;
 use framepack::pipeline::{Pipeline, Request};
 use framepack_cli::error::{CliError, Result};
@@ -13,7 +11,7 @@ use framepack_cli::output::OrderedWriter;
 use framepack_remote::{Client, Credentials, JobEvent, RemoteOptions, Tls, WorkerOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget};
 
-use crate::generate::{GenerateArgs, fmt_duration, invalid, style};
+use crate::generate::{GenerateArgs, Placement, fmt_duration, invalid, style};
 
 /// How to authenticate to the NATS server and which namespace to use.
 #[derive(Args, Debug, Clone)]
@@ -106,15 +104,8 @@ pub struct WorkerArgs {
     /// Run the embedded nano model.
     #[arg(long)]
     nano: bool,
-    /// Device: cpu, cuda[:N] or metal[:N].
-    #[arg(long, default_value = "cpu")]
-    device: DeviceChoice,
-    /// Weight and activation dtype: f32, bf16 or f16. Default: f32 on the CPU, bf16 on a GPU.
-    #[arg(long, value_name = "DTYPE")]
-    dtype: Option<String>,
-    /// Low-VRAM mode: GiB of device memory the transformer's weights may use.
-    #[arg(long, value_name = "GIB")]
-    low_vram: Option<f64>,
+    #[command(flatten)]
+    place: Placement,
     /// The worker's name in events and in the server's connection list (default: worker-<pid>).
     #[arg(long)]
     name: Option<String>,
@@ -160,17 +151,8 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
     };
     // Fail now, not at the first job, when the folder is wrong.
     paths.inspect().require(&framepack::bundle::BundlePart::ALL)?;
-    let dtype = match &args.dtype {
-        Some(d) => parse_dtype(d)?,
-        None if args.device == DeviceChoice::Cpu => candle_core::DType::F32,
-        None => candle_core::DType::BF16,
-    };
-    let residency = match args.low_vram {
-        None => Residency::Resident,
-        Some(gib) if gib.is_finite() && gib > 0.0 => Residency::Streamed { budget_bytes: (gib * (1u64 << 30) as f64) as u64 },
-        Some(gib) => return Err(invalid("--low-vram", format!("{gib} is not a positive number of GiB"))),
-    };
-    let device = args.device.clone();
+    let (dtype, residency) = (args.place.dtype()?, args.place.residency()?);
+    let device = args.place.device.clone();
     let load: framepack_remote::Loader = Box::new(move || {
         let device = device.open()?;
         Pipeline::load_with(&paths, &device, dtype, residency)
