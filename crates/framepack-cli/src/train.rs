@@ -40,6 +40,9 @@ pub struct TrainArgs {
     /// Training clips encoded for the transformer stage.
     #[arg(long)]
     clips: Option<usize>,
+    /// Device of the `taehv` stage: cpu, or cuda[:N] / metal[:N] in a build with that backend.
+    #[arg(long, default_value = "cpu")]
+    device: framepack::bundle::DeviceChoice,
     /// Where `export` writes the f16 bundle.
     #[arg(long, value_name = "DIR")]
     to: Option<PathBuf>,
@@ -81,7 +84,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
             };
             let started = std::time::Instant::now();
             let mut first = None;
-            let step = taehv::train_taehv(&a.out, &settings, |s| {
+            let device = a.device.open()?;
+            let step = taehv::train_taehv(&a.out, &settings, &device, |s| {
                 let first = *first.get_or_insert(s.step);
                 let per_step = started.elapsed().as_secs_f64() / (s.step + 1 - first) as f64;
                 let eta = per_step * (settings.steps - s.step) as f64;

@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
@@ -121,9 +121,14 @@ fn batch(seeds: &[u64], cfg: &ClipConfig, dev: &Device) -> Result<Tensor> {
     Ok(Tensor::cat(&clips, 0)?)
 }
 
-/// Trains (or resumes training of) the nano TAEHV in `dir`; `on_step` sees every step's losses.
-/// Returns the step reached.
-pub fn train_taehv(dir: &Path, settings: &TaehvTraining, mut on_step: impl FnMut(&TaehvStepLoss)) -> Result<usize> {
+/// Trains (or resumes training of) the nano TAEHV in `dir` on `dev` (the CPU, or a GPU in a
+/// build with candle's backend); `on_step` sees every step's losses. Returns the step reached.
+pub fn train_taehv(
+    dir: &Path,
+    settings: &TaehvTraining,
+    dev: &Device,
+    mut on_step: impl FnMut(&TaehvStepLoss),
+) -> Result<usize> {
     if settings.batch == 0
         || settings.frames == 0
         || !(settings.frames - 1).is_multiple_of(4)
@@ -140,13 +145,18 @@ pub fn train_taehv(dir: &Path, settings: &TaehvTraining, mut on_step: impl FnMut
     }
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let files = RunFiles::taehv(dir);
-    let dev = Device::Cpu;
     let cfg = nano_taehv_config();
     let mut map = VarMap::new();
     let shapes = framepack::weights::requested_shapes(|vb| Taehv::new(vb, &cfg))?;
     init_weights(&map, shapes, settings.seed, |_| false)?;
     let start = files.resume(&mut map)?;
-    let model = Taehv::new(VarBuilder::from_varmap(&map, DType::F32, &dev), &cfg)?;
+    if !dev.is_cpu() {
+        let mut data = map.data().lock().expect("not poisoned");
+        for var in data.values_mut() {
+            *var = Var::from_tensor(&var.as_tensor().to_device(dev)?)?;
+        }
+    }
+    let model = Taehv::new(VarBuilder::from_varmap(&map, DType::F32, dev), &cfg)?;
     let params = ParamsAdamW { lr: settings.lr, weight_decay: 0.0, ..Default::default() };
     let mut opt = AdamW::new(map.all_vars(), params)?;
     let mut log = files.open_log("step,loss,recon,psnr,latent_rms,seconds", start == 0)?;
@@ -163,14 +173,14 @@ pub fn train_taehv(dir: &Path, settings: &TaehvTraining, mut on_step: impl FnMut
                 s
             })
             .collect();
-        let mut x = batch(&seeds, &clip_cfg, &dev)?;
+        let mut x = batch(&seeds, &clip_cfg, dev)?;
         if let Some((cw, ch)) = settings.crop {
             let left = 8 * (rng.next_u64() as usize % ((settings.width - cw) / 8 + 1));
             let top = 8 * (rng.next_u64() as usize % ((settings.height - ch) / 8 + 1));
             x = x.narrow(3, top, ch)?.narrow(4, left, cw)?.contiguous()?;
         }
         let z = model.encode(&x)?;
-        let noisy = (&z + (rng.normal_tensor(z.dims(), &dev)? * settings.latent_noise)?)?;
+        let noisy = (&z + (rng.normal_tensor(z.dims(), dev)? * settings.latent_noise)?)?;
         let recon = (model.decode_unclamped(&noisy)? - &x)?.sqr()?.mean_all()?;
         let latent_ms = z.sqr()?.mean_all()?;
         let loss = (&recon + (&latent_ms * settings.latent_weight)?)?;

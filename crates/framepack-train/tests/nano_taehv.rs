@@ -5,6 +5,10 @@ use framepack_train::clips::ClipConfig;
 use framepack_train::taehv::{self, TaehvTraining};
 use framepack_train::train::RunFiles;
 
+fn cpu() -> candle_core::Device {
+    candle_core::Device::Cpu
+}
+
 fn settings(steps: usize) -> TaehvTraining {
     TaehvTraining {
         steps,
@@ -23,21 +27,21 @@ fn a_run_saves_logs_resumes_and_loads_as_a_taehv_checkpoint() {
     let dir = std::env::temp_dir().join(format!("framepack-nano-taehv-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut seen = Vec::new();
-    assert_eq!(taehv::train_taehv(&dir, &settings(2), |s| seen.push(*s)).unwrap(), 2);
+    assert_eq!(taehv::train_taehv(&dir, &settings(2), &cpu(), |s| seen.push(*s)).unwrap(), 2);
     assert_eq!(seen.iter().map(|s| s.step).collect::<Vec<_>>(), [1, 2]);
     assert!(seen.iter().all(|s| s.loss.is_finite() && s.recon > 0.0 && s.latent_rms > 0.0 && s.psnr.is_finite()));
     let files = RunFiles::taehv(&dir);
     let saved = std::fs::read(&files.weights).unwrap();
 
     let mut resumed = Vec::new();
-    assert_eq!(taehv::train_taehv(&dir, &settings(3), |s| resumed.push(s.step)).unwrap(), 3);
+    assert_eq!(taehv::train_taehv(&dir, &settings(3), &cpu(), |s| resumed.push(s.step)).unwrap(), 3);
     assert_eq!(resumed, [3]);
     assert_ne!(std::fs::read(&files.weights).unwrap(), saved, "step 3 was saved");
     let log = std::fs::read_to_string(&files.log).unwrap();
     assert_eq!(log.lines().next().unwrap(), "step,loss,recon,psnr,latent_rms,seconds");
     let steps: Vec<&str> = log.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
     assert_eq!(steps, ["1", "2", "3"]);
-    assert_eq!(taehv::train_taehv(&dir, &settings(3), |_| panic!("no step left")).unwrap(), 3);
+    assert_eq!(taehv::train_taehv(&dir, &settings(3), &cpu(), |_| panic!("no step left")).unwrap(), 3);
 
     // The weights carry upstream's names: they load strictly as the nano TAEHV config.
     let psnr = taehv::held_out_psnr(&files.weights, 2, &ClipConfig { width: 32, height: 24, frames: 5, fps: 30.0 })
@@ -56,7 +60,7 @@ fn bad_settings_are_refused() {
         TaehvTraining { crop: Some((40, 16)), ..settings(1) },
         TaehvTraining { crop: Some((12, 16)), ..settings(1) },
     ] {
-        let err = taehv::train_taehv(&dir, &bad, |_| {}).unwrap_err();
+        let err = taehv::train_taehv(&dir, &bad, &cpu(), |_| {}).unwrap_err();
         assert!(err.to_string().contains("training settings"), "{err}");
     }
 }
