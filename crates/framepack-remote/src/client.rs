@@ -283,9 +283,18 @@ impl JobEvents {
         while !self.done {
             let msg = match tokio::time::timeout(Duration::from_millis(200), self.messages.next()).await {
                 Ok(Some(Ok(m))) => m,
-                Ok(Some(Err(_))) | Err(_) => {
+                Ok(Some(Err(_))) => {
                     // Heartbeat gaps and consumer re-creation after a reconnect are not fatal;
-                    // a connection that stays down is.
+                    // a connection that stays down is. Errors can come back to back while the
+                    // server is away, so wait a little before looking again.
+                    if let Some(e) = self.check_connection() {
+                        self.done = true;
+                        return Some(Err(e));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(_) => {
                     if let Some(e) = self.check_connection() {
                         self.done = true;
                         return Some(Err(e));
