@@ -2,9 +2,10 @@
 //! decoder trained from scratch on procedural clips, to replace the small HunyuanVideo VAE.
 //!
 //! The loss is the pixel MSE of `decode(encode(x) + noise)` against `x` in `[0, 1]` units, plus a
-//! small penalty on the latents' mean square so that their scale stays near 1 for the
-//! transformer. The noise (a fixed standard deviation on the latents) makes the decoder tolerate
-//! the imperfect latents a transformer predicts. The decoder is trained on its unclamped output.
+//! small penalty `(mean(z²) − 1)²` that keeps the latents' scale near 1 for the transformer. The
+//! noise, a fraction of the latents' RMS, makes the decoder tolerate the imperfect latents a
+//! transformer predicts without limiting what the latents can carry. The decoder is trained on
+//! its unclamped output.
 //!
 //! A run directory holds `taehv.safetensors` (upstream TAEHV names), `taehv_state.json` (the
 //! step reached and the settings) and `taehv_loss.csv`; running again in the same directory
@@ -50,9 +51,10 @@ pub struct TaehvTraining {
     pub crop: Option<(usize, usize)>,
     /// AdamW learning rate.
     pub lr: f64,
-    /// Weight of the latents' mean square in the loss.
+    /// Weight of `(mean(z²) − 1)²` in the loss.
     pub latent_weight: f64,
-    /// Standard deviation of the noise added to the latents before decoding.
+    /// Standard deviation of the noise added to the latents before decoding, as a fraction of
+    /// their RMS.
     pub latent_noise: f64,
     /// Steps between checkpoints (the last step always saves).
     pub checkpoint_every: usize,
@@ -83,7 +85,7 @@ impl Default for TaehvTraining {
 pub struct TaehvStepLoss {
     /// 1-based step.
     pub step: usize,
-    /// `recon + latent_weight · latent_ms`.
+    /// `recon + latent_weight · (latent_ms − 1)²`.
     pub loss: f32,
     /// Pixel MSE in `[0, 1]` units.
     pub recon: f32,
@@ -180,10 +182,11 @@ pub fn train_taehv(
             x = x.narrow(3, top, ch)?.narrow(4, left, cw)?.contiguous()?;
         }
         let z = model.encode(&x)?;
-        let noisy = (&z + (rng.normal_tensor(z.dims(), dev)? * settings.latent_noise)?)?;
-        let recon = (model.decode_unclamped(&noisy)? - &x)?.sqr()?.mean_all()?;
         let latent_ms = z.sqr()?.mean_all()?;
-        let loss = (&recon + (&latent_ms * settings.latent_weight)?)?;
+        let sigma = settings.latent_noise * f64::from(latent_ms.to_scalar::<f32>()?.sqrt());
+        let noisy = (&z + (rng.normal_tensor(z.dims(), dev)? * sigma)?)?;
+        let recon = (model.decode_unclamped(&noisy)? - &x)?.sqr()?.mean_all()?;
+        let loss = (&recon + ((&latent_ms - 1.0)?.sqr()? * settings.latent_weight)?)?;
         opt.backward_step(&loss)?;
         let recon_v: f32 = recon.to_scalar()?;
         let entry = TaehvStepLoss {
