@@ -394,7 +394,7 @@ pub fn train_dit(
         data.push(ClipLatents::encode(pipeline, chunk, &cfg, |i| on_encode(k * per_size + i, seeds.len()))?);
     }
 
-    let mut log = files.open_log("step,loss,seconds", start == 0)?;
+    let mut log = files.open_log("step,loss,seconds", start)?;
     let save = |step: usize| files.save(&map, &State { step, settings: settings.clone() });
     for step in start + 1..=settings.steps {
         let t0 = Instant::now();

@@ -161,7 +161,7 @@ pub fn train_taehv(
     let model = Taehv::new(VarBuilder::from_varmap(&map, DType::F32, dev), &cfg)?;
     let params = ParamsAdamW { lr: settings.lr, weight_decay: 0.0, ..Default::default() };
     let mut opt = AdamW::new(map.all_vars(), params)?;
-    let mut log = files.open_log("step,loss,recon,psnr,latent_rms,seconds", start == 0)?;
+    let mut log = files.open_log("step,loss,recon,psnr,latent_rms,seconds", start)?;
     let clip_cfg = ClipConfig { width: settings.width, height: settings.height, frames: settings.frames, fps: 30.0 };
     for step in start + 1..=settings.steps {
         let t0 = Instant::now();

@@ -111,11 +111,25 @@ impl RunFiles {
         Ok(saved.step)
     }
 
-    /// Opens the loss log for appending, writing `header` first when the run is `fresh`.
-    pub(crate) fn open_log(&self, header: &str, fresh: bool) -> Result<std::fs::File> {
+    /// Opens the loss log for appending after the checkpoint at step `start`: a fresh run
+    /// (`start` 0) writes `header` first; a resumed run first drops the lines of steps after
+    /// `start`, which a run stopped between checkpoints logged but did not save.
+    pub(crate) fn open_log(&self, header: &str, start: usize) -> Result<std::fs::File> {
+        if start > 0 && self.log.exists() {
+            let text = std::fs::read_to_string(&self.log).map_err(|e| io(&self.log, e))?;
+            let kept: String = text
+                .lines()
+                .enumerate()
+                .filter(|(i, l)| *i == 0 || l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= start))
+                .map(|(_, l)| format!("{l}\n"))
+                .collect();
+            if kept.len() != text.len() {
+                std::fs::write(&self.log, kept).map_err(|e| io(&self.log, e))?;
+            }
+        }
         let mut log =
             std::fs::OpenOptions::new().create(true).append(true).open(&self.log).map_err(|e| io(&self.log, e))?;
-        if fresh {
+        if start == 0 {
             writeln!(log, "{header}").map_err(|e| io(&self.log, e))?;
         }
         Ok(log)
@@ -162,7 +176,7 @@ pub fn train_vae(dir: &Path, settings: &VaeTraining, mut on_step: impl FnMut(&St
     let vae = AutoencoderKLHunyuanVideo::new(VarBuilder::from_varmap(&map, DType::F32, &dev), &cfg)?;
     let params = ParamsAdamW { lr: settings.lr, weight_decay: 0.0, ..Default::default() };
     let mut opt = AdamW::new(map.all_vars(), params)?;
-    let mut log = files.open_log("step,loss,recon,kl,seconds", start == 0)?;
+    let mut log = files.open_log("step,loss,recon,kl,seconds", start)?;
     let clip_cfg = ClipConfig { width: settings.size, height: settings.size, frames: settings.frames, fps: 30.0 };
     let save = |step: usize| files.save(&map, &State { step, settings: settings.clone() });
     for step in start + 1..=settings.steps {
