@@ -270,15 +270,8 @@ fn load_pipeline(settings: &FramePackSettings) -> Result<Pipeline, GenerationErr
 fn guarded(job: impl FnOnce() -> JobEnd) -> (JobEnd, bool) {
     match catch_unwind(AssertUnwindSafe(job)) {
         Ok(end) => (end, false),
-        Err(panic) => (JobEnd::Failed(GenerationError::Panicked(panic_text(panic.as_ref()))), true),
+        Err(panic) => (JobEnd::Failed(GenerationError::Panicked(framepack::error::panic_message(panic.as_ref()))), true),
     }
-}
-
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
 }
 
 fn worker_main(settings: FramePackSettings, rx: Receiver<Command>, out: Out, shared: Arc<Mutex<Shared>>) {

@@ -86,12 +86,7 @@ fn engine_main(mut load: Loader, rx: mpsc::Receiver<EngineJob>) {
             Ok(end) => end,
             Err(p) => {
                 pipeline = None;
-                let text = p
-                    .downcast_ref::<&str>()
-                    .map(|s| s.to_string())
-                    .or_else(|| p.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown panic".into());
-                End::Failed(FailureKind::Panicked, text)
+                End::Failed(FailureKind::Panicked, framepack::error::panic_message(p.as_ref()))
             }
         };
         let _ = tx.send(Update::End(end));

@@ -137,3 +137,13 @@ pub enum WeightsError {
 
 /// Result alias for the crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The message of a caught panic's payload (`&str` or `String`), or "unknown panic": what the
+/// plugin's worker and remote workers report when inference panics.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
