@@ -45,11 +45,11 @@ mod settings;
 mod worker;
 
 pub use framepack;
+pub use framepack::DecoderChoice;
 /// The remote path's options (`RemoteOptions`, `Credentials`, `Tls`) and its worker, for
 /// [`ModelSource::Remote`].
 #[cfg(feature = "remote")]
 pub use framepack_remote;
-pub use framepack::DecoderChoice;
 
 pub use capture::{CaptureCutscene, CaptureFailed, CaptureSource, CaptureStarted};
 pub use clip::{ClipStatus, CutsceneClip, CutsceneClipLoader, CutsceneClipLoaderError};

@@ -156,7 +156,12 @@ async fn job(
         let ev = match next {
             Some(Ok(ev)) => ev,
             Some(Err(e)) => return remote(e),
-            None => return remote(framepack_remote::RemoteError::JetStream { what: "event stream", reason: "ended".into() }),
+            None => {
+                return remote(framepack_remote::RemoteError::JetStream {
+                    what: "event stream",
+                    reason: "ended".into(),
+                });
+            }
         };
         let response = match ev {
             JobEvent::Started { sections, total_frames, width, height, .. } => {
@@ -169,7 +174,9 @@ async fn job(
                 continue;
             }
             JobEvent::Frame { index, frame } => Response::Frame { job: id, index, frame: rgba_from_rgb(&frame.rgb) },
-            JobEvent::Section { index, sections, frames } => Response::Section { job: id, index, sections, range: frames },
+            JobEvent::Section { index, sections, frames } => {
+                Response::Section { job: id, index, sections, range: frames }
+            }
             JobEvent::Finished => return Some(JobEnd::Done),
             JobEvent::Cancelled => return Some(JobEnd::Cancelled),
             JobEvent::Failed { kind, message } => return Some(JobEnd::Failed(failure(kind, message))),

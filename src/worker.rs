@@ -270,7 +270,9 @@ fn load_pipeline(settings: &FramePackSettings) -> Result<Pipeline, GenerationErr
 fn guarded(job: impl FnOnce() -> JobEnd) -> (JobEnd, bool) {
     match catch_unwind(AssertUnwindSafe(job)) {
         Ok(end) => (end, false),
-        Err(panic) => (JobEnd::Failed(GenerationError::Panicked(framepack::error::panic_message(panic.as_ref()))), true),
+        Err(panic) => {
+            (JobEnd::Failed(GenerationError::Panicked(framepack::error::panic_message(panic.as_ref()))), true)
+        }
     }
 }
 

@@ -53,12 +53,8 @@ pub struct NatsArgs {
 
 impl NatsArgs {
     fn options(&self, url: &str) -> Result<RemoteOptions> {
-        let given = [
-            self.nats_user.is_some(),
-            self.nats_token.is_some(),
-            self.nats_creds.is_some(),
-            self.nats_nkey.is_some(),
-        ];
+        let given =
+            [self.nats_user.is_some(), self.nats_token.is_some(), self.nats_creds.is_some(), self.nats_nkey.is_some()];
         if given.iter().filter(|g| **g).count() > 1 {
             return Err(invalid("nats", "give one of --nats-user, --nats-token, --nats-creds and --nats-nkey"));
         }
@@ -76,7 +72,10 @@ impl NatsArgs {
             Credentials::None
         };
         if !(self.disconnect_timeout.is_finite() && self.disconnect_timeout > 0.0) {
-            return Err(invalid("--disconnect-timeout", format!("{} is not a positive number", self.disconnect_timeout)));
+            return Err(invalid(
+                "--disconnect-timeout",
+                format!("{} is not a positive number", self.disconnect_timeout),
+            ));
         }
         Ok(RemoteOptions {
             credentials,
@@ -169,14 +168,16 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
     let url = args.nats.clone();
     let model = args.weights.as_ref().map_or("the nano model".to_string(), |w| w.display().to_string());
     eprintln!("{name}: connecting to {url}");
-    runtime()?.block_on(framepack_remote::worker::run(
-        opts,
-        load,
-        move || println!("{name}: ready for jobs on {url} ({model})"),
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        },
-    )).map_err(remote_err)
+    runtime()?
+        .block_on(framepack_remote::worker::run(
+            opts,
+            load,
+            move || println!("{name}: ready for jobs on {url} ({model})"),
+            async {
+                let _ = tokio::signal::ctrl_c().await;
+            },
+        ))
+        .map_err(remote_err)
 }
 
 /// `framepack generate --remote URL`: the same output as a local run.

@@ -111,7 +111,10 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     fps: 30.0,
                 },
             )?;
-            println!("{}: taehv step {step}; held-out reconstruction {psnr:.2} dB (16 clips, 17 frames)", a.out.display());
+            println!(
+                "{}: taehv step {step}; held-out reconstruction {psnr:.2} dB (16 clips, 17 frames)",
+                a.out.display()
+            );
             Ok(())
         }
         "dit" => {

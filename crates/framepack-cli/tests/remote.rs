@@ -235,8 +235,13 @@ fn a_killed_worker_s_job_finishes_on_the_other() {
     }));
     let killed = killed.expect("the job ran long enough to kill its worker");
     assert_eq!(out.end(), Some(&JobEvent::Finished), "{:?}", out.error);
-    let restarted: Vec<_> =
-        out.events.iter().filter_map(|e| if let JobEvent::Restarted { attempt, worker } = e { Some((*attempt, worker.clone())) } else { None }).collect();
+    let restarted: Vec<_> = out
+        .events
+        .iter()
+        .filter_map(|e| {
+            if let JobEvent::Restarted { attempt, worker } = e { Some((*attempt, worker.clone())) } else { None }
+        })
+        .collect();
     assert_eq!(restarted.len(), 1, "{restarted:?}");
     assert_eq!(restarted[0].0, 2);
     assert_ne!(restarted[0].1, killed, "the other worker took the job over");
@@ -449,7 +454,12 @@ fn credentials_pass_through_and_a_refusal_is_clear() {
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(stderr.contains("refused the connection"), "{stderr}");
     // The right one serves jobs.
-    let _w = Worker::start(&url, &["--weights", weights.to_str().unwrap()], "w", &["--nats-user", "game", "--nats-password", "s3cret"]);
+    let _w = Worker::start(
+        &url,
+        &["--weights", weights.to_str().unwrap()],
+        "w",
+        &["--nats-user", "game", "--nats-password", "s3cret"],
+    );
     let out = rt.block_on(async {
         let client = Client::connect(&opts).await.unwrap();
         let job = client.submit(&request(2, 1.2, 32)).await.unwrap();

@@ -27,7 +27,12 @@ fn request() -> Request {
         end_image: None,
         prompt: "a ball bounces, the camera pans right".into(),
         resolution: 64,
-        settings: JobSettings { steps: 10, seconds: 2.4, schedule: ScheduleChoice::Geometric, ..JobSettings::default() },
+        settings: JobSettings {
+            steps: 10,
+            seconds: 2.4,
+            schedule: ScheduleChoice::Geometric,
+            ..JobSettings::default()
+        },
     }
 }
 
@@ -82,7 +87,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn load() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn main() {
@@ -94,12 +101,19 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     let client = rt.block_on(Client::connect(&RemoteOptions::new(&url))).expect("connect");
     let req = request();
-    println!("remote_bench: nano model, {}x{} → resolution 64, 10 steps, 2 sections/job; {cores} cores; load {}", 96, 72, load());
+    println!(
+        "remote_bench: nano model, {}x{} → resolution 64, 10 steps, 2 sections/job; {cores} cores; load {}",
+        96,
+        72,
+        load()
+    );
 
     // Added latency: the same job locally and remotely (one warm worker, all cores each), alternating.
     let w = worker(&url, "solo", cores);
     rt.block_on(remote_job(&client, &req)); // loads the worker's model
-    let mut local = pool(cores).install(|| Pipeline::load(&framepack_nano::bundle(), &candle_core::Device::Cpu, candle_core::DType::F32)).expect("load");
+    let mut local = pool(cores)
+        .install(|| Pipeline::load(&framepack_nano::bundle(), &candle_core::Device::Cpu, candle_core::DType::F32))
+        .expect("load");
     let local_pool = pool(cores);
     let (mut added, mut local_end, mut remote_end) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..reps {
@@ -115,7 +129,8 @@ fn main() {
     println!("\n| path | job (median of {reps}) | added per section |");
     println!("|---|---|---|");
     println!("| local | {:.2} s | — |", median(local_end.clone()));
-    let spread = |v: &[f64]| v.iter().copied().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
+    let spread =
+        |v: &[f64]| v.iter().copied().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), x| (a.min(x), b.max(x)));
     let (lo, hi) = spread(&added);
     println!(
         "| remote (1 worker) | {:.2} s | {:+.0} ms (median of {} sections; {lo:+.0} … {hi:+.0}) |",

@@ -16,11 +16,32 @@ pub type Loader = Box<dyn FnMut() -> framepack::Result<Pipeline> + Send>;
 
 /// What the inference thread reports about a job.
 pub(crate) enum Update {
-    Started { sections: usize, total_frames: usize, width: u32, height: u32 },
-    Progress { section: usize, sections: usize, step: usize, steps: usize, fraction: f32, eta_ms: u64 },
+    Started {
+        sections: usize,
+        total_frames: usize,
+        width: u32,
+        height: u32,
+    },
+    Progress {
+        section: usize,
+        sections: usize,
+        step: usize,
+        steps: usize,
+        fraction: f32,
+        eta_ms: u64,
+    },
     /// A final frame as an RGB PNG.
-    Frame { index: usize, width: u32, height: u32, png: Vec<u8> },
-    Section { index: usize, sections: usize, frames: std::ops::Range<usize> },
+    Frame {
+        index: usize,
+        width: u32,
+        height: u32,
+        png: Vec<u8>,
+    },
+    Section {
+        index: usize,
+        sections: usize,
+        frames: std::ops::Range<usize>,
+    },
     End(End),
 }
 

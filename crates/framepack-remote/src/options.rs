@@ -123,10 +123,7 @@ impl RemoteOptions {
             return Err(RemoteError::Options("the server URL is empty".into()));
         }
         if self.prefix.is_empty() || !self.prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(RemoteError::Options(format!(
-                "prefix `{}` must be letters, digits, `_` or `-`",
-                self.prefix
-            )));
+            return Err(RemoteError::Options(format!("prefix `{}` must be letters, digits, `_` or `-`", self.prefix)));
         }
         Ok(())
     }

@@ -288,9 +288,9 @@ impl Envelope {
         };
         let block = |at: &mut usize, part: &str| -> Result<Vec<u8>> {
             let len = word(*at, part)?;
-            let data = bytes
-                .get(*at + 4..*at + 4 + len)
-                .ok_or_else(|| bad(format!("truncated {part}: {len} bytes announced, {} left", bytes.len() - *at - 4)))?;
+            let data = bytes.get(*at + 4..*at + 4 + len).ok_or_else(|| {
+                bad(format!("truncated {part}: {len} bytes announced, {} left", bytes.len() - *at - 4))
+            })?;
             *at += 4 + len;
             Ok(data.to_vec())
         };

@@ -30,8 +30,11 @@ impl NatsServer {
     /// `max_payload: 64KB`, or an `authorization { … }` block).
     pub fn start_with(config: Option<&str>) -> std::io::Result<Self> {
         static N: AtomicU32 = AtomicU32::new(0);
-        let dir = std::env::temp_dir()
-            .join(format!("framepack-nats-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let dir = std::env::temp_dir().join(format!(
+            "framepack-nats-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let config = match config {

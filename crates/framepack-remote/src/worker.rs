@@ -15,10 +15,10 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{AckPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind};
-use futures_util::StreamExt;
 use framepack::CancelToken;
 use framepack::pipeline::Request;
 use framepack::preprocess::RgbImage;
+use futures_util::StreamExt;
 use tokio::sync::watch;
 
 use crate::engine::{End, Engine, EngineJob, Loader, Update};
@@ -97,9 +97,10 @@ impl WorkerThread {
     pub fn spawn(opts: WorkerOptions, load: Loader) -> std::io::Result<Self> {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let join = std::thread::Builder::new().name(format!("framepack-remote-{}", opts.name)).spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-                RemoteError::Options(format!("cannot start the async runtime: {e}"))
-            })?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| RemoteError::Options(format!("cannot start the async runtime: {e}")))?;
             rt.block_on(run(opts, load, || {}, async {
                 let _ = stopped.await;
             }))
@@ -135,12 +136,7 @@ struct Ctx {
     engine: Engine,
 }
 
-async fn work(
-    opts: WorkerOptions,
-    load: Loader,
-    ready: impl FnOnce(),
-    mut stop: watch::Receiver<bool>,
-) -> Result<()> {
+async fn work(opts: WorkerOptions, load: Loader, ready: impl FnOnce(), mut stop: watch::Receiver<bool>) -> Result<()> {
     let mut remote = opts.remote.clone();
     remote.name.get_or_insert_with(|| opts.name.clone());
     // Wait for a server that is not up yet; give up on one that refuses these credentials.
@@ -172,7 +168,8 @@ async fn work(
     let consumer = consumer(&infra, &opts).await?;
     let inline_budget =
         crate::protocol::inline_budget(client.server_info().max_payload).min(opts.inline_limit.unwrap_or(usize::MAX));
-    let engine = Engine::spawn(load, opts.threads).map_err(|e| RemoteError::Options(format!("cannot start the inference thread: {e}")))?;
+    let engine = Engine::spawn(load, opts.threads)
+        .map_err(|e| RemoteError::Options(format!("cannot start the inference thread: {e}")))?;
     let ctx = Ctx { infra, opts, inline_budget, engine };
     ready();
     while !*stop.borrow() {
@@ -313,7 +310,11 @@ impl Ctx {
         let request = match self.decode_job(&msg.payload).await {
             Ok(r) => r,
             Err(e) => {
-                let kind = if matches!(e, RemoteError::Malformed { .. }) { FailureKind::Rejected } else { FailureKind::InvalidRequest };
+                let kind = if matches!(e, RemoteError::Malformed { .. }) {
+                    FailureKind::Rejected
+                } else {
+                    FailureKind::InvalidRequest
+                };
                 let _ = out.event(Event::Failed { attempt, kind, message: e.to_string() }).await;
                 ack(&msg, AckKind::Term).await;
                 return;
@@ -406,4 +407,3 @@ impl Ctx {
             .map_err(|e| RemoteError::malformed("job", format!("image: {e}")))
     }
 }
-

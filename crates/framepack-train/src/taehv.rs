@@ -137,7 +137,12 @@ pub fn train_taehv(
         || !settings.width.is_multiple_of(8)
         || !settings.height.is_multiple_of(8)
         || settings.crop.is_some_and(|(w, h)| {
-            w == 0 || h == 0 || !w.is_multiple_of(8) || !h.is_multiple_of(8) || w > settings.width || h > settings.height
+            w == 0
+                || h == 0
+                || !w.is_multiple_of(8)
+                || !h.is_multiple_of(8)
+                || w > settings.width
+                || h > settings.height
         })
     {
         return Err(crate::invalid(

@@ -120,7 +120,9 @@ impl RunFiles {
             let kept: String = text
                 .lines()
                 .enumerate()
-                .filter(|(i, l)| *i == 0 || l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= start))
+                .filter(|(i, l)| {
+                    *i == 0 || l.split(',').next().and_then(|s| s.parse::<usize>().ok()).is_some_and(|s| s <= start)
+                })
                 .map(|(_, l)| format!("{l}\n"))
                 .collect();
             if kept.len() != text.len() {

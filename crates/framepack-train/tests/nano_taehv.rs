@@ -49,8 +49,8 @@ fn a_run_saves_logs_resumes_and_loads_as_a_taehv_checkpoint() {
     assert_eq!(taehv::train_taehv(&dir, &settings(3), &cpu(), |_| panic!("no step left")).unwrap(), 3);
 
     // The weights carry upstream's names: they load strictly as the nano TAEHV config.
-    let psnr = taehv::held_out_psnr(&files.weights, 2, &ClipConfig { width: 32, height: 24, frames: 5, fps: 30.0 })
-        .unwrap();
+    let psnr =
+        taehv::held_out_psnr(&files.weights, 2, &ClipConfig { width: 32, height: 24, frames: 5, fps: 30.0 }).unwrap();
     assert!(psnr.is_finite() && psnr > 0.0, "{psnr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
