@@ -153,7 +153,7 @@ fn main() -> Result<()> {
             let history = z.narrow(2, 0, info.latents.start)?;
             let decode = |window: &Tensor| -> Result<Tensor> {
                 let all = Tensor::cat(&[&history, window], 2)?;
-                let px = vae.decode(&vae.unscale_latents(&all)?)?;
+                let px = vae.decode(&all)?;
                 let f0 = latent_to_frames(info.latents.start);
                 Ok(px.narrow(2, f0, px.dim(2)? - f0)?.clamp(-1f32, 1f32)?)
             };

@@ -165,7 +165,7 @@ impl ClipLatents {
             let clip = clips::clip(seed, cfg)?;
             let vae = &pipeline.generator().models().vae;
             let x = clip.to_tensor(&Device::Cpu)?;
-            let z = vae.scale_latents(&vae.encode(&x)?.mean()?)?;
+            let z = vae.encode(&x, None)?;
             out.latents.push(z);
             let p = match prompts.iter().position(|p| *p == clip.prompt) {
                 Some(p) => p,

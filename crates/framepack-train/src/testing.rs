@@ -321,6 +321,21 @@ pub fn write_tiny_bundle(root: &Path, seed: u64) -> Result<framepack::bundle::Bu
     Ok(framepack::bundle::BundlePaths::from_dir(root))
 }
 
+/// [`write_tiny_bundle`] with a TAEHV as the VAE (the nano model's layout): `vae/` holds
+/// [`tiny_taehv_config`] with `scaling_factor` 2 and `_class_name` `"TAEHV"`, and there is no
+/// `vae_tiny/`.
+pub fn write_tiny_taehv_bundle(root: &Path, seed: u64) -> Result<framepack::bundle::BundlePaths> {
+    use framepack::models::AutoencoderConfig;
+    let paths = write_tiny_bundle(root, seed)?;
+    std::fs::remove_dir_all(root.join("vae")).map_err(|e| io_error(&root.join("vae"), e))?;
+    std::fs::remove_dir_all(root.join("vae_tiny")).map_err(|e| io_error(&root.join("vae_tiny"), e))?;
+    let cfg = taehv::Config { scaling_factor: 2.0, ..tiny_taehv_config() };
+    let w = random_weights(seed + 3, 1.0, |vb| Taehv::new(vb, &cfg))?;
+    save_safetensors(&w, &root.join("vae/diffusion_pytorch_model.safetensors"))?;
+    write_text(&root.join("vae/config.json"), &AutoencoderConfig::Taehv(cfg).to_json())?;
+    Ok(paths)
+}
+
 /// Writes the tiny random text and image encoders of a bundle into `root`: `text_encoder/`
 /// (two shards + index), `tokenizer/`, `text_encoder_2/`, `tokenizer_2/`, `image_encoder/` and
 /// `feature_extractor/`, with widths 16 (Llama), 8 (CLIP pooled) and 8 (SigLIP).

@@ -20,6 +20,7 @@ use std::time::Instant;
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
 use framepack::generator::{Conditioning, Generator, JobSettings, Models, NoiseRng, TextConditioning};
+use framepack::models::Autoencoder;
 use framepack::models::transformer::{Config, Transformer};
 use framepack::packing::{ScheduleChoice, Slot};
 use framepack_train::testing;
@@ -112,8 +113,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ws = testing::random_weights(11, 1.0, |vb| Transformer::new(vb, &cfg))?;
     let generator = Generator::new(Models {
         transformer: Transformer::new(VarBuilder::from_tensors(ws, DType::F32, &dev), &cfg)?,
-        vae: testing::tiny_vae(2, DType::F32, &dev)?,
-        vae_dtype: DType::F32,
+        vae: Autoencoder::hunyuan_video(testing::tiny_vae(2, DType::F32, &dev)?, DType::F32),
         tiny_decoder: None,
     });
     let randn = |seed: u64, shape: &[usize]| NoiseRng::new(seed).normal_tensor(shape, &dev);

@@ -6,6 +6,7 @@
 //!   diffusion_pytorch_model.safetensors.index.json + diffusion_pytorch_model-0000k-of-0000n.safetensors
 //!     (or one diffusion_pytorch_model.safetensors)
 //!   vae/config.json, vae/diffusion_pytorch_model.safetensors      hunyuanvideo-community/HunyuanVideo
+//!     (or a TAEHV as the VAE: config.json with "_class_name": "TAEHV", the nano model)
 //!   text_encoder/config.json, model(.safetensors.index.json | .safetensors), tokenizer/tokenizer.json
 //!   text_encoder_2/config.json, model.safetensors, tokenizer_2/tokenizer.json
 //!   image_encoder/config.json, model.safetensors, feature_extractor/preprocessor_config.json
@@ -34,8 +35,9 @@ use crate::models::taehv::{self, Taehv};
 use crate::models::text::clip::{ClipTextConfig, ClipTextModel};
 use crate::models::text::llama::{Llama, LlamaConfig};
 use crate::models::transformer::{self, Residency, Transformer};
-use crate::models::vae::{self, AutoencoderKLHunyuanVideo};
+use crate::models::vae::AutoencoderKLHunyuanVideo;
 use crate::models::vision::{SiglipVisionConfig, SiglipVisionModel};
+use crate::models::{Autoencoder, AutoencoderConfig};
 use crate::weights;
 
 /// Where a job runs.
@@ -494,9 +496,13 @@ impl BundlePaths {
         read_json(&self.store, &self.transformer.join("config.json")).map_err(status_error(BundlePart::Transformer))
     }
 
-    /// The VAE's config.
-    pub fn vae_config(&self) -> Result<vae::Config> {
-        read_json(&self.store, &self.vae.join("config.json")).map_err(status_error(BundlePart::Vae))
+    /// The VAE's config (`_class_name` `"TAEHV"` for a TAEHV as the VAE, else HunyuanVideo's).
+    pub fn vae_config(&self) -> Result<AutoencoderConfig> {
+        let path = self.vae.join("config.json");
+        let value: serde_json::Value = read_json(&self.store, &path).map_err(status_error(BundlePart::Vae))?;
+        AutoencoderConfig::from_value(value)
+            .map_err(|e| mismatched(format!("{}: invalid config: {e}", path.display())))
+            .map_err(status_error(BundlePart::Vae))
     }
 
     /// Checks every component (configs and safetensors headers only; nothing is loaded).
@@ -538,14 +544,16 @@ impl BundlePaths {
                     Transformer::new(vb, cfg)
                 },
             ),
-            BundlePart::Vae => check_model(
+            BundlePart::Vae => check_model_json(
                 store,
                 dir,
                 "diffusion_pytorch_model",
-                |cfg: &vae::Config| {
-                    format!("{} latent channels, blocks {:?}", cfg.latent_channels, cfg.block_out_channels)
+                |text| AutoencoderConfig::from_json(text).map_err(|e| Error::invalid("vae config", e.to_string())),
+                AutoencoderConfig::describe,
+                |cfg, vb| match cfg {
+                    AutoencoderConfig::HunyuanVideo(c) => AutoencoderKLHunyuanVideo::new(vb, c).map(drop),
+                    AutoencoderConfig::Taehv(c) => Taehv::new(vb, c).map(drop),
                 },
-                |cfg, vb| AutoencoderKLHunyuanVideo::new(vb, cfg),
             ),
             BundlePart::TextEncoder => check_model_json(
                 store,
@@ -633,9 +641,15 @@ impl BundlePaths {
         let vcfg = self.vae_config()?;
         let vfiles =
             weight_files(&self.store, &self.vae, "diffusion_pytorch_model").map_err(status_error(BundlePart::Vae))?;
-        let vae = AutoencoderKLHunyuanVideo::load(self.store.weights(&vfiles)?, &vcfg, dtype, device)?;
+        let weights = self.store.weights(&vfiles)?;
+        let vae = match vcfg {
+            AutoencoderConfig::HunyuanVideo(c) => {
+                Autoencoder::hunyuan_video(AutoencoderKLHunyuanVideo::load(weights, &c, dtype, device)?, dtype)
+            }
+            AutoencoderConfig::Taehv(c) => Autoencoder::Taehv(Taehv::load(weights, &c, dtype, device)?),
+        };
         let tiny_decoder = self.load_tiny_decoder(device, dtype)?;
-        Ok(Models { transformer, vae, vae_dtype: dtype, tiny_decoder })
+        Ok(Models { transformer, vae, tiny_decoder })
     }
 
     /// The tiny decoder at [`Self::vae_tiny`], or `None` when that path does not exist.

@@ -8,6 +8,7 @@ use framepack::Error;
 use framepack::generator::{
     CancelToken, Conditioning, DecoderChoice, Frame, Generator, JobSettings, Models, TextConditioning,
 };
+use framepack::models::Autoencoder;
 use framepack::packing::{ScheduleChoice, SectionOrder};
 use framepack::sampling::Sampler;
 use framepack_train::testing;
@@ -16,8 +17,7 @@ fn generator() -> Generator {
     let dev = Device::Cpu;
     Generator::new(Models {
         transformer: testing::tiny_transformer(1, DType::F32, &dev).unwrap(),
-        vae: testing::tiny_vae(2, DType::F32, &dev).unwrap(),
-        vae_dtype: DType::F32,
+        vae: Autoencoder::hunyuan_video(testing::tiny_vae(2, DType::F32, &dev).unwrap(), DType::F32),
         tiny_decoder: Some(testing::tiny_taehv(3, DType::F32, &dev).unwrap()),
     })
 }
@@ -413,8 +413,7 @@ fn the_tiny_decoder_must_exist_when_asked_for() {
     let dev = Device::Cpu;
     let g = Generator::new(Models {
         transformer: testing::tiny_transformer(1, DType::F32, &dev).unwrap(),
-        vae: testing::tiny_vae(2, DType::F32, &dev).unwrap(),
-        vae_dtype: DType::F32,
+        vae: Autoencoder::hunyuan_video(testing::tiny_vae(2, DType::F32, &dev).unwrap(), DType::F32),
         tiny_decoder: None,
     });
     for s in [

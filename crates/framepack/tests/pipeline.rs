@@ -159,3 +159,86 @@ fn a_bundle_in_memory_generates_the_frames_of_the_same_bundle_on_disk() {
         .expect("the VAE weights are missing");
     assert!(e.to_string().contains("<memory>/vae"), "{e}");
 }
+
+#[test]
+fn a_taehv_vae_bundle_encodes_with_it_and_streams_forward_jobs_through_it() {
+    use framepack::generator::{DecoderChoice, to_frames};
+    use framepack::models::AutoencoderConfig;
+    let dir = temp_dir("taehv-vae");
+    let paths = testing::write_tiny_taehv_bundle(&dir, 25).unwrap();
+    let report = paths.inspect();
+    assert!(report.is_complete(), "{report}");
+    assert!(report.to_string().contains("TAEHV"), "{report}");
+    assert!(paths.inspect_tiny_decoder().is_none());
+    assert!(matches!(paths.vae_config().unwrap(), AutoencoderConfig::Taehv(c) if c.scaling_factor == 2.0));
+
+    let mut p = Pipeline::load(&paths, &Device::Cpu, DType::F32).unwrap();
+    let models = p.generator().models().clone();
+    let taehv = models.vae.taehv().expect("the VAE is the TAEHV").clone();
+    assert!(models.tiny().is_some(), "the TAEHV VAE also serves as the tiny decoder");
+
+    let r = request(ScheduleChoice::Geometric, "a cat");
+    let images = p.prepare_images(&r, &r.plan().unwrap()).unwrap();
+    let pixels = framepack::preprocess::image_to_tensor(&images.start, &Device::Cpu).unwrap();
+    let start = models.vae.encode(&pixels, None).unwrap();
+    // The TAEHV's latents of the video in [0, 1] (its encoder output times the scaling factor).
+    let scaled = taehv.encode(&pixels.permute((0, 2, 1, 3, 4)).unwrap().affine(0.5, 0.5).unwrap()).unwrap();
+    let (rel, _) = common_rel(&start, &scaled.permute((0, 2, 1, 3, 4)).unwrap());
+    assert!(rel < 1e-6, "start latent rel-L2 {rel}");
+    let unscaled_cfg = framepack::models::taehv::Config { scaling_factor: 1.0, ..taehv.config().clone() };
+    let unscaled = framepack::bundle::load_taehv(&dir.join("vae"), &Device::Cpu, DType::F32).unwrap();
+    assert_eq!(unscaled.config(), taehv.config(), "load_taehv reads vae/config.json");
+    let plain = framepack::models::taehv::Taehv::load(
+        &[dir.join("vae/diffusion_pytorch_model.safetensors")],
+        &unscaled_cfg,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let raw = plain.encode(&pixels.permute((0, 2, 1, 3, 4)).unwrap().affine(0.5, 0.5).unwrap()).unwrap();
+    let (rel, _) = common_rel(&scaled, &raw.affine(2.0, 0.0).unwrap());
+    assert!(rel < 1e-6, "scaled latents rel-L2 {rel}");
+
+    // The full decoder of a forward job is one stream over [start, section 1, section 2]: the
+    // frames equal one decode of all latents, with no cross-fade.
+    let mut latents = vec![start];
+    let mut frames = Vec::new();
+    for s in p.start(&r).unwrap() {
+        let s = s.unwrap();
+        latents.push(s.latent_tensor.clone());
+        frames.extend(s.frames);
+    }
+    assert_eq!(frames.len(), 36 * 2 + 1);
+    let all = candle_core::Tensor::cat(&latents, 2).unwrap();
+    let want = to_frames(&models.vae.decode(&all).unwrap()).unwrap();
+    assert!(frames == want, "streamed frames differ from one decode of every latent");
+    let tiny = JobSettings { decoder: DecoderChoice::Tiny, ..r.settings.clone() };
+    assert!(video(&mut p, &Request { settings: tiny, ..r.clone() }) == frames);
+
+    // The inverted loop decodes each section with the TAEHV and cross-fades.
+    let inv = video(&mut p, &request(ScheduleChoice::InvertedAntiDrifting, "a cat"));
+    assert_eq!(inv.len(), 36 * 2 + 1);
+
+    // A TAEHV config with HunyuanVideo VAE weights names the file and a tensor.
+    std::fs::remove_file(dir.join("vae/diffusion_pytorch_model.safetensors")).unwrap();
+    let other = temp_dir("taehv-vae-kl");
+    testing::write_tiny_bundle(&other, 25).unwrap();
+    std::fs::copy(
+        other.join("vae/diffusion_pytorch_model.safetensors"),
+        dir.join("vae/diffusion_pytorch_model.safetensors"),
+    )
+    .unwrap();
+    let e = Pipeline::load(&paths, &Device::Cpu, DType::F32).err().expect("wrong weights for the config");
+    let text = e.to_string();
+    assert!(text.contains("vae/diffusion_pytorch_model.safetensors") && text.contains("encoder."), "{text}");
+}
+
+fn common_rel(a: &candle_core::Tensor, b: &candle_core::Tensor) -> (f64, f64) {
+    let a: Vec<f32> = a.flatten_all().unwrap().to_vec1().unwrap();
+    let b: Vec<f32> = b.flatten_all().unwrap().to_vec1().unwrap();
+    assert_eq!(a.len(), b.len());
+    let d: f64 = a.iter().zip(&b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    let max = a.iter().zip(&b).map(|(x, y)| (x - y).abs() as f64).fold(0.0, f64::max);
+    ((d / n).sqrt(), max)
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use candle_core::{DType, Device, Tensor};
 use framepack::Error;
 use framepack::generator::{Conditioning, Generator, JobSettings, Models, NoiseRng, TextConditioning};
+use framepack::models::Autoencoder;
 use framepack::models::transformer::{Config, MemoryPlan, Residency, Transformer};
 use framepack::packing::ScheduleChoice;
 use framepack_train::testing;
@@ -31,8 +32,7 @@ fn generate(transformer: Transformer) -> Vec<Tensor> {
     let dev = Device::Cpu;
     let generator = Generator::new(Models {
         transformer,
-        vae: testing::tiny_vae(2, DType::F32, &dev).unwrap(),
-        vae_dtype: DType::F32,
+        vae: Autoencoder::hunyuan_video(testing::tiny_vae(2, DType::F32, &dev).unwrap(), DType::F32),
         tiny_decoder: None,
     });
     let randn = |seed, shape: &[usize]| NoiseRng::new(seed).normal_tensor(shape, &dev).unwrap();

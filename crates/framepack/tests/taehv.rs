@@ -212,6 +212,7 @@ fn taehv_other_configs_match_the_f64_generic_path() {
         decoder_time_upscale: t_up,
         decoder_space_upscale: s_up,
         patch_size: patch,
+        scaling_factor: 1.0,
     };
     let (t, f) = (true, false);
     let configs = [
@@ -243,6 +244,23 @@ fn taehv_other_configs_match_the_f64_generic_path() {
         frames.extend(stream.decode(&lat.narrow(1, 2, 3).unwrap()).unwrap());
         close_to_f64(&format!("config {k} streamed"), &Tensor::cat(&frames, 1).unwrap(), &x64);
     }
+}
+
+#[test]
+fn taehv_scaling_factor_scales_latents_and_unscales_decoder_input() {
+    let cfg = tiny_config();
+    let scaled_cfg = Config { scaling_factor: 2.5, ..cfg.clone() };
+    let (plain, scaled) = (tiny(&cfg), tiny(&scaled_cfg));
+    let video = &cases()["enc.in"];
+    let z = plain.encode(video).unwrap();
+    let zs = scaled.encode(video).unwrap();
+    check("scaled encode = 2.5 · encode", &zs, &z.affine(2.5, 0.0).unwrap());
+    let x = plain.decode(&z).unwrap();
+    check("scaled decode of scaled latents", &scaled.decode(&zs).unwrap(), &x);
+    let frames = StreamingDecoder::new(&scaled).decode(&zs).unwrap();
+    check("scaled stream of scaled latents", &Tensor::cat(&frames, 1).unwrap(), &x);
+    let bad = Config { scaling_factor: 0.0, ..cfg };
+    assert!(matches!(bad.validate(), Err(Error::Invalid { .. })));
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
-use crate::models::taehv::{StreamingDecoder, Taehv};
+use crate::models::taehv::StreamingDecoder;
 use crate::models::vae::SectionDecoder;
 
 /// One RGB frame, `width·height·3` bytes, row-major.
@@ -23,25 +23,6 @@ pub(super) enum Decoding {
     Blended(SectionDecoder),
     /// Forward jobs with the tiny decoder: one causal stream over all sections.
     Streamed(StreamingDecoder),
-}
-
-/// Largest tiny-decoder activation decoded all frames at once; larger clips decode frame by
-/// frame (same numbers, constant memory).
-const TINY_PARALLEL_BYTES: usize = 256 << 20;
-
-/// Tiny-decoder pixels `(1, 3, T', H, W)` in `[-1, 1]` of latents `(1, C, T, h, w)`.
-pub(super) fn tiny_decode(model: &Taehv, z: &Tensor) -> Result<Tensor> {
-    let z = z.permute((0, 2, 1, 3, 4))?;
-    let (n, t, _, h, w) = z.dims5()?;
-    let cfg = model.config();
-    let widest = cfg.decoder_widths.iter().copied().max().unwrap_or(1);
-    let bytes = n * t * cfg.time_upscale() * h * w * cfg.space_upscale().pow(2) * widest * 4;
-    let frames = if bytes <= TINY_PARALLEL_BYTES {
-        model.decode(&z)?
-    } else {
-        Tensor::cat(&StreamingDecoder::new(model).decode(&z)?, 1)?
-    };
-    Ok(frames.permute((0, 2, 1, 3, 4))?.affine(2.0, -1.0)?)
 }
 
 /// Decoded pixels `(1, 3, T, H, W)` in `[-1, 1]` → RGB frames: clamp, `x·127.5 + 127.5`,

@@ -8,14 +8,16 @@ use std::time::{Duration, Instant};
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
+use crate::models::Autoencoder;
+use crate::models::autoencoder::tiny_decode;
 use crate::models::taehv::{StreamingDecoder, Taehv};
 use crate::models::transformer::{TeaCache, Transformer, TransformerInputs};
-use crate::models::vae::{AutoencoderKLHunyuanVideo, SectionDecoder};
+use crate::models::vae::SectionDecoder;
 use crate::packing::{ContextSchedule, Kernel, SectionOrder, SectionPlan, Slot};
 use crate::sampling::{Step, model_guidance, model_timestep, section_sigmas};
 
 use super::conditioning::Conditioning;
-use super::frames::{Decoding, Frame, tiny_decode, to_frames};
+use super::frames::{Decoding, Frame, to_frames};
 use super::noise::NoiseRng;
 use super::settings::{DecoderChoice, ImageLatent, JobSettings};
 
@@ -111,11 +113,18 @@ pub struct Models {
     /// The packed transformer.
     pub transformer: Transformer,
     /// The video VAE.
-    pub vae: AutoencoderKLHunyuanVideo,
-    /// The dtype the VAE weights were loaded in (its inputs are cast to it).
-    pub vae_dtype: DType,
+    pub vae: Autoencoder,
     /// The tiny decoder (TAEHV) for [`DecoderChoice::Tiny`] and previews, if the bundle has one.
+    /// When the VAE is itself a TAEHV, `None` means that one.
     pub tiny_decoder: Option<Taehv>,
+}
+
+impl Models {
+    /// The decoder [`DecoderChoice::Tiny`] and previews use: [`Self::tiny_decoder`], else the
+    /// VAE when it is a TAEHV.
+    pub fn tiny(&self) -> Option<&Taehv> {
+        self.tiny_decoder.as_ref().or(self.vae.taehv())
+    }
 }
 
 /// Runs generation jobs; cheap to clone and `Send + Sync` (the models are shared).
@@ -156,18 +165,10 @@ impl Generator {
         plan: SectionPlan,
     ) -> Result<Job> {
         let cfg = self.models.transformer.config();
-        let vcfg = self.models.vae.config();
-        if vcfg.latent_channels != cfg.in_channels || cfg.in_channels != cfg.out_channels {
-            return Err(Error::invalid(
-                "models",
-                format!(
-                    "the VAE has {} latent channels but the transformer takes {} and returns {}",
-                    vcfg.latent_channels, cfg.in_channels, cfg.out_channels
-                ),
-            ));
-        }
+        let vae = &self.models.vae;
+        vae.check_channels(cfg.in_channels, cfg.out_channels)?;
         let needs_tiny = settings.decoder == DecoderChoice::Tiny || settings.previews;
-        let tiny = match (&self.models.tiny_decoder, needs_tiny) {
+        let tiny = match (self.models.tiny(), needs_tiny) {
             (None, true) => {
                 return Err(Error::invalid(
                     "decoder",
@@ -184,21 +185,23 @@ impl Generator {
                     ),
                 ));
             }
-            (t, _) => t.as_ref(),
+            (t, _) => t,
         };
         let preview_decoder = match tiny {
             Some(t) if settings.previews => Some(t.with_decoder_time_upscale([false; 3])?),
             _ => None,
         };
-        let decoding = match (settings.decoder, tiny) {
-            (DecoderChoice::Tiny, Some(t)) if plan.order == SectionOrder::Forward => {
-                Decoding::Streamed(StreamingDecoder::new(t))
-            }
+        let streamable = match settings.decoder {
+            DecoderChoice::Tiny => tiny,
+            DecoderChoice::Full => vae.taehv(),
+        };
+        let decoding = match streamable {
+            Some(t) if plan.order == SectionOrder::Forward => Decoding::Streamed(StreamingDecoder::new(t)),
             _ => Decoding::Blended(SectionDecoder::new(plan.order, plan.window)?),
         };
         let start_image = image_5d(&conditioning.start_image, "start image")?;
         let (h, w) = (start_image.dim(3)?, start_image.dim(4)?);
-        let f = vcfg.spatial_compression_ratio * cfg.patch_size;
+        let f = vae.spatial_compression() * cfg.patch_size;
         if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
             return Err(Error::invalid(
                 "start image",
@@ -268,7 +271,7 @@ impl Generator {
             }
         }
         let dev = self.device().clone();
-        let latent_hw = (h / vcfg.spatial_compression_ratio, w / vcfg.spatial_compression_ratio);
+        let latent_hw = (h / vae.spatial_compression(), w / vae.spatial_compression());
         let text = conditioning
             .text
             .iter()
@@ -442,17 +445,13 @@ impl Job {
 
     fn encode_image(&self, image: &Tensor, salt: u64) -> Result<Tensor> {
         let m = &self.models;
-        let x = image.to_device(m.transformer.device())?.to_dtype(m.vae_dtype)?;
-        let dist = m.vae.encode(&x)?;
-        let z = match self.settings.image_latent {
-            ImageLatent::Mean => dist.mean()?,
-            ImageLatent::Sample => {
-                let mean = dist.mean()?;
-                let noise = NoiseRng::new(self.settings.seed ^ salt).normal_tensor(mean.dims(), mean.device())?;
-                dist.sample_with_noise(&noise)?
-            }
-        };
-        m.vae.scale_latents(&z.to_dtype(DType::F32)?)
+        let x = image.to_device(m.transformer.device())?;
+        let seed = self.settings.seed ^ salt;
+        let noise = |dims: &[usize]| NoiseRng::new(seed).normal_tensor(dims, x.device());
+        match self.settings.image_latent {
+            ImageLatent::Mean => m.vae.encode(&x, None),
+            ImageLatent::Sample => m.vae.encode(&x, Some(&noise)),
+        }
     }
 
     fn slot_latent(&self, slot: Slot) -> Result<Tensor> {
@@ -584,16 +583,15 @@ impl Job {
             _ => new.clone(),
         };
         let vae = &self.models.vae;
-        let vae_dtype = self.models.vae_dtype;
         let tiny = match self.settings.decoder {
-            DecoderChoice::Tiny => self.models.tiny_decoder.as_ref(),
+            DecoderChoice::Tiny => self.models.tiny(),
             DecoderChoice::Full => None,
         };
         let mut decode = |z: &Tensor| -> Result<Tensor> {
             cancel.check()?;
             match tiny {
                 Some(t) => tiny_decode(t, z),
-                None => vae.decode(&vae.unscale_latents(z)?.to_dtype(vae_dtype)?),
+                None => vae.decode(z),
             }
         };
         let streamed = matches!(self.decoding, Some(Decoding::Streamed(_)));

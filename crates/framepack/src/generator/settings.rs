@@ -19,17 +19,18 @@ pub enum ImageLatent {
     #[default]
     Mean,
     /// A sample `mean + σ·ε` with `ε` from the job's seed (FramePack samples, with torch's
-    /// global RNG).
+    /// global RNG). A TAEHV VAE has no distribution: it gives its one latent either way.
     Sample,
 }
 
 /// Which model turns a job's latents into frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum DecoderChoice {
-    /// The HunyuanVideo VAE, with FramePack's section cross-fade (the released behaviour).
+    /// The models' VAE, with FramePack's section cross-fade (the released behaviour). A TAEHV VAE
+    /// (the nano model's) decodes forward jobs as one stream, like [`Self::Tiny`].
     #[default]
     Full,
-    /// The tiny decoder (TAEHV) of [`Models::tiny_decoder`](super::Models::tiny_decoder): ≈ 70× fewer operations per pixel.
+    /// The tiny decoder (TAEHV) of [`Models::tiny`](super::Models::tiny): ≈ 70× fewer operations per pixel.
     /// Forward jobs decode it as one stream (each section continues the previous one's memory, no
     /// cross-fade); inverted jobs decode each section as the full VAE would, with the cross-fade.
     Tiny,
@@ -61,7 +62,7 @@ pub struct JobSettings {
     /// The decoder of the section frames.
     pub decoder: DecoderChoice,
     /// Decode every sampler step's denoised estimate with the tiny decoder (time upscale off: one
-    /// frame per latent) into [`Progress::preview`](super::Progress::preview). Needs [`Models::tiny_decoder`](super::Models::tiny_decoder).
+    /// frame per latent) into [`Progress::preview`](super::Progress::preview). Needs [`Models::tiny`](super::Models::tiny).
     pub previews: bool,
 }
 

@@ -1,5 +1,6 @@
 //! Neural network models of FramePack, built with candle from diffusers-format weights.
 
+pub mod autoencoder;
 pub(crate) mod kernels;
 pub(crate) mod ops;
 pub mod taehv;
@@ -7,3 +8,5 @@ pub mod text;
 pub mod transformer;
 pub mod vae;
 pub mod vision;
+
+pub use autoencoder::{Autoencoder, AutoencoderConfig};

@@ -4,7 +4,7 @@ use crate::error::{Error, Result};
 
 /// Widths and resampling flags of a TAEHV model (serde field names as upstream's constructor
 /// arguments; [`Config::default`] is the released `taehv.safetensors` for HunyuanVideo).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default)]
 pub struct Config {
     /// Latent channels (16 for HunyuanVideo).
@@ -22,6 +22,10 @@ pub struct Config {
     pub decoder_space_upscale: [bool; 3],
     /// Pixel-shuffle patch size of the input and output frames (1 for HunyuanVideo).
     pub patch_size: usize,
+    /// Latents are the encoder's output times this, and the decoder divides its input by it
+    /// first (1 for the released TAEHVs, whose latents already match HunyuanVideo's scaled
+    /// ones; a TAEHV trained as a model's own VAE stores 1/σ of its latents here).
+    pub scaling_factor: f64,
 }
 
 impl Default for Config {
@@ -45,6 +49,7 @@ impl Config {
             decoder_time_upscale: [false, true, true],
             decoder_space_upscale: [true, true, true],
             patch_size: 1,
+            scaling_factor: 1.0,
         }
     }
 
@@ -61,6 +66,12 @@ impl Config {
         }
         if self.patch_size == 0 {
             return Err(Error::invalid("taehv config", "patch_size must be at least 1"));
+        }
+        if !(self.scaling_factor.is_finite() && self.scaling_factor > 0.0) {
+            return Err(Error::invalid(
+                "taehv config",
+                format!("scaling_factor must be positive and finite, got {}", self.scaling_factor),
+            ));
         }
         Ok(())
     }

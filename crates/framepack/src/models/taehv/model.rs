@@ -212,7 +212,7 @@ impl Taehv {
         };
         let frames = x.dim(1)?;
         let x = pixel_unshuffle(&x.reshape((n * frames, IMAGE_CHANNELS, h, w))?, p)?;
-        let z = run_parallel(&self.encoder, x, n, None)?;
+        let z = scale(run_parallel(&self.encoder, x, n, None)?, self.config.scaling_factor)?;
         let (nt, c, zh, zw) = z.dims4()?;
         Ok(z.reshape((n, nt / n, c, zh, zw))?)
     }
@@ -241,7 +241,7 @@ impl Taehv {
 
     fn decode_inner(&self, latents: &Tensor, trace: Option<&mut Vec<(usize, Tensor)>>, clamp: bool) -> Result<Tensor> {
         let (n, t, h, w) = self.check(latents, self.config.latent_channels, "taehv decoder input")?;
-        let z = latents.to_dtype(self.dtype)?.to_device(&self.device)?;
+        let z = self.unscale(&latents.to_dtype(self.dtype)?.to_device(&self.device)?)?;
         let z = z.reshape((n * t, self.config.latent_channels, h, w))?;
         let x = run_parallel(&self.decoder, z, n, trace)?;
         let x = if clamp { self.postprocess(&x)? } else { pixel_shuffle(&x, self.config.patch_size)? };
@@ -251,10 +251,19 @@ impl Taehv {
         Ok(x.reshape((n, frames, c, oh, ow))?.narrow(1, trim, frames - trim)?)
     }
 
+    /// Latents divided by [`Config::scaling_factor`]: the decoder's input.
+    pub(crate) fn unscale(&self, z: &Tensor) -> candle_core::Result<Tensor> {
+        scale(z.clone(), 1.0 / self.config.scaling_factor)
+    }
+
     /// Pixel shuffle and clamp to `[0, 1]` of decoder outputs `(M, 3·p², H, W)`.
     pub(crate) fn postprocess(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         pixel_shuffle(x, self.config.patch_size)?.clamp(0f32, 1f32)
     }
+}
+
+fn scale(x: Tensor, factor: f64) -> candle_core::Result<Tensor> {
+    if factor == 1.0 { Ok(x) } else { x.affine(factor, 0.0) }
 }
 
 /// The time-grow stride each decoder stage's checkpoint tensor holds: the config's, or larger

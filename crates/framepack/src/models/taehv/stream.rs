@@ -44,7 +44,7 @@ impl StreamingDecoder {
                 format!("expected {} channels, got shape {dims:?}", cfg.latent_channels),
             ));
         }
-        let z = latents.to_dtype(self.model.dtype())?.to_device(self.model.device())?;
+        let z = self.model.unscale(&latents.to_dtype(self.model.dtype())?.to_device(self.model.device())?)?;
         for i in 0..t {
             self.pass.push(z.narrow(1, i, 1)?.squeeze(1)?);
         }
