@@ -7,6 +7,7 @@ use candle_core::{DType, Device};
 use clap::Args;
 use framepack::Pipeline;
 use framepack::bundle::BundlePaths;
+use framepack::models::Autoencoder;
 use framepack::models::transformer::Transformer;
 use framepack::models::vae::AutoencoderKLHunyuanVideo;
 use framepack_cli::error::Result;
@@ -17,6 +18,8 @@ use framepack_train::{bundle, dit, taehv, train};
 pub struct TrainArgs {
     /// `vae` (stage 1), `dit` (stage 2, on the stage-1 VAE), `export` (the bundle in f16), or
     /// `taehv` (version 2's TAEHV autoencoder at 128 × 96; `--steps`, `--batch`, `--frames`, `--lr`).
+    /// In a run directory with a `taehv` stage, `dit` trains version 2 on the TAEHV's latents
+    /// (128 × 128 and 128 × 96, end frames), and `taehv` then trains its decoder only.
     #[arg(value_parser = ["vae", "dit", "export", "taehv"])]
     stage: String,
     /// Run directory.
@@ -74,7 +77,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
         }
         "taehv" => {
             let d = taehv::TaehvTraining::default();
+            let freeze_encoder = a.out.join("bundle/vae").exists();
+            if freeze_encoder {
+                println!("the transformer stage trains on this encoder's latents: training the decoder only");
+            }
             let settings = taehv::TaehvTraining {
+                freeze_encoder,
                 steps: a.steps.unwrap_or(d.steps),
                 batch: a.batch.unwrap_or(d.batch),
                 lr: a.lr.unwrap_or(d.lr),
@@ -118,7 +126,8 @@ pub fn run(a: TrainArgs) -> Result<()> {
             Ok(())
         }
         "dit" => {
-            let d = dit::DitTraining::default();
+            let v2 = train::RunFiles::taehv(&a.out).weights.exists();
+            let d = if v2 { dit::DitTraining::nano_v2() } else { dit::DitTraining::default() };
             let settings = dit::DitTraining {
                 steps: a.steps.unwrap_or(d.steps),
                 batch: a.batch.unwrap_or(d.batch),
@@ -128,8 +137,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 ..d
             };
             let root = a.out.join("bundle");
-            prepare_bundle(&a.out, &root, &settings)?;
+            if v2 {
+                prepare_bundle_v2(&a.out, &root, &settings)?
+            } else {
+                prepare_bundle(&a.out, &root, &settings)?
+            };
             let mut pipeline = Pipeline::load(&BundlePaths::from_dir(&root), &Device::Cpu, DType::F32)?;
+            let mut first = None;
+            let started = std::cell::Cell::new(std::time::Instant::now());
             let step = dit::train_dit(
                 &a.out,
                 &mut pipeline,
@@ -138,8 +153,21 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     if i % 50 == 0 || i == n {
                         println!("encoded {i}/{n} clips")
                     }
+                    started.set(std::time::Instant::now());
                 },
-                |s| println!("step {}: loss {:.5} {:.2} s", s.step, s.loss, s.seconds),
+                |s| {
+                    let first = *first.get_or_insert(s.step);
+                    let per_step = started.get().elapsed().as_secs_f64() / (s.step + 1 - first) as f64;
+                    let eta = std::time::Duration::from_secs_f64(per_step * (settings.steps - s.step) as f64);
+                    println!(
+                        "step {}/{}: loss {:.5} {:.2} s, ETA {}",
+                        s.step,
+                        settings.steps,
+                        s.loss,
+                        s.seconds,
+                        crate::generate::fmt_duration(eta)
+                    )
+                },
             )?;
             bundle::write_transformer(&root, &train::RunFiles::dit(&a.out).weights, &dit::nano_transformer_config())?;
             println!("{}: transformer step {step}; bundle in {}", a.out.display(), root.display());
@@ -152,13 +180,34 @@ pub fn run(a: TrainArgs) -> Result<()> {
             if !weights.exists() || !root.exists() {
                 return Err(invalid("export", format!("{}: train the dit stage first", a.out.display())));
             }
-            // The latest checkpoint, also when the dit stage was stopped between checkpoints.
+            // The latest checkpoints, also when a stage was stopped between checkpoints.
             bundle::write_transformer(&root, &weights, &dit::nano_transformer_config())?;
+            let taehv_weights = train::RunFiles::taehv(&a.out).weights;
+            if taehv_weights.exists() {
+                bundle::refresh_taehv_decoder(&root, &taehv_weights)?;
+            }
             let bytes = bundle::export_f16(&a.out.join("bundle"), &to)?;
             println!("{}: {:.2} MB", to.display(), bytes as f64 / 1e6);
             Ok(())
         }
     }
+}
+
+/// Version 2's bundle for the transformer stage: the TAEHV of the `taehv` stage as the VAE, its
+/// `scaling_factor` 1/σ of its latents on training clips, the frozen tiny encoders and a first
+/// transformer, written once (from then on the `taehv` stage trains the decoder only).
+fn prepare_bundle_v2(out: &Path, root: &Path, settings: &dit::DitTraining) -> Result<()> {
+    if root.join("transformer/config.json").exists() {
+        return Ok(());
+    }
+    let weights = train::RunFiles::taehv(out).weights;
+    let mut cfg = taehv::nano_taehv_config();
+    let model = framepack::models::taehv::Taehv::load(&[&weights], &cfg, DType::F32, &Device::Cpu)?;
+    let std = dit::latent_std(&model.into(), 16, 33, settings.sizes[0])?;
+    cfg.scaling_factor = 1.0 / std;
+    println!("latent std {std:.4}: scaling_factor {:.4}", cfg.scaling_factor);
+    bundle::write_taehv_vae(root, &weights, &cfg)?;
+    write_encoders_and_first_transformer(root, settings)
 }
 
 /// The bundle the transformer stage reads: the stage-1 VAE with its latent scale measured, the
@@ -175,11 +224,16 @@ fn prepare_bundle(out: &Path, root: &Path, settings: &dit::DitTraining) -> Resul
         ));
     }
     let mut vcfg = train::nano_vae_config();
-    let vae = AutoencoderKLHunyuanVideo::load(&[&vae_weights], &vcfg, DType::F32, &Device::Cpu)?;
-    let std = dit::latent_std(&vae, 16, 33, settings.sizes[0])?;
+    let unscaled = framepack::models::vae::Config { scaling_factor: 1.0, ..vcfg.clone() };
+    let vae = AutoencoderKLHunyuanVideo::load(&[&vae_weights], &unscaled, DType::F32, &Device::Cpu)?;
+    let std = dit::latent_std(&Autoencoder::hunyuan_video(vae, DType::F32), 16, 33, settings.sizes[0])?;
     vcfg.scaling_factor = 1.0 / std;
     println!("latent std {std:.4}: scaling_factor {:.4}", vcfg.scaling_factor);
     bundle::write_vae(root, &vae_weights, &vcfg)?;
+    write_encoders_and_first_transformer(root, settings)
+}
+
+fn write_encoders_and_first_transformer(root: &Path, settings: &dit::DitTraining) -> Result<()> {
     framepack_train::testing::write_tiny_encoders(root, ENCODER_SEED)?;
     let tcfg = dit::nano_transformer_config();
     let first = root.join("transformer.init.safetensors");

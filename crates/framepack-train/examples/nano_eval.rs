@@ -125,7 +125,7 @@ fn main() -> Result<()> {
         a.steps,
         rayon::current_num_threads()
     );
-    let data = ClipLatents::encode(&mut pipeline, &seeds, &cfg, |_| {})?;
+    let data = ClipLatents::encode(&mut pipeline, &seeds, &cfg, &[], |_| {})?;
 
     // 1. Next section from the true history (forward geometric), sections 1 and 2 of 3.
     let models = pipeline.generator().models().clone();
@@ -138,7 +138,7 @@ fn main() -> Result<()> {
     for (i, &seed) in seeds.iter().enumerate() {
         let clip = clips::clip(seed, &cfg)?.to_tensor(&dev)?;
         for section in 1..sections {
-            let b = data.section(i, &schedule, &plan, section)?;
+            let b = data.section(i, &schedule, &plan, section, false)?;
             let info = plan.section(section)?;
             let (h, w) = (b.x0.dim(3)?, b.x0.dim(4)?);
             let noise = rng.normal_tensor(b.x0.dims(), &dev)?;

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 
 use crate::train::io;
 use framepack::Result;
-use framepack::models::{transformer, vae};
+use framepack::models::{AutoencoderConfig, taehv, transformer, vae};
 
 /// Files of the released layout that are weights (converted by [`export_f16`]); everything else
 /// is copied as is.
@@ -35,6 +35,41 @@ fn copy(from: &Path, to: &Path) -> Result<()> {
 pub fn write_vae(root: &Path, weights: &Path, cfg: &vae::Config) -> Result<()> {
     copy(weights, &root.join("vae/diffusion_pytorch_model.safetensors"))?;
     write_json(&root.join("vae/config.json"), cfg)
+}
+
+/// Writes `vae/` of the bundle at `root` as a TAEHV: the weights file `weights` (upstream TAEHV
+/// names) and `cfg` as `config.json` with `"_class_name": "TAEHV"`.
+pub fn write_taehv_vae(root: &Path, weights: &Path, cfg: &taehv::Config) -> Result<()> {
+    copy(weights, &root.join("vae/diffusion_pytorch_model.safetensors"))?;
+    let path = root.join("vae/config.json");
+    std::fs::write(&path, AutoencoderConfig::Taehv(cfg.clone()).to_json()).map_err(|e| io(&path, e))
+}
+
+/// Replaces the decoder of the bundle's TAEHV VAE with the one in `weights`, refusing a file
+/// whose encoder differs from the bundle's (the transformer was trained on that encoder's
+/// latents).
+pub fn refresh_taehv_decoder(root: &Path, weights: &Path) -> Result<()> {
+    let target = root.join("vae/diffusion_pytorch_model.safetensors");
+    let old = candle_core::safetensors::load(&target, &Device::Cpu).map_err(|e| io(&target, e))?;
+    let new = candle_core::safetensors::load(weights, &Device::Cpu).map_err(|e| io(weights, e))?;
+    for (name, t) in old.iter().filter(|(n, _)| n.starts_with("encoder.")) {
+        let same = match new.get(name) {
+            Some(n) if n.dims() == t.dims() => (n - t)?.abs()?.max_all()?.to_scalar::<f32>()? == 0.0,
+            _ => false,
+        };
+        if !same {
+            return Err(crate::invalid(
+                "taehv checkpoint",
+                format!(
+                    "{}: tensor {name} differs from the bundle's encoder in {} (the transformer was trained \
+                     on that encoder's latents; train the decoder only)",
+                    weights.display(),
+                    target.display()
+                ),
+            ));
+        }
+    }
+    copy(weights, &target)
 }
 
 /// Writes `transformer/` of the bundle at `root`: the weights file `weights` and `cfg`.

@@ -25,8 +25,8 @@ use crate::clips::{self, ClipConfig};
 use crate::train::{RunFiles, init_weights, io};
 use framepack::Result;
 use framepack::generator::NoiseRng;
+use framepack::models::Autoencoder;
 use framepack::models::transformer::{self, Transformer, TransformerInputs};
-use framepack::models::vae::AutoencoderKLHunyuanVideo;
 use framepack::packing::{ContextSchedule, Kernel, SectionPlan, Slot, latent_to_frames};
 use framepack::preprocess::RgbImage;
 use framepack::sampling::model_timestep;
@@ -73,6 +73,10 @@ pub struct DitTraining {
     pub sizes: Vec<[usize; 2]>,
     /// AdamW learning rate.
     pub lr: f64,
+    /// Share of inverted-schedule examples whose end slot (the position after the video) holds
+    /// the clip's last frame encoded as a still image, as the generator fills it from an end
+    /// image; the others leave it zero, as a job without one does.
+    pub end_share: f64,
     /// Steps between checkpoints (the last step always saves).
     pub checkpoint_every: usize,
     /// Seed of the initialisation and of the example draws.
@@ -89,9 +93,19 @@ impl Default for DitTraining {
             window: 9,
             sizes: vec![[64, 64], [64, 48]],
             lr: 5e-4,
+            end_share: 0.0,
             checkpoint_every: 100,
             seed: 0,
         }
+    }
+}
+
+impl DitTraining {
+    /// Version 2 of the nano model: 128 × 128 and 128 × 96 clips (the square bucket and the
+    /// demo's 4:3 capture at resolution 128) on the TAEHV's latents, with the end slot filled
+    /// in 40 % of the inverted examples.
+    pub fn nano_v2() -> Self {
+        Self { sizes: vec![[128, 128], [128, 96]], end_share: 0.4, ..Self::default() }
     }
 }
 
@@ -103,12 +117,13 @@ impl DitTraining {
             || self.window == 0
             || self.sizes.is_empty()
             || self.sizes.iter().flatten().any(|s| *s == 0 || s % 16 != 0)
+            || !(0.0..=1.0).contains(&self.end_share)
         {
             return Err(crate::invalid(
                 "training settings",
                 format!(
-                    "{self:?}: need batch, max_sections and window ≥ 1, at least one clip per size and \
-                     sizes divisible by 16"
+                    "{self:?}: need batch, max_sections and window ≥ 1, at least one clip per size, \
+                     sizes divisible by 16 and end_share in [0, 1]"
                 ),
             ));
         }
@@ -137,6 +152,11 @@ struct State {
 pub struct ClipLatents {
     /// `(1, C, 1 + sections·W, h, w)` per clip, scaled (`z·scaling_factor`).
     pub latents: Vec<Tensor>,
+    /// The frames encoded as still images for the end slot (see [`Self::end_latents`]).
+    pub end_frames: Vec<usize>,
+    /// Per clip, `(1, C, 1, h, w)` of each of [`Self::end_frames`] encoded alone, as an end
+    /// image is.
+    pub end_latents: Vec<Vec<Tensor>>,
     /// Index into `texts` per clip.
     pub prompt: Vec<usize>,
     /// `(llama (1, L, D), pooled (1, P))` per distinct prompt.
@@ -151,15 +171,26 @@ pub fn first_frame(clip: &clips::Clip) -> Result<RgbImage> {
 }
 
 impl ClipLatents {
-    /// Encodes the clips of `seeds` (`frames` frames each) with the pipeline's VAE and encoders;
-    /// `on_clip` sees the count done.
+    /// Encodes the clips of `seeds` (`frames` frames each) with the pipeline's VAE and encoders,
+    /// and their frames `end_frames` as still images; `on_clip` sees the count done.
     pub fn encode(
         pipeline: &mut framepack::Pipeline,
         seeds: &[u64],
         cfg: &ClipConfig,
+        end_frames: &[usize],
         mut on_clip: impl FnMut(usize),
     ) -> Result<Self> {
-        let mut out = Self { latents: Vec::new(), prompt: Vec::new(), texts: Vec::new(), image_embeds: Vec::new() };
+        if let Some(f) = end_frames.iter().find(|&&f| f >= cfg.frames) {
+            return Err(crate::invalid("end frames", format!("frame {f} is past the clip's {} frames", cfg.frames)));
+        }
+        let mut out = Self {
+            latents: Vec::new(),
+            end_frames: end_frames.to_vec(),
+            end_latents: Vec::new(),
+            prompt: Vec::new(),
+            texts: Vec::new(),
+            image_embeds: Vec::new(),
+        };
         let mut prompts: Vec<String> = Vec::new();
         for (i, &seed) in seeds.iter().enumerate() {
             let clip = clips::clip(seed, cfg)?;
@@ -167,6 +198,8 @@ impl ClipLatents {
             let x = clip.to_tensor(&Device::Cpu)?;
             let z = vae.encode(&x, None)?;
             out.latents.push(z);
+            let ends = end_frames.iter().map(|&f| vae.encode(&x.narrow(2, f, 1)?, None)).collect::<Result<_>>()?;
+            out.end_latents.push(ends);
             let p = match prompts.iter().position(|p| *p == clip.prompt) {
                 Some(p) => p,
                 None => {
@@ -227,25 +260,39 @@ impl Batch {
     }
 }
 
-/// Draws one section of clip `clip`: the schedule (geometric or inverted), plan length and
-/// section index, each uniformly.
-fn draw(rng: &mut NoiseRng, max_sections: usize, window: usize) -> Result<(ContextSchedule, SectionPlan, usize)> {
-    let schedule =
-        if rng.next_u64() % 2 == 0 { ContextSchedule::geometric() } else { ContextSchedule::inverted_anti_drifting() };
-    let sections = 1 + (rng.next_u64() % max_sections as u64) as usize;
-    let plan = SectionPlan::new(sections, window, schedule.order)?;
+/// One drawn training example's layout.
+struct Draw {
+    schedule: ContextSchedule,
+    plan: SectionPlan,
+    section: usize,
+    /// Whether the end slot holds the last frame's still latent.
+    with_end: bool,
+}
+
+/// Draws one section: the schedule (geometric or inverted), plan length and section index, each
+/// uniformly, and for inverted plans whether the end slot is filled (`end_share`).
+fn draw(rng: &mut NoiseRng, settings: &DitTraining) -> Result<Draw> {
+    let inverted = rng.next_u64() % 2 == 1;
+    let schedule = if inverted { ContextSchedule::inverted_anti_drifting() } else { ContextSchedule::geometric() };
+    let sections = 1 + (rng.next_u64() % settings.max_sections as u64) as usize;
+    let plan = SectionPlan::new(sections, settings.window, schedule.order)?;
     let section = (rng.next_u64() % sections as u64) as usize;
-    Ok((schedule, plan, section))
+    // Drawn only for inverted examples of runs with end frames: other runs draw what they always did.
+    let with_end = inverted && settings.end_share > 0.0 && rng.uniform() < settings.end_share;
+    Ok(Draw { schedule, plan, section, with_end })
 }
 
 impl ClipLatents {
-    /// The section `section` of `plan` under `schedule` for clip `clip`, batch of one.
+    /// The section `section` of `plan` under `schedule` for clip `clip`, batch of one; `with_end`
+    /// fills the end slot with the still latent of the plan's last frame (which must be one of
+    /// [`Self::end_frames`]).
     pub fn section(
         &self,
         clip: usize,
         schedule: &ContextSchedule,
         plan: &SectionPlan,
         section: usize,
+        with_end: bool,
     ) -> Result<Batch> {
         let z = &self.latents[clip];
         let (_, c, t, h, w) = z.dims5()?;
@@ -257,11 +304,21 @@ impl ClipLatents {
         }
         let layout = schedule.layout(plan, section)?;
         let zeros = Tensor::zeros((1, c, 1, h, w), DType::F32, z.device())?;
+        let end = if with_end {
+            let last_frame = latent_to_frames(plan.total_latents()) - 1;
+            let k = self.end_frames.iter().position(|&f| f == last_frame).ok_or_else(|| {
+                crate::invalid("end slot", format!("frame {last_frame} was not encoded as an end image"))
+            })?;
+            self.end_latents[clip][k].clone()
+        } else {
+            zeros.clone()
+        };
         let slot = |s: Slot| -> Result<Tensor> {
             Ok(match s {
                 Slot::Start => z.narrow(2, 0, 1)?,
                 Slot::Latent(p) => z.narrow(2, p, 1)?,
-                Slot::End | Slot::Zero => zeros.clone(),
+                Slot::End => end.clone(),
+                Slot::Zero => zeros.clone(),
             })
         };
         let mut groups: [Option<(Tensor, Tensor)>; 3] = [None, None, None];
@@ -289,13 +346,13 @@ impl ClipLatents {
         })
     }
 
-    /// `batch` random sections of random clips (clips of the same group layout stack).
-    pub fn batch(&self, rng: &mut NoiseRng, batch: usize, max_sections: usize, window: usize) -> Result<Batch> {
-        let mut items = Vec::with_capacity(batch);
-        for _ in 0..batch {
+    /// `settings.batch` random sections of random clips (clips of the same group layout stack).
+    pub fn batch(&self, rng: &mut NoiseRng, settings: &DitTraining) -> Result<Batch> {
+        let mut items = Vec::with_capacity(settings.batch);
+        for _ in 0..settings.batch {
             let clip = (rng.next_u64() % self.latents.len() as u64) as usize;
-            let (schedule, plan, section) = draw(rng, max_sections, window)?;
-            items.push(self.section(clip, &schedule, &plan, section)?);
+            let d = draw(rng, settings)?;
+            items.push(self.section(clip, &d.schedule, &d.plan, d.section, d.with_end)?);
         }
         stack(items)
     }
@@ -359,6 +416,15 @@ pub fn clip_frames(settings: &DitTraining) -> usize {
     latent_to_frames(1 + settings.max_sections * settings.window)
 }
 
+/// The last frame of each plan length's video (`1..=max_sections` sections), which the end slot
+/// is filled from when `end_share > 0`.
+pub fn end_frames(settings: &DitTraining) -> Vec<usize> {
+    if settings.end_share == 0.0 {
+        return Vec::new();
+    }
+    (1..=settings.max_sections).map(|n| latent_to_frames(1 + n * settings.window) - 1).collect()
+}
+
 /// Trains (or resumes) the nano transformer in `dir`, reading the VAE and encoders from the
 /// bundle `pipeline` was loaded from; `on_encode` sees `(clips encoded, clips)`, `on_step` every
 /// step's loss. Returns the step reached.
@@ -391,7 +457,8 @@ pub fn train_dit(
     for (k, &[width, height]) in settings.sizes.iter().enumerate() {
         let cfg = ClipConfig { width, height, frames: clip_frames(settings), fps: 30.0 };
         let chunk = &seeds[k * per_size..(k + 1) * per_size];
-        data.push(ClipLatents::encode(pipeline, chunk, &cfg, |i| on_encode(k * per_size + i, seeds.len()))?);
+        let ends = end_frames(settings);
+        data.push(ClipLatents::encode(pipeline, chunk, &cfg, &ends, |i| on_encode(k * per_size + i, seeds.len()))?);
     }
 
     let mut log = files.open_log("step,loss,seconds", start)?;
@@ -400,7 +467,7 @@ pub fn train_dit(
         let t0 = Instant::now();
         let mut rng = NoiseRng::new(settings.seed ^ 0xd17 ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let data = &data[step % data.len()];
-        let batch = data.batch(&mut rng, settings.batch, settings.max_sections, settings.window)?;
+        let batch = data.batch(&mut rng, settings)?;
         let sigmas = draw_sigmas(&mut rng, settings.batch);
         let eps = rng.normal_tensor(batch.x0.dims(), &dev)?;
         let loss = flow_loss(&model, &batch, &sigmas, &eps)?;
@@ -419,14 +486,15 @@ pub fn train_dit(
 }
 
 /// Latent standard deviation of the VAE over `clips` training clips of `frames` frames (what
-/// the bundle's `scaling_factor` is set from, so latents reach the transformer at unit scale).
-pub fn latent_std(vae: &AutoencoderKLHunyuanVideo, clips_n: usize, frames: usize, size: [usize; 2]) -> Result<f64> {
+/// the bundle's `scaling_factor` is set from, so latents reach the transformer at unit scale;
+/// the VAE's own scaling applies, so measure with scaling 1).
+pub fn latent_std(vae: &Autoencoder, clips_n: usize, frames: usize, size: [usize; 2]) -> Result<f64> {
     let cfg = ClipConfig { width: size[0], height: size[1], frames, fps: 30.0 };
     let mut sum = 0f64;
     let mut sq = 0f64;
     let mut n = 0f64;
     for seed in clips::training_seeds(clips_n) {
-        let z = vae.encode(&clips::clip(seed, &cfg)?.to_tensor(&Device::Cpu)?)?.mean()?.flatten_all()?;
+        let z = vae.encode(&clips::clip(seed, &cfg)?.to_tensor(&Device::Cpu)?, None)?.flatten_all()?;
         let v = z.to_vec1::<f32>()?;
         n += v.len() as f64;
         sum += v.iter().map(|&x| x as f64).sum::<f64>();

@@ -60,6 +60,9 @@ pub struct TaehvTraining {
     pub checkpoint_every: usize,
     /// Seed of the weight initialisation and of the clip and noise draws.
     pub seed: u64,
+    /// Train the decoder only, keeping the encoder (and so the latents) as they are: once a
+    /// transformer trains on this TAEHV's latents, only the decoder may still change.
+    pub freeze_encoder: bool,
 }
 
 impl Default for TaehvTraining {
@@ -76,6 +79,7 @@ impl Default for TaehvTraining {
             latent_noise: 0.05,
             checkpoint_every: 50,
             seed: 0,
+            freeze_encoder: false,
         }
     }
 }
@@ -165,7 +169,13 @@ pub fn train_taehv(
     }
     let model = Taehv::new(VarBuilder::from_varmap(&map, DType::F32, dev), &cfg)?;
     let params = ParamsAdamW { lr: settings.lr, weight_decay: 0.0, ..Default::default() };
-    let mut opt = AdamW::new(map.all_vars(), params)?;
+    let vars = if settings.freeze_encoder {
+        let data = map.data().lock().expect("not poisoned");
+        data.iter().filter(|(name, _)| !name.starts_with("encoder.")).map(|(_, v)| v.clone()).collect()
+    } else {
+        map.all_vars()
+    };
+    let mut opt = AdamW::new(vars, params)?;
     let mut log = files.open_log("step,loss,recon,psnr,latent_rms,seconds", start)?;
     let clip_cfg = ClipConfig { width: settings.width, height: settings.height, frames: settings.frames, fps: 30.0 };
     for step in start + 1..=settings.steps {
@@ -186,7 +196,7 @@ pub fn train_taehv(
             let top = 8 * (rng.next_u64() as usize % ((settings.height - ch) / 8 + 1));
             x = x.narrow(3, top, ch)?.narrow(4, left, cw)?.contiguous()?;
         }
-        let z = model.encode(&x)?;
+        let z = if settings.freeze_encoder { model.encode(&x)?.detach() } else { model.encode(&x)? };
         let latent_ms = z.sqr()?.mean_all()?;
         let sigma = settings.latent_noise * f64::from(latent_ms.to_scalar::<f32>()?.sqrt());
         let noisy = (&z + (rng.normal_tensor(z.dims(), dev)? * sigma)?)?;

@@ -31,14 +31,14 @@ fn sections_take_their_history_from_the_clip_as_the_generator_lays_it_out() {
     let mut pipeline = tiny_pipeline(&dir);
     let window = 2;
     let cfg = ClipConfig { width: 32, height: 32, frames: 4 * (1 + 3 * window) - 3, fps: 30.0 };
-    let data = ClipLatents::encode(&mut pipeline, &[1, 2], &cfg, |_| {}).unwrap();
+    let data = ClipLatents::encode(&mut pipeline, &[1, 2], &cfg, &[4 * 2 * window, 4 * 3 * window], |_| {}).unwrap();
     let z = &data.latents[0];
     assert_eq!(z.dims(), &[1, 16, 1 + 3 * window, 4, 4]);
 
     // Forward geometric, section 2 of 3: 1x = [start, latent 4], the window is latents 5..7.
     let schedule = ContextSchedule::geometric();
     let plan = SectionPlan::new(3, window, schedule.order).unwrap();
-    let b = data.section(0, &schedule, &plan, 2).unwrap();
+    let b = data.section(0, &schedule, &plan, 2, false).unwrap();
     assert_eq!(max_diff(&b.x0, &z.narrow(2, 5, window).unwrap()), 0.0);
     let (clean, idx) = b.groups[0].as_ref().unwrap();
     assert_eq!(max_diff(&clean.narrow(2, 0, 1).unwrap(), &z.narrow(2, 0, 1).unwrap()), 0.0);
@@ -50,15 +50,41 @@ fn sections_take_their_history_from_the_clip_as_the_generator_lays_it_out() {
     // latent and zeros (nothing after the window is generated yet).
     let schedule = ContextSchedule::inverted_anti_drifting();
     let plan = SectionPlan::new(3, window, schedule.order).unwrap();
-    let b = data.section(1, &schedule, &plan, 0).unwrap();
+    let b = data.section(1, &schedule, &plan, 0, false).unwrap();
     assert_eq!(max_diff(&b.x0, &data.latents[1].narrow(2, 5, window).unwrap()), 0.0);
     let (clean, _) = b.groups[0].as_ref().unwrap();
     assert_eq!(max_diff(&clean.narrow(2, 0, 1).unwrap(), &data.latents[1].narrow(2, 0, 1).unwrap()), 0.0);
     assert_eq!(clean.narrow(2, 1, 1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
 
+    // With an end frame, the end slot (after the video's last latent, nearest the window of the
+    // first generated section) holds the still latent of the plan's last frame, as an end image
+    // would; the rest of the layout is unchanged.
+    let e = data.section(1, &schedule, &plan, 0, true).unwrap();
+    let layout = schedule.layout(&plan, 0).unwrap();
+    let (g, k) = layout
+        .groups
+        .iter()
+        .enumerate()
+        .find_map(|(g, grp)| grp.slots.iter().position(|s| *s == framepack::packing::Slot::End).map(|k| (g, k)))
+        .expect("the inverted schedule has an end slot");
+    let (with_end, _) = e.groups[g].as_ref().unwrap();
+    let end = &data.end_latents[1][1];
+    assert_eq!(max_diff(&with_end.narrow(2, k, 1).unwrap(), end), 0.0);
+    assert!(end.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    let (without, _) = b.groups[g].as_ref().unwrap();
+    assert_eq!(without.narrow(2, k, 1).unwrap().abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(max_diff(&e.x0, &b.x0), 0.0);
+    // The still latent is the last frame encoded alone, not the clip's last latent.
+    let clip = framepack_train::clips::clip(2, &cfg).unwrap().to_tensor(&Device::Cpu).unwrap();
+    let still = pipeline.generator().models().vae.encode(&clip.narrow(2, 4 * 3 * window, 1).unwrap(), None).unwrap();
+    assert_eq!(max_diff(end, &still), 0.0);
+    // A plan whose last frame was not encoded as an end image is an error, not a zero slot.
+    let one = SectionPlan::new(1, window, schedule.order).unwrap();
+    assert!(data.section(0, &schedule, &one, 0, true).unwrap_err().to_string().contains("end image"));
+
     // A plan longer than the clip is refused.
     let long = SectionPlan::new(4, window, schedule.order).unwrap();
-    assert!(data.section(0, &schedule, &long, 0).unwrap_err().to_string().contains("latents"));
+    assert!(data.section(0, &schedule, &long, 0, false).unwrap_err().to_string().contains("latents"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -104,7 +130,16 @@ fn a_transformer_run_saves_logs_and_resumes() {
     );
     assert!(t.is_ok(), "{:?}", t.err());
 
+    // A run with end frames trains too.
+    let ended = temp("run-end");
+    let with_end = DitTraining { end_share: 0.5, ..settings(2) };
+    assert_eq!(dit::end_frames(&with_end), [8, 16]);
+    assert_eq!(dit::train_dit(&ended, &mut pipeline, &with_end, |_, _| {}, |_| {}).unwrap(), 2);
+    std::fs::remove_dir_all(&ended).unwrap();
+
     let bad = DitTraining { sizes: vec![[30, 32]], ..settings(1) };
+    assert!(dit::train_dit(&dir, &mut pipeline, &bad, |_, _| {}, |_| {}).unwrap_err().to_string().contains("settings"));
+    let bad = DitTraining { end_share: 1.5, ..settings(1) };
     assert!(dit::train_dit(&dir, &mut pipeline, &bad, |_, _| {}, |_| {}).unwrap_err().to_string().contains("settings"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -115,9 +150,10 @@ fn flow_matching_steps_lower_the_loss_on_a_fixed_batch() {
     let dir = temp("fit");
     let mut pipeline = tiny_pipeline(&dir);
     let cfg = ClipConfig { width: 32, height: 32, frames: 4 * 3 - 3, fps: 30.0 };
-    let data = ClipLatents::encode(&mut pipeline, &[5], &cfg, |_| {}).unwrap();
+    let data = ClipLatents::encode(&mut pipeline, &[5], &cfg, &[], |_| {}).unwrap();
     let mut rng = framepack::generator::NoiseRng::new(1);
-    let batch = data.batch(&mut rng, 2, 1, 2).unwrap();
+    let batch =
+        data.batch(&mut rng, &DitTraining { batch: 2, max_sections: 1, window: 2, ..DitTraining::default() }).unwrap();
     let sigmas = [0.3, 0.8];
     let eps = rng.normal_tensor(batch.x0.dims(), &Device::Cpu).unwrap();
     let map = VarMap::new();

@@ -48,6 +48,18 @@ fn a_run_saves_logs_resumes_and_loads_as_a_taehv_checkpoint() {
     assert_eq!(steps, ["1", "2", "3"]);
     assert_eq!(taehv::train_taehv(&dir, &settings(3), &cpu(), |_| panic!("no step left")).unwrap(), 3);
 
+    // With the encoder frozen only decoder tensors change.
+    let before = candle_core::safetensors::load(&files.weights, &cpu()).unwrap();
+    let frozen = TaehvTraining { freeze_encoder: true, ..settings(4) };
+    assert_eq!(taehv::train_taehv(&dir, &frozen, &cpu(), |_| {}).unwrap(), 4);
+    let after = candle_core::safetensors::load(&files.weights, &cpu()).unwrap();
+    let changed = |name: &str| {
+        let d = (&before[name] - &after[name]).unwrap().abs().unwrap().sum_all().unwrap();
+        d.to_scalar::<f32>().unwrap() > 0.0
+    };
+    assert!(before.keys().filter(|k| k.starts_with("encoder.")).all(|k| !changed(k)), "an encoder tensor changed");
+    assert!(before.keys().filter(|k| k.starts_with("decoder.")).any(|k| changed(k)), "no decoder tensor changed");
+
     // The weights carry upstream's names: they load strictly as the nano TAEHV config.
     let psnr =
         taehv::held_out_psnr(&files.weights, 2, &ClipConfig { width: 32, height: 24, frames: 5, fps: 30.0 }).unwrap();
