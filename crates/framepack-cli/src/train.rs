@@ -46,6 +46,9 @@ pub struct TrainArgs {
     /// Device of the `taehv` stage: cpu, or cuda[:N] / metal[:N] in a build with that backend.
     #[arg(long, default_value = "cpu")]
     device: framepack::bundle::DeviceChoice,
+    /// Transformer weights a fresh `dit` run starts from (e.g. `assets/nano/transformer/diffusion_pytorch_model.safetensors`).
+    #[arg(long, value_name = "FILE")]
+    init: Option<PathBuf>,
     /// Where `export` writes the f16 bundle.
     #[arg(long, value_name = "DIR")]
     to: Option<PathBuf>,
@@ -134,14 +137,19 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 lr: a.lr.unwrap_or(d.lr),
                 checkpoint_every: a.checkpoint_every.unwrap_or(d.checkpoint_every),
                 clips: a.clips.unwrap_or(d.clips),
+                init: a.init.clone(),
                 ..d
             };
             let root = a.out.join("bundle");
-            if v2 {
-                prepare_bundle_v2(&a.out, &root, &settings)?
-            } else {
-                prepare_bundle(&a.out, &root, &settings)?
-            };
+            if !root.join("vae/config.json").exists() {
+                if v2 {
+                    prepare_bundle_v2(&a.out, &root)?
+                } else {
+                    prepare_bundle(&a.out, &root, &settings)?
+                };
+                framepack_train::testing::write_tiny_encoders(&root, ENCODER_SEED)?;
+            }
+            write_current_transformer(&a.out, &root, &settings)?;
             let mut pipeline = Pipeline::load(&BundlePaths::from_dir(&root), &Device::Cpu, DType::F32)?;
             let mut first = None;
             let started = std::cell::Cell::new(std::time::Instant::now());
@@ -193,29 +201,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
     }
 }
 
-/// Version 2's bundle for the transformer stage: the TAEHV of the `taehv` stage as the VAE, its
-/// `scaling_factor` 1/σ of its latents on training clips, the frozen tiny encoders and a first
-/// transformer, written once (from then on the `taehv` stage trains the decoder only).
-fn prepare_bundle_v2(out: &Path, root: &Path, settings: &dit::DitTraining) -> Result<()> {
-    if root.join("transformer/config.json").exists() {
-        return Ok(());
-    }
+/// Version 2's VAE for the transformer stage's bundle: the TAEHV of the `taehv` stage, its
+/// `scaling_factor` 1/σ of its latents on training clips, written once (from then on the
+/// `taehv` stage trains the decoder only).
+fn prepare_bundle_v2(out: &Path, root: &Path) -> Result<()> {
     let weights = train::RunFiles::taehv(out).weights;
     let mut cfg = taehv::nano_taehv_config();
     let model = framepack::models::taehv::Taehv::load(&[&weights], &cfg, DType::F32, &Device::Cpu)?;
-    let std = dit::latent_std(&model.into(), 16, 33, settings.sizes[0])?;
+    let std = dit::latent_std(&model.into(), 16, 33, dit::DitTraining::nano_v2().sizes[0])?;
     cfg.scaling_factor = 1.0 / std;
     println!("latent std {std:.4}: scaling_factor {:.4}", cfg.scaling_factor);
-    bundle::write_taehv_vae(root, &weights, &cfg)?;
-    write_encoders_and_first_transformer(root, settings)
+    Ok(bundle::write_taehv_vae(root, &weights, &cfg)?)
 }
 
-/// The bundle the transformer stage reads: the stage-1 VAE with its latent scale measured, the
-/// frozen tiny encoders and a first (untrained) transformer, written once.
+/// Version 1's VAE for the transformer stage's bundle: the stage-1 VAE with its latent scale
+/// measured, written once.
 fn prepare_bundle(out: &Path, root: &Path, settings: &dit::DitTraining) -> Result<()> {
-    if root.join("transformer/config.json").exists() {
-        return Ok(());
-    }
     let vae_weights = train::RunFiles::vae(out).weights;
     if !vae_weights.exists() {
         return Err(invalid(
@@ -229,12 +230,16 @@ fn prepare_bundle(out: &Path, root: &Path, settings: &dit::DitTraining) -> Resul
     let std = dit::latent_std(&Autoencoder::hunyuan_video(vae, DType::F32), 16, 33, settings.sizes[0])?;
     vcfg.scaling_factor = 1.0 / std;
     println!("latent std {std:.4}: scaling_factor {:.4}", vcfg.scaling_factor);
-    bundle::write_vae(root, &vae_weights, &vcfg)?;
-    write_encoders_and_first_transformer(root, settings)
+    Ok(bundle::write_vae(root, &vae_weights, &vcfg)?)
 }
 
-fn write_encoders_and_first_transformer(root: &Path, settings: &dit::DitTraining) -> Result<()> {
-    framepack_train::testing::write_tiny_encoders(root, ENCODER_SEED)?;
+/// The bundle's transformer: the run's latest checkpoint, or random weights before the first
+/// (the bundle's copy is not part of the committed run state).
+fn write_current_transformer(out: &Path, root: &Path, settings: &dit::DitTraining) -> Result<()> {
+    let checkpoint = train::RunFiles::dit(out).weights;
+    if checkpoint.exists() {
+        return Ok(bundle::write_transformer(root, &checkpoint, &dit::nano_transformer_config())?);
+    }
     let tcfg = dit::nano_transformer_config();
     let first = root.join("transformer.init.safetensors");
     let w = framepack_train::testing::random_weights(settings.seed, 1.0, |vb| Transformer::new(vb, &tcfg))?;

@@ -10,11 +10,18 @@
 //! 3. CPU wall time per section against the section's play time (36 frames at 30 fps), with all
 //!    threads and on a 1-thread pool, and the time from a job's start to its first frame.
 //!
-//! The last line is `SUMMARY key=value …` for scripts (`torch_ratio=na`: the PyTorch side of
-//! this workload is not written yet).
+//! 4. with `--python PATH --taehv-src DIR` (a Python with torch and diffusers, and a folder
+//!    holding upstream's `taehv.py`): the same section workload in PyTorch, alternating with
+//!    candle in ABBA order. One run is the section's transformer forwards with Euler updates
+//!    between them and the TAEHV decode of its latents, same weights, same inputs
+//!    (`tools/nano_torch.py`).
+//!
+//! The last line is `SUMMARY key=value …` for scripts (`torch_ratio=na` without the PyTorch side).
 //!
 //! `cargo run --release -p framepack-train --example nano_eval -- [--bundle DIR]
-//! [--clips N] [--steps N] [--threads N]`
+//! [--clips N] [--steps N] [--drift-clips N] [--size WxH] [--python PATH --taehv-src DIR]
+//! [--torch-runs N]` (the clips' size is 64x64 by default; requests use the larger side as their
+//! resolution).
 
 #[path = "../../framepack/examples/support/bench.rs"]
 mod bench;
@@ -38,10 +45,23 @@ struct Args {
     clips: usize,
     steps: usize,
     drift_clips: usize,
+    size: (usize, usize),
+    python: Option<String>,
+    taehv_src: Option<PathBuf>,
+    torch_runs: usize,
 }
 
 fn args() -> Args {
-    let mut a = Args { bundle: PathBuf::from("assets/nano"), clips: 24, steps: 10, drift_clips: 4 };
+    let mut a = Args {
+        bundle: PathBuf::from("assets/nano"),
+        clips: 24,
+        steps: 10,
+        drift_clips: 4,
+        size: (64, 64),
+        python: None,
+        taehv_src: None,
+        torch_runs: 6,
+    };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i + 1 < v.len() {
@@ -50,6 +70,13 @@ fn args() -> Args {
             "--clips" => a.clips = v[i + 1].parse().expect("--clips N"),
             "--steps" => a.steps = v[i + 1].parse().expect("--steps N"),
             "--drift-clips" => a.drift_clips = v[i + 1].parse().expect("--drift-clips N"),
+            "--python" => a.python = Some(v[i + 1].clone()),
+            "--taehv-src" => a.taehv_src = Some(PathBuf::from(&v[i + 1])),
+            "--torch-runs" => a.torch_runs = v[i + 1].parse().expect("--torch-runs N"),
+            "--size" => {
+                let (w, h) = v[i + 1].split_once('x').expect("--size WxH");
+                a.size = (w.parse().expect("--size WxH"), h.parse().expect("--size WxH"));
+            }
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -101,7 +128,7 @@ fn to_image(f: &Frame) -> Result<RgbImage> {
 
 fn request(image: RgbImage, prompt: &str, seconds: f64, schedule: ScheduleChoice, steps: usize, seed: u64) -> Request {
     let mut r = Request::new(image, prompt);
-    r.resolution = 64;
+    r.resolution = r.image.width().max(r.image.height());
     r.settings.seconds = seconds;
     r.settings.schedule = schedule;
     r.settings.steps = steps;
@@ -115,10 +142,11 @@ fn main() -> Result<()> {
     let mut pipeline = Pipeline::load(&BundlePaths::from_dir(&a.bundle), &dev, DType::F32)?;
     let window = 9;
     let sections = 3;
-    let cfg = ClipConfig { width: 64, height: 64, frames: latent_to_frames(1 + sections * window), fps: FPS as f32 };
+    let (width, height) = a.size;
+    let cfg = ClipConfig { width, height, frames: latent_to_frames(1 + sections * window), fps: FPS as f32 };
     let seeds: Vec<u64> = clips::held_out_seeds(a.clips).collect();
     println!(
-        "nano evaluation: bundle {}, {} held-out clips of {} frames, {} UniPC steps, {} threads",
+        "nano evaluation: bundle {}, {} held-out clips of {} frames at {width} × {height}, {} UniPC steps, {} threads",
         a.bundle.display(),
         seeds.len(),
         cfg.frames,
@@ -310,6 +338,15 @@ fn main() -> Result<()> {
     );
     println!("time from a forward job's start to its first frame: {ttff:.3} s (median of {})", first_frame_s.len());
 
+    // 4. The same section workload in PyTorch.
+    let torch_ratio = match (&a.python, &a.taehv_src) {
+        (Some(python), Some(src)) => torch_pairs(&a, python, src, &data, &models, window, sections)?,
+        _ => {
+            println!("\nPyTorch comparison skipped (needs --python PATH --taehv-src DIR)");
+            None
+        }
+    };
+
     let psnr_of = |m: &[f64]| 10.0 * (4.0 / mean(m)).log10();
     let beats = m_model.iter().zip(&m_copy).filter(|(a, b)| a < b).count() as f64 / m_model.len().max(1) as f64;
     let sharp = |name: &str| {
@@ -319,13 +356,113 @@ fn main() -> Result<()> {
     let rtf = bench::median(&rows.iter().find(|r| r.0 == "forward geometric").expect("row").2) / play;
     println!(
         "SUMMARY recon_psnr={:.2} next_psnr={:.2} copy_psnr={:.2} beats_copy={beats:.3} rtf={rtf:.3} rtf_1t={rtf_1t:.3} \
-         ttff_s={ttff:.3} drift_sharp_inv={:.4} drift_sharp_f1={:.4} drift_sharp_i2v={:.4} torch_ratio=na",
+         ttff_s={ttff:.3} drift_sharp_inv={:.4} drift_sharp_f1={:.4} drift_sharp_i2v={:.4} torch_ratio={}",
         psnr_of(&m_recon),
         psnr_of(&m_model),
         psnr_of(&m_copy),
         sharp("inverted anti-drifting"),
         sharp("forward geometric"),
         sharp("naive repeated image-to-video"),
+        torch_ratio.map_or("na".to_string(), |r| format!("{r:.3}")),
     );
     Ok(())
+}
+
+/// Candle against PyTorch on one forward-geometric section (section 1 of held-out clip 0): the
+/// transformer's forwards with Euler updates, then the decode of the start latent and the
+/// section's latents. Returns the median of the pairs' ratios candle / PyTorch.
+fn torch_pairs(
+    a: &Args,
+    python: &str,
+    taehv_src: &std::path::Path,
+    data: &ClipLatents,
+    models: &framepack::generator::Models,
+    window: usize,
+    sections: usize,
+) -> Result<Option<f64>> {
+    let dev = Device::Cpu;
+    let schedule = ContextSchedule::geometric();
+    let plan = SectionPlan::new(sections, window, schedule.order)?;
+    let b = data.section(0, &schedule, &plan, 1, false)?;
+    let (h, w) = (b.x0.dim(3)?, b.x0.dim(4)?);
+    let noise = framepack::generator::NoiseRng::new(11).normal_tensor(b.x0.dims(), &dev)?;
+    let sigmas = section_sigmas(a.steps, window, h, w)?;
+    let timesteps: Vec<f32> = sigmas[..a.steps].iter().map(|&s| framepack::sampling::model_timestep(s)).collect();
+    let history = data.latents[0].narrow(2, 0, 1)?;
+
+    let mut inputs = std::collections::HashMap::new();
+    inputs.insert("hidden_states".to_string(), noise.clone());
+    inputs.insert("sigmas".to_string(), Tensor::new(sigmas.as_slice(), &dev)?);
+    inputs.insert("timesteps".to_string(), Tensor::new(timesteps.as_slice(), &dev)?);
+    inputs.insert("encoder_hidden_states".to_string(), b.llama.clone());
+    inputs.insert("encoder_attention_mask".to_string(), b.mask.clone());
+    inputs.insert("pooled_projections".to_string(), b.pooled.clone());
+    inputs.insert("image_embeds".to_string(), b.image_embeds.clone());
+    inputs.insert("indices_latents".to_string(), b.indices_latents.squeeze(0)?);
+    inputs.insert("history".to_string(), history.clone());
+    for (g, name) in b.groups.iter().zip(["latents_clean", "latents_history_2x", "latents_history_4x"]) {
+        if let Some((lat, idx)) = g {
+            inputs.insert(name.to_string(), lat.clone());
+            inputs.insert(format!("indices_{name}"), idx.squeeze(0)?);
+        }
+    }
+    let file = std::env::temp_dir().join(format!("nano_torch_inputs_{}.safetensors", std::process::id()));
+    candle_core::safetensors::save(&inputs, &file)?;
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/nano_torch.py");
+    let threads = rayon::current_num_threads().to_string();
+    let (bundle, src, inputs_path) =
+        (a.bundle.display().to_string(), taehv_src.display().to_string(), file.display().to_string());
+    let args = ["--bundle", &bundle, "--taehv-src", &src, "--inputs", &inputs_path, "--threads", &threads];
+    let mut torch = match bench::Torch::start(python, &script, &args) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("\nPyTorch comparison skipped: {e}");
+            let _ = std::fs::remove_file(&file);
+            return Ok(None);
+        }
+    };
+    let (tr, vae) = (&models.transformer, &models.vae);
+    let candle = || -> Result<f64> {
+        let t0 = Instant::now();
+        let mut x = noise.clone();
+        for (i, &t) in timesteps.iter().enumerate() {
+            let t = Tensor::new(&[t], &dev)?;
+            let v = tr.forward(&b.inputs(&x, &t))?;
+            x = (x + (v * (sigmas[i + 1] - sigmas[i]))?)?;
+        }
+        vae.decode(&Tensor::cat(&[&history, &x], 2)?)?;
+        Ok(t0.elapsed().as_secs_f64())
+    };
+    let torch_err = |e: String| framepack::Error::Candle(candle_core::Error::Msg(e));
+    candle()?;
+    println!(
+        "\nsection workload ({} forwards + TAEHV decode of {} latents, {w} × {h} latents), candle vs PyTorch {} \
+         ({threads} threads each), alternating ABBA",
+        a.steps,
+        window + 1,
+        torch.version
+    );
+    println!("| run | load (1/5/15 min) | candle s | PyTorch s | candle/PyTorch |");
+    println!("|---|---|---|---|---|");
+    let (mut cs, mut ts, mut rs) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..a.torch_runs {
+        let load = bench::loadavg();
+        let (c, t) = if i % 2 == 1 {
+            let t = torch.run().map_err(torch_err)?;
+            (candle()?, t)
+        } else {
+            let c = candle()?;
+            (c, torch.run().map_err(torch_err)?)
+        };
+        println!("| {} | {load} | {c:.3} | {t:.3} | {:.3} |", i + 1, c / t);
+        cs.push(c);
+        ts.push(t);
+        rs.push(c / t);
+    }
+    let ratio = bench::median(&rs);
+    println!("| median | {} | {:.3} | {:.3} | {ratio:.3} |", bench::loadavg(), bench::median(&cs), bench::median(&ts));
+    drop(torch);
+    let _ = std::fs::remove_file(&file);
+    Ok(Some(ratio))
 }

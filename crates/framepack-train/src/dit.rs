@@ -81,6 +81,9 @@ pub struct DitTraining {
     pub checkpoint_every: usize,
     /// Seed of the initialisation and of the example draws.
     pub seed: u64,
+    /// Weights a fresh run starts from instead of the random initialisation (a transformer
+    /// checkpoint of the same config, any float dtype), e.g. the previous model version's.
+    pub init: Option<std::path::PathBuf>,
 }
 
 impl Default for DitTraining {
@@ -96,6 +99,7 @@ impl Default for DitTraining {
             end_share: 0.0,
             checkpoint_every: 100,
             seed: 0,
+            init: None,
         }
     }
 }
@@ -214,6 +218,100 @@ impl ClipLatents {
             on_clip(i + 1);
         }
         Ok(out)
+    }
+}
+
+impl ClipLatents {
+    /// The tensors of [`Self::save`], names prefixed by `prefix`.
+    fn tensors(&self, prefix: &str, out: &mut std::collections::HashMap<String, Tensor>) -> Result<()> {
+        let dev = Device::Cpu;
+        for (i, z) in self.latents.iter().enumerate() {
+            out.insert(format!("{prefix}clip.{i}.latents"), z.clone());
+            out.insert(format!("{prefix}clip.{i}.image_embeds"), self.image_embeds[i].clone());
+            for (k, e) in self.end_latents[i].iter().enumerate() {
+                out.insert(format!("{prefix}clip.{i}.end.{k}"), e.clone());
+            }
+        }
+        for (p, (llama, pooled)) in self.texts.iter().enumerate() {
+            out.insert(format!("{prefix}text.{p}.llama"), llama.clone());
+            out.insert(format!("{prefix}text.{p}.pooled"), pooled.clone());
+        }
+        let prompt: Vec<u32> = self.prompt.iter().map(|&p| p as u32).collect();
+        out.insert(format!("{prefix}prompt"), Tensor::new(prompt.as_slice(), &dev)?);
+        let ends: Vec<u32> = self.end_frames.iter().map(|&f| f as u32).collect();
+        out.insert(format!("{prefix}end_frames"), Tensor::new(ends.as_slice(), &dev)?);
+        Ok(())
+    }
+
+    /// Reads what [`Self::tensors`] wrote under `prefix`.
+    fn from_tensors(t: &std::collections::HashMap<String, Tensor>, prefix: &str) -> Result<Self> {
+        let get = |name: String| {
+            t.get(&name).cloned().ok_or_else(|| crate::invalid("clip cache", format!("no tensor {name}")))
+        };
+        let prompt: Vec<usize> =
+            get(format!("{prefix}prompt"))?.to_vec1::<u32>()?.into_iter().map(|p| p as usize).collect();
+        let end_frames: Vec<usize> =
+            get(format!("{prefix}end_frames"))?.to_vec1::<u32>()?.into_iter().map(|f| f as usize).collect();
+        let mut out = Self {
+            latents: Vec::new(),
+            end_frames: end_frames.clone(),
+            end_latents: Vec::new(),
+            prompt: prompt.clone(),
+            texts: Vec::new(),
+            image_embeds: Vec::new(),
+        };
+        for i in 0..prompt.len() {
+            out.latents.push(get(format!("{prefix}clip.{i}.latents"))?);
+            out.image_embeds.push(get(format!("{prefix}clip.{i}.image_embeds"))?);
+            out.end_latents
+                .push((0..end_frames.len()).map(|k| get(format!("{prefix}clip.{i}.end.{k}"))).collect::<Result<_>>()?);
+        }
+        let texts = prompt.iter().copied().max().map_or(0, |m| m + 1);
+        for p in 0..texts {
+            out.texts.push((get(format!("{prefix}text.{p}.llama"))?, get(format!("{prefix}text.{p}.pooled"))?));
+        }
+        Ok(out)
+    }
+}
+
+/// The encoded clips of a run, cached beside it (`dit_clips.safetensors` + `dit_clips.json`, the
+/// settings and VAE they were encoded with): encoding is the slow part of starting a run, and a
+/// resumed run encodes the same clips again.
+struct ClipCache {
+    tensors: std::path::PathBuf,
+    key_file: std::path::PathBuf,
+    key: String,
+}
+
+impl ClipCache {
+    fn new(dir: &Path, settings: &DitTraining, pipeline: &framepack::Pipeline) -> Result<Self> {
+        let vae = pipeline.generator().models().vae.config().to_json();
+        let key = serde_json::json!({
+            "clips": settings.clips,
+            "sizes": settings.sizes,
+            "frames": clip_frames(settings),
+            "end_frames": end_frames(settings),
+            "vae": vae,
+        })
+        .to_string();
+        Ok(Self { tensors: dir.join("dit_clips.safetensors"), key_file: dir.join("dit_clips.json"), key })
+    }
+
+    fn load(&self, sizes: usize) -> Option<Vec<ClipLatents>> {
+        if std::fs::read_to_string(&self.key_file).ok()? != self.key {
+            return None;
+        }
+        let t = candle_core::safetensors::load(&self.tensors, &Device::Cpu).ok()?;
+        (0..sizes).map(|k| ClipLatents::from_tensors(&t, &format!("{k}."))).collect::<Result<_>>().ok()
+    }
+
+    fn save(&self, data: &[ClipLatents]) -> Result<()> {
+        let mut t = std::collections::HashMap::new();
+        for (k, d) in data.iter().enumerate() {
+            d.tensors(&format!("{k}."), &mut t)?;
+        }
+        candle_core::safetensors::save(&t, &self.tensors).map_err(|e| io(&self.tensors, e))?;
+        std::fs::write(&self.key_file, &self.key).map_err(|e| io(&self.key_file, e))
     }
 }
 
@@ -445,6 +543,24 @@ pub fn train_dit(
     // The output projection starts at zero, so the first prediction is a zero velocity.
     init_weights(&map, shapes, settings.seed, |name| name.starts_with("proj_out."))?;
     let start = files.resume(&mut map)?;
+    if start == 0
+        && let Some(init) = &settings.init
+    {
+        let weights = candle_core::safetensors::load(init, &dev).map_err(|e| io(init, e))?;
+        let data = map.data().lock().expect("not poisoned");
+        for (name, var) in data.iter() {
+            let w = weights
+                .get(name)
+                .ok_or_else(|| crate::invalid("init weights", format!("{}: no tensor {name}", init.display())))?;
+            if w.dims() != var.dims() {
+                return Err(crate::invalid(
+                    "init weights",
+                    format!("{}: {name} is {:?}, the model needs {:?}", init.display(), w.dims(), var.dims()),
+                ));
+            }
+            var.set(&w.to_dtype(DType::F32)?)?;
+        }
+    }
     if start >= settings.steps {
         return Ok(start);
     }
@@ -453,13 +569,25 @@ pub fn train_dit(
     let mut opt = AdamW::new(map.all_vars(), params)?;
     let seeds: Vec<u64> = clips::training_seeds(settings.clips).collect();
     let per_size = seeds.len() / settings.sizes.len();
-    let mut data = Vec::with_capacity(settings.sizes.len());
-    for (k, &[width, height]) in settings.sizes.iter().enumerate() {
-        let cfg = ClipConfig { width, height, frames: clip_frames(settings), fps: 30.0 };
-        let chunk = &seeds[k * per_size..(k + 1) * per_size];
-        let ends = end_frames(settings);
-        data.push(ClipLatents::encode(pipeline, chunk, &cfg, &ends, |i| on_encode(k * per_size + i, seeds.len()))?);
-    }
+    let cache = ClipCache::new(dir, settings, pipeline)?;
+    let data = match cache.load(settings.sizes.len()) {
+        Some(d) => {
+            on_encode(seeds.len(), seeds.len());
+            d
+        }
+        None => {
+            let mut data = Vec::with_capacity(settings.sizes.len());
+            for (k, &[width, height]) in settings.sizes.iter().enumerate() {
+                let cfg = ClipConfig { width, height, frames: clip_frames(settings), fps: 30.0 };
+                let chunk = &seeds[k * per_size..(k + 1) * per_size];
+                let ends = end_frames(settings);
+                let on = |i| on_encode(k * per_size + i, seeds.len());
+                data.push(ClipLatents::encode(pipeline, chunk, &cfg, &ends, on)?);
+            }
+            cache.save(&data)?;
+            data
+        }
+    };
 
     let mut log = files.open_log("step,loss,seconds", start)?;
     let save = |step: usize| files.save(&map, &State { step, settings: settings.clone() });

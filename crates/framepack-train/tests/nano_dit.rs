@@ -113,9 +113,13 @@ fn a_transformer_run_saves_logs_and_resumes() {
     assert!(seen.iter().all(|s| s.loss.is_finite() && s.loss > 0.1), "{seen:?}");
     let files = RunFiles::dit(&dir);
     let saved = std::fs::read(&files.weights).unwrap();
+    // The encoded clips are cached beside the run: the resumed run does not encode again.
+    assert!(dir.join("dit_clips.safetensors").exists());
     let mut resumed = Vec::new();
-    dit::train_dit(&dir, &mut pipeline, &settings(3), |_, _| {}, |s| resumed.push(s.step)).unwrap();
+    let mut encoded = Vec::new();
+    dit::train_dit(&dir, &mut pipeline, &settings(3), |i, n| encoded.push((i, n)), |s| resumed.push(s.step)).unwrap();
     assert_eq!(resumed, [3]);
+    assert_eq!(encoded, [(2, 2)]);
     assert_ne!(std::fs::read(&files.weights).unwrap(), saved);
     let log = std::fs::read_to_string(&files.log).unwrap();
     assert_eq!(log.lines().next().unwrap(), "step,loss,seconds");
@@ -136,6 +140,26 @@ fn a_transformer_run_saves_logs_and_resumes() {
     assert_eq!(dit::end_frames(&with_end), [8, 16]);
     assert_eq!(dit::train_dit(&ended, &mut pipeline, &with_end, |_, _| {}, |_| {}).unwrap(), 2);
     std::fs::remove_dir_all(&ended).unwrap();
+
+    // A fresh run can start from given weights: with lr 0 its checkpoint is those weights.
+    let warm = temp("run-init");
+    let init = DitTraining { init: Some(files.weights.clone()), lr: 0.0, ..settings(1) };
+    assert_eq!(dit::train_dit(&warm, &mut pipeline, &init, |_, _| {}, |_| {}).unwrap(), 1);
+    let a = candle_core::safetensors::load(&files.weights, &Device::Cpu).unwrap();
+    let b = candle_core::safetensors::load(RunFiles::dit(&warm).weights, &Device::Cpu).unwrap();
+    assert!(a.iter().all(|(k, t)| max_diff(t, &b[k]) == 0.0), "the run did not start from the init weights");
+    // Weights of another shape are refused with the tensor's name.
+    std::fs::remove_dir_all(&warm).unwrap();
+    let other = temp("other-init");
+    let mut w = a.clone();
+    let key = "proj_out.weight".to_string();
+    w.insert(key.clone(), Tensor::zeros((3, 3), DType::F32, &Device::Cpu).unwrap());
+    std::fs::create_dir_all(&other).unwrap();
+    candle_core::safetensors::save(&w, other.join("w.safetensors")).unwrap();
+    let init = DitTraining { init: Some(other.join("w.safetensors")), ..settings(1) };
+    let e = dit::train_dit(&other.join("run"), &mut pipeline, &init, |_, _| {}, |_| {}).unwrap_err().to_string();
+    assert!(e.contains("proj_out.weight"), "{e}");
+    std::fs::remove_dir_all(&other).unwrap();
 
     let bad = DitTraining { sizes: vec![[30, 32]], ..settings(1) };
     assert!(dit::train_dit(&dir, &mut pipeline, &bad, |_, _| {}, |_| {}).unwrap_err().to_string().contains("settings"));

@@ -18,9 +18,7 @@
 //! machine load hits both alike; each pair's ratio candle/PyTorch and the median ratio are
 //! printed with the load average. `--breakdown` adds the time between the model's traced stages.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
@@ -138,60 +136,6 @@ impl Workload {
     }
 }
 
-/// The PyTorch side: `tools/bench_medium_torch.py` serving one timed forward per request.
-struct Torch {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<ChildStdout>,
-    version: String,
-}
-
-impl Torch {
-    fn start(python: &str, reference: &PathBuf, threads: usize) -> Result<Self, String> {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/bench_medium_torch.py");
-        let mut child = Command::new(python)
-            .arg(&script)
-            .arg("--reference")
-            .arg(reference)
-            .arg("--threads")
-            .arg(threads.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("{python}: {e}"))?;
-        let stdin = child.stdin.take().ok_or("no stdin")?;
-        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-        let mut line = String::new();
-        stdout.read_line(&mut line).map_err(|e| e.to_string())?;
-        let Some(version) = line.trim().strip_prefix("ready torch ") else {
-            let _ = child.kill();
-            return Err(format!("the PyTorch side did not start (said {:?})", line.trim()));
-        };
-        let version = version.to_string();
-        Ok(Self { child, stdin, stdout, version })
-    }
-
-    fn run(&mut self) -> Result<f64, String> {
-        writeln!(self.stdin, "run").and_then(|_| self.stdin.flush()).map_err(|e| e.to_string())?;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).map_err(|e| e.to_string())?;
-        line.trim().parse::<f64>().map_err(|_| format!("unexpected reply {:?}", line.trim()))
-    }
-}
-
-impl Drop for Torch {
-    fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.child.wait();
-    }
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
     rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
@@ -207,7 +151,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut torch = None;
     if args.torch {
         let python = args.python.clone().unwrap_or_else(|| "python3".into());
-        match Torch::start(&python, &args.reference, args.threads) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/bench_medium_torch.py");
+        let reference = args.reference.display().to_string();
+        let threads = args.threads.to_string();
+        match bench::Torch::start(&python, &script, &["--reference", &reference, "--threads", &threads]) {
             Ok(t) => torch = Some(t),
             Err(e) => println!("PyTorch side skipped: {e}"),
         }
@@ -236,7 +183,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("|---|---|---|---|---|");
     let (mut cs, mut ts, mut rs) = (vec![], vec![], vec![]);
     for i in 0..args.runs {
-        let load = loadavg();
+        let load = bench::loadavg();
         let (c, t) = match torch.as_mut() {
             Some(torch) if i % 2 == 1 => {
                 let t = torch.run()?;
@@ -259,9 +206,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     if ts.is_empty() {
-        println!("| median | {} | {:.3} | – | – |", loadavg(), median(&cs));
+        println!("| median | {} | {:.3} | – | – |", bench::loadavg(), median(&cs));
     } else {
-        println!("| median | {} | {:.3} | {:.3} | {:.3} |", loadavg(), median(&cs), median(&ts), median(&rs));
+        println!("| median | {} | {:.3} | {:.3} | {:.3} |", bench::loadavg(), median(&cs), median(&ts), median(&rs));
     }
 
     if args.breakdown {
