@@ -20,8 +20,9 @@
 //!
 //! `cargo run --release -p framepack-train --example nano_eval -- [--bundle DIR]
 //! [--clips N] [--steps N] [--drift-clips N] [--size WxH] [--python PATH --taehv-src DIR]
-//! [--torch-runs N]` (the clips' size is 64x64 by default; requests use the larger side as their
-//! resolution).
+//! [--torch-runs N] [--resolution R]` (the clips' size is 64x64 by default; requests use
+//! resolution R, by default the larger side; the size must be R's bucket for the clips' aspect,
+//! e.g. 128x96 at R = 120).
 
 #[path = "../../framepack/examples/support/bench.rs"]
 mod bench;
@@ -49,6 +50,7 @@ struct Args {
     python: Option<String>,
     taehv_src: Option<PathBuf>,
     torch_runs: usize,
+    resolution: Option<usize>,
 }
 
 fn args() -> Args {
@@ -61,6 +63,7 @@ fn args() -> Args {
         python: None,
         taehv_src: None,
         torch_runs: 6,
+        resolution: None,
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -73,6 +76,7 @@ fn args() -> Args {
             "--python" => a.python = Some(v[i + 1].clone()),
             "--taehv-src" => a.taehv_src = Some(PathBuf::from(&v[i + 1])),
             "--torch-runs" => a.torch_runs = v[i + 1].parse().expect("--torch-runs N"),
+            "--resolution" => a.resolution = Some(v[i + 1].parse().expect("--resolution R")),
             "--size" => {
                 let (w, h) = v[i + 1].split_once('x').expect("--size WxH");
                 a.size = (w.parse().expect("--size WxH"), h.parse().expect("--size WxH"));
@@ -126,9 +130,17 @@ fn to_image(f: &Frame) -> Result<RgbImage> {
     RgbImage::new(f.width, f.height, f.rgb.clone())
 }
 
-fn request(image: RgbImage, prompt: &str, seconds: f64, schedule: ScheduleChoice, steps: usize, seed: u64) -> Request {
+fn request(
+    image: RgbImage,
+    prompt: &str,
+    resolution: usize,
+    seconds: f64,
+    schedule: ScheduleChoice,
+    steps: usize,
+    seed: u64,
+) -> Request {
     let mut r = Request::new(image, prompt);
-    r.resolution = r.image.width().max(r.image.height());
+    r.resolution = resolution;
     r.settings.seconds = seconds;
     r.settings.schedule = schedule;
     r.settings.steps = steps;
@@ -143,6 +155,14 @@ fn main() -> Result<()> {
     let window = 9;
     let sections = 3;
     let (width, height) = a.size;
+    let resolution = a.resolution.unwrap_or(width.max(height));
+    let bucket = framepack::preprocess::find_nearest_bucket(height, width, resolution)?;
+    if bucket != (height, width) {
+        return Err(framepack::Error::invalid(
+            "--size",
+            format!("{width}x{height} clips bucket to {}x{} at resolution {resolution}", bucket.1, bucket.0),
+        ));
+    }
     let cfg = ClipConfig { width, height, frames: latent_to_frames(1 + sections * window), fps: FPS as f32 };
     let seeds: Vec<u64> = clips::held_out_seeds(a.clips).collect();
     println!(
@@ -234,7 +254,8 @@ fn main() -> Result<()> {
         let mut times = Vec::new();
         for (i, &seed) in seeds.iter().take(a.drift_clips).enumerate() {
             let clip = clips::clip(seed, &cfg)?;
-            let req = request(first_frame(&clip)?, &clip.prompt, seconds, schedule.clone(), a.steps, i as u64);
+            let req =
+                request(first_frame(&clip)?, &clip.prompt, resolution, seconds, schedule.clone(), a.steps, i as u64);
             let started = Instant::now();
             let first = std::sync::Arc::new(std::sync::Mutex::new(None::<f64>));
             let sink = first.clone();
@@ -273,6 +294,7 @@ fn main() -> Result<()> {
             let req = request(
                 image,
                 &clip.prompt,
+                resolution,
                 (4 * window) as f64 / FPS,
                 ScheduleChoice::Geometric,
                 a.steps,
@@ -318,7 +340,15 @@ fn main() -> Result<()> {
     let mut one_thread = Vec::new();
     for (i, &seed) in seeds.iter().take(a.drift_clips.min(2)).enumerate() {
         let clip = clips::clip(seed, &cfg)?;
-        let req = request(first_frame(&clip)?, &clip.prompt, 3.0 * play, ScheduleChoice::Geometric, a.steps, i as u64);
+        let req = request(
+            first_frame(&clip)?,
+            &clip.prompt,
+            resolution,
+            3.0 * play,
+            ScheduleChoice::Geometric,
+            a.steps,
+            i as u64,
+        );
         pool.install(|| -> Result<()> {
             let mut t = Instant::now();
             for s in pipeline.start(&req)? {

@@ -373,6 +373,32 @@ fn tiny_decoder_streams_forward_jobs_as_one_decode_of_all_latents() {
 }
 
 #[test]
+fn a_streamed_job_shows_its_first_frame_before_sampling_and_every_frame_in_order() {
+    use std::sync::{Arc, Mutex};
+    #[derive(Debug, PartialEq)]
+    enum Ev {
+        Frame(usize),
+        Step,
+    }
+    let g = generator();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (a, b) = (log.clone(), log.clone());
+    let job = g
+        .start(conditioning(32, 32), tiny_settings(ScheduleChoice::Geometric))
+        .unwrap()
+        .on_frame(move |i, _| a.lock().unwrap().push(Ev::Frame(i)))
+        .on_progress(move |_| b.lock().unwrap().push(Ev::Step));
+    let sections: Vec<_> = job.map(|s| s.unwrap()).collect();
+    let log = log.lock().unwrap();
+    // Frame 0 is the stream's decode of the start latent alone: it comes before the first step.
+    assert_eq!(log[0], Ev::Frame(0), "{log:?}");
+    assert_eq!(log[1], Ev::Step);
+    let frames: Vec<usize> = log.iter().filter_map(|e| if let Ev::Frame(i) = e { Some(*i) } else { None }).collect();
+    assert_eq!(frames, (0..36 * 2 + 1).collect::<Vec<_>>());
+    assert_eq!(sections[0].frame_range, 0..37, "the first section still holds frame 0");
+}
+
+#[test]
 fn tiny_decoder_keeps_the_cross_fade_of_inverted_jobs() {
     let g = generator();
     let video = run(&g, conditioning(32, 32), tiny_settings(ScheduleChoice::InvertedAntiDrifting));

@@ -304,6 +304,7 @@ impl Generator {
             plan,
             next: 0,
             emitted: 0,
+            early_frames: Vec::new(),
             frame_sink: None,
             cancel: CancelToken::new(),
             progress: None,
@@ -355,6 +356,9 @@ pub struct Job {
     image_size: (usize, usize),
     next: usize,
     emitted: usize,
+    /// Frames a streamed forward job decoded from the start latent alone, before its first
+    /// section was sampled (they belong to the first section).
+    early_frames: Vec<Tensor>,
     cancel: CancelToken,
     progress: Option<ProgressFn>,
     frame_sink: Option<FrameFn>,
@@ -481,6 +485,19 @@ impl Job {
             if let Some(e) = &self.end_image {
                 self.end_latent = Some(self.encode_image(e, 0x454e_4400_0000_0000)?);
             }
+            // A causal stream's first frame depends on the start latent alone: decode and show
+            // it now instead of after the first section's sampling.
+            if let (Some(Decoding::Streamed(stream)), Some(start)) = (self.decoding.as_mut(), &self.start_latent) {
+                stream.push(&start.permute((0, 2, 1, 3, 4))?)?;
+                while let Some(f) = stream.next_frame()? {
+                    if let Some(sink) = self.frame_sink.as_mut() {
+                        for frame in to_frames(&f.permute((0, 2, 1, 3, 4))?.affine(2.0, -1.0)?)? {
+                            sink(self.early_frames.len(), &frame);
+                        }
+                    }
+                    self.early_frames.push(f);
+                }
+            }
         }
         let info = self.plan.section(index)?;
         let layout = self.schedule.layout(&self.plan, index)?;
@@ -577,8 +594,9 @@ impl Job {
         // last one (the section next to the start frame).
         let is_last = index + 1 == sections;
         let start = self.start_latent.as_ref().expect("encoded");
+        let streamed = matches!(self.decoding, Some(Decoding::Streamed(_)));
         let to_push = match self.plan.order {
-            SectionOrder::Forward if index == 0 => Tensor::cat(&[start, &new], 2)?,
+            SectionOrder::Forward if index == 0 && !streamed => Tensor::cat(&[start, &new], 2)?,
             SectionOrder::Inverted if is_last => Tensor::cat(&[start, &new], 2)?,
             _ => new.clone(),
         };
@@ -594,12 +612,11 @@ impl Job {
                 None => vae.decode(z),
             }
         };
-        let streamed = matches!(self.decoding, Some(Decoding::Streamed(_)));
         let mut pixels = match self.decoding.as_mut().expect("decoding lives until the last section") {
             Decoding::Blended(decoder) => decoder.push(&to_push, &mut decode)?,
             Decoding::Streamed(stream) => {
                 stream.push(&to_push.permute((0, 2, 1, 3, 4))?)?;
-                let mut frames = Vec::new();
+                let mut frames = std::mem::take(&mut self.early_frames);
                 while let Some(f) = stream.next_frame()? {
                     cancel.check()?;
                     if let Some(sink) = self.frame_sink.as_mut() {
