@@ -38,7 +38,7 @@ pub(crate) fn key(settings: &FramePackSettings, request: &Request) -> u64 {
     let mut h = Fnv::new();
     h.bytes(KEY_VERSION.as_bytes()).bytes(env!("CARGO_PKG_VERSION").as_bytes());
     match &settings.model {
-        ModelSource::Nano => h.bytes(b"nano"),
+        ModelSource::Nano => h.bytes(b"nano").bytes(&framepack_nano::fingerprint().to_le_bytes()),
         ModelSource::Directory(dir) => h.bytes(dir.to_string_lossy().as_bytes()),
         // The workers' model is not known here; the server and namespace stand for it.
         #[cfg(feature = "remote")]

@@ -21,9 +21,9 @@
 //!   that frame; the entity gets the [`CutscenePlayer`] and a [`CaptureStarted`] event with the
 //!   start image, or a [`CaptureFailed`] event.
 //!
-//! The default model is the embedded *nano* model: a small transformer and VAE trained on
-//! procedural 64 × 64 game clips (green square walking and jumping, bouncing ball, camera pans),
-//! loaded from memory when the worker starts. It continues frames of such scenes
+//! The default model is the embedded *nano* model: a small transformer with a TAEHV as its VAE,
+//! trained on procedural 128 × 96 and 128 × 128 game clips (green square walking and jumping,
+//! bouncing ball, camera pans), loaded from memory when the worker starts. It continues frames of such scenes
 //! on a CPU with no download; point [`FramePackSettings::model`] at a real bundle for anything
 //! else. The engine-agnostic core is re-exported as [`framepack`].
 #![warn(missing_docs)]

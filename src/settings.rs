@@ -36,11 +36,12 @@ impl Precision {
 /// Where the worker loads its models from.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Reflect)]
 pub enum ModelSource {
-    /// The embedded nano model (8.5 MB, f16): a small FramePack transformer and VAE trained on
-    /// procedural 64 × 64 game clips (see `assets/nano/MODEL_CARD.md`), compiled into the plugin
-    /// and loaded from memory when the worker starts. It continues a frame of a simple 2-D scene with learned
-    /// motion on the CPU (a 1.2 s section takes about 2.3 s on 2 cores at 10 steps); it knows
-    /// nothing of other scenes.
+    /// The embedded nano model (9.5 MB, f16): a small FramePack transformer with a TAEHV as its
+    /// VAE, trained on procedural 128 × 96 and 128 × 128 game clips (see
+    /// `assets/nano/MODEL_CARD.md`), compiled into the plugin and loaded from memory when the
+    /// worker starts. It continues a frame of a simple 2-D scene with learned motion on the CPU
+    /// (use resolution 120 for a 4:3 capture, as `presets/nano.preset.ron` does); it knows nothing
+    /// of other scenes.
     #[default]
     Nano,
     /// A FramePack model bundle in the released layout (see `framepack::bundle::BundlePaths`).

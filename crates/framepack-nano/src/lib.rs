@@ -38,6 +38,18 @@ pub fn bundle() -> BundlePaths {
     BundlePaths::from_memory(ROOT, FILES)
 }
 
+/// A hash of every embedded file's path and bytes, computed once: it changes with the model, so
+/// caches of its outputs (the plugin's cutscene cache) can tell versions apart.
+pub fn fingerprint() -> u64 {
+    use std::hash::{Hash, Hasher};
+    static HASH: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HASH.get_or_init(|| {
+        let mut h = std::hash::DefaultHasher::new();
+        FILES.hash(&mut h);
+        h.finish()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -61,6 +73,12 @@ mod tests {
         let mut embedded: Vec<String> = super::FILES.iter().map(|(p, _)| p.to_string()).collect();
         embedded.sort();
         assert_eq!(on_disk, embedded);
+    }
+
+    #[test]
+    fn the_fingerprint_is_stable_within_a_build() {
+        assert_eq!(super::fingerprint(), super::fingerprint());
+        assert_ne!(super::fingerprint(), 0);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! 3. CPU wall time per section against the section's play time (36 frames at 30 fps), with all
 //!    threads and on a 1-thread pool, and the time from a job's start to its first frame.
 //!
+//! 1b. with `--sweep`: the next-section error and sampling time at other step counts;
 //! 4. with `--python PATH --taehv-src DIR` (a Python with torch and diffusers, and a folder
 //!    holding upstream's `taehv.py`): the same section workload in PyTorch, alternating with
 //!    candle in ABBA order. One run is the section's transformer forwards with Euler updates
@@ -20,7 +21,7 @@
 //!
 //! `cargo run --release -p framepack-train --example nano_eval -- [--bundle DIR]
 //! [--clips N] [--steps N] [--drift-clips N] [--size WxH] [--python PATH --taehv-src DIR]
-//! [--torch-runs N] [--resolution R]` (the clips' size is 64x64 by default; requests use
+//! [--torch-runs N] [--resolution R] [--sweep N,N,…]` (the clips' size is 64x64 by default; requests use
 //! resolution R, by default the larger side; the size must be R's bucket for the clips' aspect,
 //! e.g. 128x96 at R = 120).
 
@@ -51,6 +52,7 @@ struct Args {
     taehv_src: Option<PathBuf>,
     torch_runs: usize,
     resolution: Option<usize>,
+    sweep: Vec<usize>,
 }
 
 fn args() -> Args {
@@ -64,6 +66,7 @@ fn args() -> Args {
         taehv_src: None,
         torch_runs: 6,
         resolution: None,
+        sweep: Vec::new(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -77,6 +80,7 @@ fn args() -> Args {
             "--taehv-src" => a.taehv_src = Some(PathBuf::from(&v[i + 1])),
             "--torch-runs" => a.torch_runs = v[i + 1].parse().expect("--torch-runs N"),
             "--resolution" => a.resolution = Some(v[i + 1].parse().expect("--resolution R")),
+            "--sweep" => a.sweep = v[i + 1].split(',').map(|n| n.parse().expect("--sweep N,N,…")).collect(),
             "--size" => {
                 let (w, h) = v[i + 1].split_once('x').expect("--size WxH");
                 a.size = (w.parse().expect("--size WxH"), h.parse().expect("--size WxH"));
@@ -158,10 +162,10 @@ fn main() -> Result<()> {
     let resolution = a.resolution.unwrap_or(width.max(height));
     let bucket = framepack::preprocess::find_nearest_bucket(height, width, resolution)?;
     if bucket != (height, width) {
-        return Err(framepack::Error::invalid(
-            "--size",
-            format!("{width}x{height} clips bucket to {}x{} at resolution {resolution}", bucket.1, bucket.0),
-        ));
+        return Err(framepack::Error::Invalid {
+            what: "--size",
+            reason: format!("{width}x{height} clips bucket to {}x{} at resolution {resolution}", bucket.1, bucket.0),
+        });
     }
     let cfg = ClipConfig { width, height, frames: latent_to_frames(1 + sections * window), fps: FPS as f32 };
     let seeds: Vec<u64> = clips::held_out_seeds(a.clips).collect();
@@ -182,21 +186,26 @@ fn main() -> Result<()> {
     let plan = SectionPlan::new(sections, window, schedule.order)?;
     let (mut m_model, mut m_copy, mut m_recon) = (Vec::new(), Vec::new(), Vec::new());
     let (mut p_model, mut p_copy, mut p_recon) = (Vec::new(), Vec::new(), Vec::new());
+    // The window latents of section `section` of clip `i` sampled in `steps` steps from noise
+    // drawn from `rng`.
+    let sample = |i: usize, section: usize, steps: usize, rng: &mut framepack::generator::NoiseRng| -> Result<Tensor> {
+        let b = data.section(i, &schedule, &plan, section, false)?;
+        let (h, w) = (b.x0.dim(3)?, b.x0.dim(4)?);
+        let noise = rng.normal_tensor(b.x0.dims(), &dev)?;
+        let sigmas = section_sigmas(steps, window, h, w)?;
+        let mut denoise = |x: &Tensor, sigma: f64| -> Result<Tensor> {
+            let t = Tensor::new(&[framepack::sampling::model_timestep(sigma)], &dev)?;
+            let inputs = b.inputs(x, &t);
+            Ok((x - (tr.forward(&inputs)? * sigma)?)?)
+        };
+        Sampler::UniPc.sample(&mut denoise, &noise, &sigmas, &mut |_| Ok(()))
+    };
     let mut rng = framepack::generator::NoiseRng::new(7);
     for (i, &seed) in seeds.iter().enumerate() {
         let clip = clips::clip(seed, &cfg)?.to_tensor(&dev)?;
         for section in 1..sections {
-            let b = data.section(i, &schedule, &plan, section, false)?;
             let info = plan.section(section)?;
-            let (h, w) = (b.x0.dim(3)?, b.x0.dim(4)?);
-            let noise = rng.normal_tensor(b.x0.dims(), &dev)?;
-            let sigmas = section_sigmas(a.steps, window, h, w)?;
-            let mut denoise = |x: &Tensor, sigma: f64| -> Result<Tensor> {
-                let t = Tensor::new(&[framepack::sampling::model_timestep(sigma)], &dev)?;
-                let inputs = b.inputs(x, &t);
-                Ok((x - (tr.forward(&inputs)? * sigma)?)?)
-            };
-            let new = Sampler::UniPc.sample(&mut denoise, &noise, &sigmas, &mut |_| Ok(()))?;
+            let new = sample(i, section, a.steps, &mut rng)?;
             let z = &data.latents[i];
             let history = z.narrow(2, 0, info.latents.start)?;
             let decode = |window: &Tensor| -> Result<Tensor> {
@@ -240,6 +249,40 @@ fn main() -> Result<()> {
             bench::median(p),
             m.len()
         );
+    }
+
+    // The same sections at other step counts: error and sampling time.
+    if !a.sweep.is_empty() {
+        println!("\nnext section at other step counts (same sections and noise seeds; decode not timed)");
+        println!(
+            "| steps | PSNR of the mean MSE (dB) | sections below copy-last-frame MSE | sampling s/section (median) |"
+        );
+        println!("|---|---|---|---|");
+        for &steps in &a.sweep {
+            let mut rng = framepack::generator::NoiseRng::new(7);
+            let (mut m, mut secs) = (Vec::new(), Vec::new());
+            for (i, &seed) in seeds.iter().enumerate() {
+                let clip = clips::clip(seed, &cfg)?.to_tensor(&dev)?;
+                for section in 1..sections {
+                    let info = plan.section(section)?;
+                    let t0 = Instant::now();
+                    let new = sample(i, section, steps, &mut rng)?;
+                    secs.push(t0.elapsed().as_secs_f64());
+                    let history = data.latents[i].narrow(2, 0, info.latents.start)?;
+                    let px = vae.decode(&Tensor::cat(&[&history, &new], 2)?)?;
+                    let (f0, f1) = (latent_to_frames(info.latents.start), latent_to_frames(info.latents.end));
+                    let generated = px.narrow(2, f0, px.dim(2)? - f0)?.clamp(-1f32, 1f32)?;
+                    m.push(mse(&generated, &clip.narrow(2, f0, f1 - f0)?)? as f64);
+                }
+            }
+            let below = m.iter().zip(&m_copy).filter(|(a, b)| a < b).count();
+            println!(
+                "| {steps} | {:.2} | {below}/{} | {:.3} |",
+                10.0 * (4.0 / mean(&m)).log10(),
+                m.len(),
+                bench::median(&secs)
+            );
+        }
     }
 
     // 2. Drift over 10 sections, and 3. wall time per section.
@@ -453,6 +496,7 @@ fn torch_pairs(
         }
     };
     let (tr, vae) = (&models.transformer, &models.vae);
+    let decode_s = std::cell::RefCell::new(Vec::new());
     let candle = || -> Result<f64> {
         let t0 = Instant::now();
         let mut x = noise.clone();
@@ -461,7 +505,9 @@ fn torch_pairs(
             let v = tr.forward(&b.inputs(&x, &t))?;
             x = (x + (v * (sigmas[i + 1] - sigmas[i]))?)?;
         }
+        let t1 = Instant::now();
         vae.decode(&Tensor::cat(&[&history, &x], 2)?)?;
+        decode_s.borrow_mut().push(t1.elapsed().as_secs_f64());
         Ok(t0.elapsed().as_secs_f64())
     };
     let torch_err = |e: String| framepack::Error::Candle(candle_core::Error::Msg(e));
@@ -492,6 +538,13 @@ fn torch_pairs(
     }
     let ratio = bench::median(&rs);
     println!("| median | {} | {:.3} | {:.3} | {ratio:.3} |", bench::loadavg(), bench::median(&cs), bench::median(&ts));
+    let decode = bench::median(&decode_s.borrow());
+    println!(
+        "candle's decode: {decode:.3} s of {:.3} s ({:.0} %); the rest is the transformer's {} forwards",
+        bench::median(&cs),
+        100.0 * decode / bench::median(&cs),
+        a.steps
+    );
     drop(torch);
     let _ = std::fs::remove_file(&file);
     Ok(Some(ratio))
