@@ -25,34 +25,14 @@ import sys
 import time
 
 
-def taehv_model(th, nn, cfg: dict):
+def taehv_model(th, cfg: dict):
     """Upstream's TAEHV with the base layout rebuilt at cfg's widths (upstream fixes them)."""
-    model = th.TAEHV(checkpoint_path=None, encoder_time_downscale=tuple(cfg["encoder_time_downscale"]),
-                     decoder_time_upscale=tuple(cfg["decoder_time_upscale"]),
-                     decoder_space_upscale=tuple(cfg["decoder_space_upscale"]),
-                     patch_size=cfg["patch_size"], latent_channels=cfg["latent_channels"])
-    e, n, lat = cfg["encoder_width"], cfg["decoder_widths"], cfg["latent_channels"]
+    from fixtures_taehv import tiny_layout
 
-    def flag(on):
-        return 2 if on else 1
-
-    down, space, up = cfg["encoder_time_downscale"], cfg["decoder_space_upscale"], cfg["decoder_time_upscale"]
-    p2 = cfg["patch_size"] ** 2
-    enc = [th.conv(3 * p2, e), nn.ReLU(inplace=True)]
-    for k in range(3):
-        enc += [th.TPool(e, flag(down[k])), th.conv(e, e, stride=2, bias=False)]
-        enc += [th.MemBlock(e, e) for _ in range(3)]
-    enc.append(th.conv(e, lat))
-    dec = [th.Clamp(), th.conv(lat, n[0]), nn.ReLU(inplace=True)]
-    for k in range(3):
-        dec += [th.MemBlock(n[k], n[k]) for _ in range(3)]
-        dec += [nn.Upsample(scale_factor=flag(space[k])), th.TGrow(n[k], flag(up[k])),
-                th.conv(n[k], n[k + 1], bias=False)]
-    dec += [nn.ReLU(inplace=True), th.conv(n[3], 3 * p2)]
-    model.encoder, model.decoder = nn.Sequential(*enc), nn.Sequential(*dec)
-    model.t_downscale = 2 ** sum(b.stride == 2 for b in model.encoder if isinstance(b, th.TPool))
-    model.t_upscale = 2 ** sum(b.stride == 2 for b in model.decoder if isinstance(b, th.TGrow))
-    model.frames_to_trim = model.t_upscale - 1
+    if cfg.get("patch_size", 1) != 1:
+        raise SystemExit("nano_torch.py: only patch size 1 is supported")
+    model = th.TAEHV(checkpoint_path=None, latent_channels=cfg["latent_channels"])
+    tiny_layout(th, model, cfg, cfg["decoder_time_upscale"])
     return model
 
 
@@ -65,7 +45,6 @@ def main() -> None:
     args = ap.parse_args()
     try:
         import torch
-        from torch import nn
         from diffusers import HunyuanVideoFramepackTransformer3DModel
         from safetensors.torch import load_file
     except ImportError as e:
@@ -82,7 +61,7 @@ def main() -> None:
     model = HunyuanVideoFramepackTransformer3DModel.from_pretrained(tdir, torch_dtype=torch.float32).eval()
     with open(os.path.join(args.bundle, "vae", "config.json")) as f:
         vcfg = json.load(f)
-    vae = taehv_model(th, nn, vcfg)
+    vae = taehv_model(th, vcfg)
     weights = load_file(os.path.join(args.bundle, "vae", "diffusion_pytorch_model.safetensors"))
     vae.load_state_dict({k: v.float() for k, v in weights.items()})
     vae.eval()
