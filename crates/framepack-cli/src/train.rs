@@ -43,7 +43,8 @@ pub struct TrainArgs {
     /// Training clips encoded for the transformer stage.
     #[arg(long)]
     clips: Option<usize>,
-    /// Device of the `taehv` stage: cpu, or cuda[:N] / metal[:N] in a build with that backend.
+    /// Device of the `taehv` and `dit` stages: cpu, or cuda[:N] / metal[:N] in a build with that
+    /// backend (the `dit` stage encodes its clips on the CPU either way).
     #[arg(long, default_value = "cpu")]
     device: framepack::bundle::DeviceChoice,
     /// Transformer weights a fresh `dit` run starts from (e.g. `assets/nano/transformer/diffusion_pytorch_model.safetensors`).
@@ -153,10 +154,12 @@ pub fn run(a: TrainArgs) -> Result<()> {
             let mut pipeline = Pipeline::load(&BundlePaths::from_dir(&root), &Device::Cpu, DType::F32)?;
             let mut first = None;
             let started = std::cell::Cell::new(std::time::Instant::now());
+            let device = a.device.open()?;
             let step = dit::train_dit(
                 &a.out,
                 &mut pipeline,
                 &settings,
+                &device,
                 |i, n| {
                     if i % 50 == 0 || i == n {
                         println!("encoded {i}/{n} clips")

@@ -22,7 +22,7 @@ use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::clips::{self, ClipConfig};
-use crate::train::{RunFiles, init_weights, io};
+use crate::train::{RunFiles, init_weights, io, move_vars};
 use framepack::Result;
 use framepack::generator::NoiseRng;
 use framepack::models::Autoencoder;
@@ -335,6 +335,25 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The batch on `dev`.
+    pub fn to_device(&self, dev: &Device) -> Result<Self> {
+        let mut groups: [Option<(Tensor, Tensor)>; 3] = [None, None, None];
+        for (g, src) in groups.iter_mut().zip(&self.groups) {
+            if let Some((l, i)) = src {
+                *g = Some((l.to_device(dev)?, i.to_device(dev)?));
+            }
+        }
+        Ok(Self {
+            x0: self.x0.to_device(dev)?,
+            indices_latents: self.indices_latents.to_device(dev)?,
+            groups,
+            llama: self.llama.to_device(dev)?,
+            mask: self.mask.to_device(dev)?,
+            pooled: self.pooled.to_device(dev)?,
+            image_embeds: self.image_embeds.to_device(dev)?,
+        })
+    }
+
     /// The transformer's inputs for the noisy window `hidden_states` at `timestep`.
     pub fn inputs<'a>(&'a self, hidden_states: &'a Tensor, timestep: &'a Tensor) -> TransformerInputs<'a> {
         let g = |i: usize| self.groups[i].as_ref();
@@ -523,20 +542,21 @@ pub fn end_frames(settings: &DitTraining) -> Vec<usize> {
     (1..=settings.max_sections).map(|n| latent_to_frames(1 + n * settings.window) - 1).collect()
 }
 
-/// Trains (or resumes) the nano transformer in `dir`, reading the VAE and encoders from the
-/// bundle `pipeline` was loaded from; `on_encode` sees `(clips encoded, clips)`, `on_step` every
+/// Trains (or resumes) the nano transformer in `dir` on `dev` (the CPU, or a GPU in a build with
+/// candle's backend), reading the VAE and encoders from the bundle `pipeline` was loaded from
+/// (the clips are encoded there); `on_encode` sees `(clips encoded, clips)`, `on_step` every
 /// step's loss. Returns the step reached.
 pub fn train_dit(
     dir: &Path,
     pipeline: &mut framepack::Pipeline,
     settings: &DitTraining,
+    dev: &Device,
     mut on_encode: impl FnMut(usize, usize),
     mut on_step: impl FnMut(&DitStepLoss),
 ) -> Result<usize> {
     settings.validate()?;
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
     let files = RunFiles::dit(dir);
-    let dev = Device::Cpu;
     let cfg = nano_transformer_config();
     let mut map = VarMap::new();
     let shapes = framepack::weights::requested_shapes(|vb| Transformer::new(vb, &cfg))?;
@@ -546,7 +566,7 @@ pub fn train_dit(
     if start == 0
         && let Some(init) = &settings.init
     {
-        let weights = candle_core::safetensors::load(init, &dev).map_err(|e| io(init, e))?;
+        let weights = candle_core::safetensors::load(init, &Device::Cpu).map_err(|e| io(init, e))?;
         let data = map.data().lock().expect("not poisoned");
         for (name, var) in data.iter() {
             let w = weights
@@ -564,7 +584,8 @@ pub fn train_dit(
     if start >= settings.steps {
         return Ok(start);
     }
-    let model = Transformer::new(VarBuilder::from_varmap(&map, DType::F32, &dev), &cfg)?;
+    move_vars(&map, dev)?;
+    let model = Transformer::new(VarBuilder::from_varmap(&map, DType::F32, dev), &cfg)?;
     let params = ParamsAdamW { lr: settings.lr, weight_decay: 0.0, ..Default::default() };
     let mut opt = AdamW::new(map.all_vars(), params)?;
     let seeds: Vec<u64> = clips::training_seeds(settings.clips).collect();
@@ -595,9 +616,9 @@ pub fn train_dit(
         let t0 = Instant::now();
         let mut rng = NoiseRng::new(settings.seed ^ 0xd17 ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let data = &data[step % data.len()];
-        let batch = data.batch(&mut rng, settings)?;
+        let batch = data.batch(&mut rng, settings)?.to_device(dev)?;
         let sigmas = draw_sigmas(&mut rng, settings.batch);
-        let eps = rng.normal_tensor(batch.x0.dims(), &dev)?;
+        let eps = rng.normal_tensor(batch.x0.dims(), dev)?;
         let loss = flow_loss(&model, &batch, &sigmas, &eps)?;
         opt.backward_step(&loss)?;
         let entry = DitStepLoss { step, loss: loss.to_scalar()?, seconds: t0.elapsed().as_secs_f64() };

@@ -15,12 +15,12 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
 use crate::clips::{self, ClipConfig};
-use crate::train::{RunFiles, init_weights, io};
+use crate::train::{RunFiles, init_weights, io, move_vars};
 use framepack::Result;
 use framepack::generator::NoiseRng;
 use framepack::models::taehv::{self, Taehv};
@@ -161,12 +161,7 @@ pub fn train_taehv(
     let shapes = framepack::weights::requested_shapes(|vb| Taehv::new(vb, &cfg))?;
     init_weights(&map, shapes, settings.seed, |_| false)?;
     let start = files.resume(&mut map)?;
-    if !dev.is_cpu() {
-        let mut data = map.data().lock().expect("not poisoned");
-        for var in data.values_mut() {
-            *var = Var::from_tensor(&var.as_tensor().to_device(dev)?)?;
-        }
-    }
+    move_vars(&map, dev)?;
     let model = Taehv::new(VarBuilder::from_varmap(&map, DType::F32, dev), &cfg)?;
     let params = ParamsAdamW { lr: settings.lr, weight_decay: 0.0, ..Default::default() };
     let vars = if settings.freeze_encoder {

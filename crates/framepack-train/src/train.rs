@@ -215,6 +215,18 @@ pub fn train_vae(dir: &Path, settings: &VaeTraining, mut on_step: impl FnMut(&St
 
 /// Random weights in `map` for every tensor of `shapes`: matrices and kernels normal with
 /// variance `1/fan_in` (zero where `zero(name)`), 1-d weights 1, biases 0.
+/// Moves every variable of `map` to `dev` (a no-op on the CPU), so a model built on it there
+/// trains on that device; checkpoints still save to files.
+pub(crate) fn move_vars(map: &VarMap, dev: &candle_core::Device) -> Result<()> {
+    if !dev.is_cpu() {
+        let mut data = map.data().lock().expect("not poisoned");
+        for var in data.values_mut() {
+            *var = candle_core::Var::from_tensor(&var.as_tensor().to_device(dev)?)?;
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn init_weights(
     map: &VarMap,
     shapes: std::collections::BTreeMap<String, Vec<usize>>,

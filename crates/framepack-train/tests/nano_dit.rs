@@ -106,7 +106,7 @@ fn a_transformer_run_saves_logs_and_resumes() {
     let dir = temp("run");
     let mut pipeline = tiny_pipeline(&dir);
     let mut seen = Vec::new();
-    let step = dit::train_dit(&dir, &mut pipeline, &settings(2), |_, _| {}, |s| seen.push(*s)).unwrap();
+    let step = dit::train_dit(&dir, &mut pipeline, &settings(2), &Device::Cpu, |_, _| {}, |s| seen.push(*s)).unwrap();
     assert_eq!(step, 2);
     assert_eq!(seen.iter().map(|s| s.step).collect::<Vec<_>>(), [1, 2]);
     // The output projection starts at zero: the first loss is the target's mean square.
@@ -117,7 +117,15 @@ fn a_transformer_run_saves_logs_and_resumes() {
     assert!(dir.join("dit_clips.safetensors").exists());
     let mut resumed = Vec::new();
     let mut encoded = Vec::new();
-    dit::train_dit(&dir, &mut pipeline, &settings(3), |i, n| encoded.push((i, n)), |s| resumed.push(s.step)).unwrap();
+    dit::train_dit(
+        &dir,
+        &mut pipeline,
+        &settings(3),
+        &Device::Cpu,
+        |i, n| encoded.push((i, n)),
+        |s| resumed.push(s.step),
+    )
+    .unwrap();
     assert_eq!(resumed, [3]);
     assert_eq!(encoded, [(2, 2)]);
     assert_ne!(std::fs::read(&files.weights).unwrap(), saved);
@@ -138,13 +146,13 @@ fn a_transformer_run_saves_logs_and_resumes() {
     let ended = temp("run-end");
     let with_end = DitTraining { end_share: 0.5, ..settings(2) };
     assert_eq!(dit::end_frames(&with_end), [8, 16]);
-    assert_eq!(dit::train_dit(&ended, &mut pipeline, &with_end, |_, _| {}, |_| {}).unwrap(), 2);
+    assert_eq!(dit::train_dit(&ended, &mut pipeline, &with_end, &Device::Cpu, |_, _| {}, |_| {}).unwrap(), 2);
     std::fs::remove_dir_all(&ended).unwrap();
 
     // A fresh run can start from given weights: with lr 0 its checkpoint is those weights.
     let warm = temp("run-init");
     let init = DitTraining { init: Some(files.weights.clone()), lr: 0.0, ..settings(1) };
-    assert_eq!(dit::train_dit(&warm, &mut pipeline, &init, |_, _| {}, |_| {}).unwrap(), 1);
+    assert_eq!(dit::train_dit(&warm, &mut pipeline, &init, &Device::Cpu, |_, _| {}, |_| {}).unwrap(), 1);
     let a = candle_core::safetensors::load(&files.weights, &Device::Cpu).unwrap();
     let b = candle_core::safetensors::load(RunFiles::dit(&warm).weights, &Device::Cpu).unwrap();
     assert!(a.iter().all(|(k, t)| max_diff(t, &b[k]) == 0.0), "the run did not start from the init weights");
@@ -157,14 +165,26 @@ fn a_transformer_run_saves_logs_and_resumes() {
     std::fs::create_dir_all(&other).unwrap();
     candle_core::safetensors::save(&w, other.join("w.safetensors")).unwrap();
     let init = DitTraining { init: Some(other.join("w.safetensors")), ..settings(1) };
-    let e = dit::train_dit(&other.join("run"), &mut pipeline, &init, |_, _| {}, |_| {}).unwrap_err().to_string();
+    let e = dit::train_dit(&other.join("run"), &mut pipeline, &init, &Device::Cpu, |_, _| {}, |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("proj_out.weight"), "{e}");
     std::fs::remove_dir_all(&other).unwrap();
 
     let bad = DitTraining { sizes: vec![[30, 32]], ..settings(1) };
-    assert!(dit::train_dit(&dir, &mut pipeline, &bad, |_, _| {}, |_| {}).unwrap_err().to_string().contains("settings"));
+    assert!(
+        dit::train_dit(&dir, &mut pipeline, &bad, &Device::Cpu, |_, _| {}, |_| {})
+            .unwrap_err()
+            .to_string()
+            .contains("settings")
+    );
     let bad = DitTraining { end_share: 1.5, ..settings(1) };
-    assert!(dit::train_dit(&dir, &mut pipeline, &bad, |_, _| {}, |_| {}).unwrap_err().to_string().contains("settings"));
+    assert!(
+        dit::train_dit(&dir, &mut pipeline, &bad, &Device::Cpu, |_, _| {}, |_| {})
+            .unwrap_err()
+            .to_string()
+            .contains("settings")
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
