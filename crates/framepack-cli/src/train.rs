@@ -55,6 +55,28 @@ pub struct TrainArgs {
     to: Option<PathBuf>,
 }
 
+/// Time left in a training run, from the mean time of the steps this process has run.
+struct Eta {
+    started: std::time::Instant,
+    first: Option<usize>,
+    total: usize,
+}
+
+impl Eta {
+    /// Counting from now, towards step `total`.
+    fn new(total: usize) -> Self {
+        Self { started: std::time::Instant::now(), first: None, total }
+    }
+
+    /// The time left once step `step` is done, formatted.
+    fn after(&mut self, step: usize) -> String {
+        let first = *self.first.get_or_insert(step);
+        let per_step = self.started.elapsed().as_secs_f64() / (step + 1 - first) as f64;
+        let left = per_step * self.total.saturating_sub(step) as f64;
+        crate::generate::fmt_duration(std::time::Duration::from_secs_f64(left))
+    }
+}
+
 /// Seed of the frozen random text and image encoders of the nano bundle.
 const ENCODER_SEED: u64 = 0x4e41_4e4f;
 
@@ -94,13 +116,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 frames: a.frames.unwrap_or(d.frames),
                 ..d
             };
-            let started = std::time::Instant::now();
-            let mut first = None;
+            let mut eta = Eta::new(settings.steps);
             let device = a.device.open()?;
             let step = taehv::train_taehv(&a.out, &settings, &device, |s| {
-                let first = *first.get_or_insert(s.step);
-                let per_step = started.elapsed().as_secs_f64() / (s.step + 1 - first) as f64;
-                let eta = per_step * (settings.steps - s.step) as f64;
                 println!(
                     "step {}/{}: loss {:.5} (recon {:.5}, {:.2} dB, latent rms {:.3}) {:.2} s, ETA {}",
                     s.step,
@@ -110,7 +128,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     s.psnr,
                     s.latent_rms,
                     s.seconds,
-                    crate::generate::fmt_duration(std::time::Duration::from_secs_f64(eta))
+                    eta.after(s.step)
                 )
             })?;
             let psnr = taehv::held_out_psnr(
@@ -152,8 +170,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             }
             write_current_transformer(&a.out, &root, &settings)?;
             let mut pipeline = Pipeline::load(&BundlePaths::from_dir(&root), &Device::Cpu, DType::F32)?;
-            let mut first = None;
-            let started = std::cell::Cell::new(std::time::Instant::now());
+            let eta = std::cell::RefCell::new(Eta::new(settings.steps));
             let device = a.device.open()?;
             let step = dit::train_dit(
                 &a.out,
@@ -164,20 +181,11 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     if i % 50 == 0 || i == n {
                         println!("encoded {i}/{n} clips")
                     }
-                    started.set(std::time::Instant::now());
+                    *eta.borrow_mut() = Eta::new(settings.steps);
                 },
                 |s| {
-                    let first = *first.get_or_insert(s.step);
-                    let per_step = started.get().elapsed().as_secs_f64() / (s.step + 1 - first) as f64;
-                    let eta = std::time::Duration::from_secs_f64(per_step * (settings.steps - s.step) as f64);
-                    println!(
-                        "step {}/{}: loss {:.5} {:.2} s, ETA {}",
-                        s.step,
-                        settings.steps,
-                        s.loss,
-                        s.seconds,
-                        crate::generate::fmt_duration(eta)
-                    )
+                    let eta = eta.borrow_mut().after(s.step);
+                    println!("step {}/{}: loss {:.5} {:.2} s, ETA {eta}", s.step, settings.steps, s.loss, s.seconds)
                 },
             )?;
             bundle::write_transformer(&root, &train::RunFiles::dit(&a.out).weights, &dit::nano_transformer_config())?;
