@@ -49,7 +49,8 @@ pub(crate) fn key(settings: &FramePackSettings, request: &Request) -> u64 {
         h.bytes(&image.width().to_le_bytes()).bytes(&image.height().to_le_bytes()).bytes(image.data());
     }
     h.bytes(request.prompt.as_bytes()).bytes(&request.resolution.to_le_bytes());
-    h.bytes(format!("{:?}", request.settings).as_bytes());
+    // Pipelining changes where frames are decoded, not which.
+    h.bytes(format!("{:?}", framepack::JobSettings { pipeline: true, ..request.settings.clone() }).as_bytes());
     h.0
 }
 
@@ -121,6 +122,21 @@ mod tests {
     use std::time::{Duration, SystemTime};
 
     use super::*;
+
+    #[test]
+    fn the_key_follows_the_settings_but_not_where_frames_are_decoded() {
+        let image = framepack::preprocess::RgbImage::new(2, 2, vec![7; 12]).unwrap();
+        let r = Request::new(image, "a door opens");
+        let s = FramePackSettings::default();
+        let with = |f: &dyn Fn(&mut Request)| {
+            let mut r = r.clone();
+            f(&mut r);
+            key(&s, &r)
+        };
+        assert_eq!(key(&s, &r), with(&|r| r.settings.pipeline = false));
+        assert_ne!(key(&s, &r), with(&|r| r.settings.seed += 1));
+        assert_ne!(key(&s, &r), with(&|r| r.prompt.push('!')));
+    }
 
     #[test]
     fn eviction_deletes_the_oldest_clips_first_and_keeps_the_new_one() {

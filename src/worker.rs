@@ -360,6 +360,16 @@ fn run_job(
     if token.is_cancelled() {
         return JobEnd::Cancelled;
     }
+    let serial;
+    let request = if settings.pipeline {
+        request
+    } else {
+        serial = Request {
+            settings: framepack::JobSettings { pipeline: false, ..request.settings.clone() },
+            ..request.clone()
+        };
+        &serial
+    };
     let job = match p.start_planned(request, plan) {
         Ok(j) => j,
         Err(e) => return failed(e),

@@ -8,7 +8,8 @@
 //!    first 15 % against the last 15 % of the frames, for inverted anti-drifting, forward
 //!    geometric and naive repeated image-to-video from the last frame;
 //! 3. CPU wall time per section against the section's play time (36 frames at 30 fps), with all
-//!    threads and on a 1-thread pool, and the time from a job's start to its first frame.
+//!    threads (decoding on a thread of its own, and on the job's thread) and on a 1-thread pool,
+//!    and the time from a job's start to its first frame.
 //!
 //! 1b. with `--sweep`: the next-section error and sampling time at other step counts;
 //! 4. with `--python PATH --taehv-src DIR` (a Python with torch and diffusers, and a folder
@@ -402,6 +403,33 @@ fn main() -> Result<()> {
             Ok(())
         })?;
     }
+    // The forward job with its decode on the job's thread (`JobSettings::pipeline` off).
+    let mut serial = Vec::new();
+    for (i, &seed) in seeds.iter().take(a.drift_clips.min(2)).enumerate() {
+        let clip = clips::clip(seed, &cfg)?;
+        let mut req = request(
+            first_frame(&clip)?,
+            &clip.prompt,
+            resolution,
+            3.0 * play,
+            ScheduleChoice::Geometric,
+            a.steps,
+            i as u64,
+        );
+        req.settings.pipeline = false;
+        let mut t = Instant::now();
+        for s in pipeline.start(&req)? {
+            s?;
+            serial.push(t.elapsed().as_secs_f64());
+            t = Instant::now();
+        }
+    }
+    println!(
+        "forward geometric, decoded on the job's thread (no decoder thread): {:.3} s/section (median of {}), real-time factor {:.2}",
+        bench::median(&serial),
+        serial.len(),
+        bench::median(&serial) / play
+    );
     let rtf_1t = bench::median(&one_thread) / play;
     let ttff = bench::median(&first_frame_s);
     println!(

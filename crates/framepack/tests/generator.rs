@@ -140,15 +140,14 @@ fn cancel_stops_within_one_step() {
         let calls = Arc::new(Mutex::new(Vec::new()));
         let token = CancelToken::new();
         let (log, t) = (calls.clone(), token.clone());
-        let mut job =
-            g.start(conditioning(32, 32), settings(schedule, 2.4, 9)).unwrap().with_cancel_token(token).on_progress(
-                move |p| {
-                    log.lock().unwrap().push((p.section, p.step));
-                    if p.section == 1 && p.step == 2 {
-                        t.cancel();
-                    }
-                },
-            );
+        // On the job's thread: with a decoder thread, section 1 samples before section 0 returns.
+        let serial = JobSettings { pipeline: false, ..settings(schedule, 2.4, 9) };
+        let mut job = g.start(conditioning(32, 32), serial).unwrap().with_cancel_token(token).on_progress(move |p| {
+            log.lock().unwrap().push((p.section, p.step));
+            if p.section == 1 && p.step == 2 {
+                t.cancel();
+            }
+        });
         let first = job.next().unwrap().unwrap();
         assert_eq!(first.index, 0);
         match job.next() {
@@ -383,8 +382,10 @@ fn a_streamed_job_shows_its_first_frame_before_sampling_and_every_frame_in_order
     let g = generator();
     let log = Arc::new(Mutex::new(Vec::new()));
     let (a, b) = (log.clone(), log.clone());
+    // On the job's thread (a decoder thread decodes frame 0 while the first step runs).
+    let serial = JobSettings { pipeline: false, ..tiny_settings(ScheduleChoice::Geometric) };
     let job = g
-        .start(conditioning(32, 32), tiny_settings(ScheduleChoice::Geometric))
+        .start(conditioning(32, 32), serial)
         .unwrap()
         .on_frame(move |i, _| a.lock().unwrap().push(Ev::Frame(i)))
         .on_progress(move |_| b.lock().unwrap().push(Ev::Step));
@@ -483,4 +484,126 @@ fn on_frame_delivers_every_final_frame_before_its_section_returns() {
             assert_eq!(frame, &sections[k].frames[i - sections[k].frame_range.start], "{label}: frame {i}");
         }
     }
+}
+
+/// Everything a job hands out: its sections and the `on_frame` calls, with the names of the
+/// threads that made them.
+#[derive(Debug, Default)]
+struct Handed {
+    sections: Vec<framepack::generator::Section>,
+    frames: Vec<(usize, Frame, Option<String>)>,
+    /// Sampler steps reported before each section was handed out.
+    steps_before: Vec<usize>,
+}
+
+/// The decode stage's threads are named `framepack-decode-N`.
+fn on_decoder_thread(name: &Option<String>) -> bool {
+    name.as_deref().is_some_and(|n| n.starts_with("framepack-decode"))
+}
+
+fn hand_out(g: &Generator, s: JobSettings) -> Handed {
+    let frames: Arc<Mutex<Vec<(usize, Frame, Option<String>)>>> = Arc::default();
+    let steps = Arc::new(Mutex::new(0usize));
+    let (sink, counter) = (frames.clone(), steps.clone());
+    let job = g
+        .start(conditioning(32, 32), s)
+        .unwrap()
+        .on_frame(move |i, f| {
+            sink.lock().unwrap().push((i, f.clone(), std::thread::current().name().map(String::from)))
+        })
+        .on_progress(move |_| *counter.lock().unwrap() += 1);
+    let mut out = Handed::default();
+    for section in job {
+        out.sections.push(section.unwrap());
+        out.steps_before.push(*steps.lock().unwrap());
+    }
+    out.frames = std::mem::take(&mut *frames.lock().unwrap());
+    out
+}
+
+#[test]
+fn a_decoder_thread_changes_no_frame_and_decodes_while_the_next_section_samples() {
+    assert!(rayon::current_num_threads() >= 2, "the test pool needs 2 threads to pipeline");
+    let g = generator();
+    for s in [
+        tiny_settings(ScheduleChoice::Geometric),
+        tiny_settings(ScheduleChoice::InvertedAntiDrifting),
+        settings(ScheduleChoice::Geometric, 2.4, 9),
+        settings(ScheduleChoice::InvertedAntiDrifting, 3.6, 9),
+    ] {
+        let label = format!("{:?} {:?}", s.schedule, s.decoder);
+        let serial = hand_out(&g, JobSettings { pipeline: false, ..s.clone() });
+        let piped = hand_out(&g, JobSettings { pipeline: true, ..s.clone() });
+        let n = serial.sections.len();
+        assert!(n >= 2, "{label}");
+        assert_eq!(piped.sections.len(), n, "{label}");
+        for (a, b) in serial.sections.iter().zip(&piped.sections) {
+            assert_eq!(
+                (a.index, &a.frame_range, &a.provisional_range),
+                (b.index, &b.frame_range, &b.provisional_range)
+            );
+            assert!(a.frames == b.frames && a.provisional == b.provisional, "{label}: section {} differs", a.index);
+            let d = (&a.latent_tensor - &b.latent_tensor).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(d.to_scalar::<f32>().unwrap(), 0.0, "{label}: latents differ");
+        }
+        let frames = |h: &Handed| h.frames.iter().map(|(i, f, _)| (*i, f.clone())).collect::<Vec<_>>();
+        assert!(frames(&serial) == frames(&piped), "{label}: on_frame calls differ");
+        // The frames come from the decoder thread, and each section is handed out only after
+        // the next one has sampled: its decode overlapped that sampling.
+        assert!(piped.frames.iter().all(|(.., t)| on_decoder_thread(t)), "{label}");
+        assert!(!serial.frames.iter().any(|(.., t)| on_decoder_thread(t)), "{label}");
+        let steps = s.steps;
+        assert_eq!(serial.steps_before, (1..=n).map(|k| k * steps).collect::<Vec<_>>(), "{label}");
+        assert_eq!(piped.steps_before, (1..=n).map(|k| (k + 1).min(n) * steps).collect::<Vec<_>>(), "{label}");
+    }
+}
+
+#[test]
+fn a_one_thread_pool_or_a_one_section_job_decodes_on_the_jobs_thread() {
+    let g = generator();
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let one_thread = pool.install(|| hand_out(&g, tiny_settings(ScheduleChoice::Geometric)));
+    let one_section = hand_out(&g, JobSettings { seconds: 1.2, ..tiny_settings(ScheduleChoice::Geometric) });
+    for h in [one_thread, one_section] {
+        assert!(!h.frames.is_empty());
+        assert!(!h.frames.iter().any(|(.., t)| on_decoder_thread(t)));
+    }
+}
+
+#[test]
+fn a_pipelined_job_cancels_and_drops_while_its_decoder_thread_runs() {
+    // Cancelled from the decoder thread, on the first frame of section 1.
+    let g = generator();
+    let token = CancelToken::new();
+    let t = token.clone();
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let sink = frames.clone();
+    let s = JobSettings { seconds: 4.8, ..tiny_settings(ScheduleChoice::Geometric) };
+    let job = g.start(conditioning(32, 32), s.clone()).unwrap().with_cancel_token(token).on_frame(move |i, _| {
+        sink.lock().unwrap().push(i);
+        if i == 37 {
+            t.cancel();
+        }
+    });
+    let results: Vec<_> = job.collect();
+    assert!(
+        matches!(results.last(), Some(Err(Error::Cancelled))),
+        "{:?}",
+        results.iter().map(|r| r.is_ok()).collect::<Vec<_>>()
+    );
+    assert!(results.iter().rev().skip(1).all(|r| r.is_ok()));
+    assert!(results.len() <= 2, "{} results after a cancel in section 1", results.len());
+    let frames = frames.lock().unwrap().clone();
+    assert_eq!(frames, (0..=37).collect::<Vec<_>>(), "no frame after the cancelling one");
+
+    // Dropped after its first section: the decoder thread stops and calls the sink no more.
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let sink = frames.clone();
+    let mut job = g.start(conditioning(32, 32), s).unwrap().on_frame(move |i, _| sink.lock().unwrap().push(i));
+    job.next().unwrap().unwrap();
+    drop(job);
+    let after_drop = frames.lock().unwrap().len();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(frames.lock().unwrap().len(), after_drop, "frames after the job was dropped");
+    assert!(after_drop < 36 * 4 + 1);
 }

@@ -1,10 +1,8 @@
-//! Decoded frames: RGB bytes from pixel tensors, and the tiny decoder's paths.
+//! Decoded frames: RGB bytes from pixel tensors.
 
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
-use crate::models::taehv::StreamingDecoder;
-use crate::models::vae::SectionDecoder;
 
 /// One RGB frame, `width·height·3` bytes, row-major.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -15,14 +13,6 @@ pub struct Frame {
     pub height: usize,
     /// RGB bytes.
     pub rgb: Vec<u8>,
-}
-
-/// How a job turns its sections' latents into frames.
-pub(super) enum Decoding {
-    /// Each section with its neighbours, cross-faded (FramePack's decoding; full VAE or tiny).
-    Blended(SectionDecoder),
-    /// Forward jobs with the tiny decoder: one causal stream over all sections.
-    Streamed(StreamingDecoder),
 }
 
 /// Decoded pixels `(1, 3, T, H, W)` in `[-1, 1]` → RGB frames: clamp, `x·127.5 + 127.5`,

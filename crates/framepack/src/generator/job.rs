@@ -17,7 +17,8 @@ use crate::packing::{ContextSchedule, Kernel, SectionOrder, SectionPlan, Slot};
 use crate::sampling::{Step, model_guidance, model_timestep, section_sigmas};
 
 use super::conditioning::Conditioning;
-use super::frames::{Decoding, Frame, to_frames};
+use super::decode::{DecodeThread, Decoding, Sampled, SectionFrames};
+use super::frames::{Frame, to_frames};
 use super::noise::NoiseRng;
 use super::settings::{DecoderChoice, ImageLatent, JobSettings};
 
@@ -287,7 +288,12 @@ impl Generator {
         Ok(Job {
             models: self.models.clone(),
             rng: NoiseRng::new(settings.seed),
-            decoding: Some(decoding),
+            stage: Stage::Ready(Box::new(SectionFrames::new(
+                self.models.clone(),
+                plan.clone(),
+                settings.decoder,
+                decoding,
+            ))),
             preview_decoder,
             latents: vec![None; plan.total_latents()],
             image_embeds: conditioning.image_embeds.as_ref().map(|e| e.to_device(&dev)).transpose()?,
@@ -303,8 +309,8 @@ impl Generator {
             schedule,
             plan,
             next: 0,
-            emitted: 0,
-            early_frames: Vec::new(),
+            sampled: 0,
+            pending_error: None,
             frame_sink: None,
             cancel: CancelToken::new(),
             progress: None,
@@ -342,7 +348,7 @@ pub struct Job {
     schedule: ContextSchedule,
     plan: SectionPlan,
     rng: NoiseRng,
-    decoding: Option<Decoding>,
+    stage: Stage,
     preview_decoder: Option<Taehv>,
     latents: Vec<Option<Tensor>>,
     image_embeds: Option<Tensor>,
@@ -354,11 +360,12 @@ pub struct Job {
     end_latent: Option<Tensor>,
     latent_hw: (usize, usize),
     image_size: (usize, usize),
+    /// The next section to hand out, and the sections sampled so far (one more while the
+    /// decoder thread decodes `next`).
     next: usize,
-    emitted: usize,
-    /// Frames a streamed forward job decoded from the start latent alone, before its first
-    /// section was sampled (they belong to the first section).
-    early_frames: Vec<Tensor>,
+    sampled: usize,
+    /// A lookahead sampling error, returned after the section that was decoding meanwhile.
+    pending_error: Option<Error>,
     cancel: CancelToken,
     progress: Option<ProgressFn>,
     frame_sink: Option<FrameFn>,
@@ -412,9 +419,11 @@ impl Job {
     }
 
     /// Calls `f` with every final frame and its index in the video, in generation order, as soon
-    /// as it exists: forward jobs with the tiny decoder decode frame by frame, so each frame
+    /// as it exists: forward jobs with a TAEHV decoder decode frame by frame, so each frame
     /// arrives while the rest of its section is still decoding; other jobs deliver a section's
-    /// frames when it is decoded. The frames are those of [`Section::frames`].
+    /// frames when it is decoded. The frames are those of [`Section::frames`]. With
+    /// [`JobSettings::pipeline`], `f` runs on the decoder's threads, before the section is
+    /// handed out.
     pub fn on_frame(mut self, f: impl FnMut(usize, &Frame) + Send + 'static) -> Self {
         self.frame_sink = Some(Box::new(f));
         self
@@ -476,29 +485,37 @@ impl Job {
         })
     }
 
-    fn run_section(&mut self) -> Result<Section> {
-        let index = self.next;
-        self.cancel.check()?;
-        let started = *self.started.get_or_insert_with(Instant::now);
-        if self.start_latent.is_none() {
-            self.start_latent = Some(self.encode_image(&self.start_image, 0x5354_4152_5400_0000)?);
-            if let Some(e) = &self.end_image {
-                self.end_latent = Some(self.encode_image(e, 0x454e_4400_0000_0000)?);
-            }
-            // A causal stream's first frame depends on the start latent alone: decode and show
-            // it now instead of after the first section's sampling.
-            if let (Some(Decoding::Streamed(stream)), Some(start)) = (self.decoding.as_mut(), &self.start_latent) {
-                stream.push(&start.permute((0, 2, 1, 3, 4))?)?;
-                while let Some(f) = stream.next_frame()? {
-                    if let Some(sink) = self.frame_sink.as_mut() {
-                        for frame in to_frames(&f.permute((0, 2, 1, 3, 4))?.affine(2.0, -1.0)?)? {
-                            sink(self.early_frames.len(), &frame);
-                        }
-                    }
-                    self.early_frames.push(f);
-                }
-            }
+    /// Encodes the start (and end) latents and sets up the decode stage, on a thread of its
+    /// own when [`JobSettings::pipeline`] applies.
+    fn begin(&mut self) -> Result<()> {
+        self.started = Some(Instant::now());
+        let start = self.encode_image(&self.start_image, 0x5354_4152_5400_0000)?;
+        if let Some(e) = &self.end_image {
+            self.end_latent = Some(self.encode_image(e, 0x454e_4400_0000_0000)?);
         }
+        self.start_latent = Some(start.clone());
+        let Stage::Ready(mut frames) = std::mem::replace(&mut self.stage, Stage::Gone) else {
+            return Err(Error::invalid("job", "started twice"));
+        };
+        frames.cancel = self.cancel.clone();
+        frames.frame_sink = self.frame_sink.take();
+        // Both stages get as many threads as the job's pool: while one waits, the other has
+        // every core; while both run, the OS shares them.
+        let threads = rayon::current_num_threads();
+        self.stage = if self.settings.pipeline && self.device.is_cpu() && threads >= 2 && self.plan.sections > 1 {
+            let thread = DecodeThread::spawn(*frames, threads)?;
+            thread.start(start);
+            Stage::Thread(thread)
+        } else {
+            frames.start(start)?;
+            Stage::Ready(frames)
+        };
+        Ok(())
+    }
+
+    fn sample_section(&mut self, index: usize) -> Result<Sampled> {
+        self.cancel.check()?;
+        let started = self.started.expect("begun");
         let info = self.plan.section(index)?;
         let layout = self.schedule.layout(&self.plan, index)?;
         layout.check_model_kernels()?;
@@ -589,104 +606,59 @@ impl Job {
         for k in 0..window {
             self.latents[info.latents.start + k] = Some(new.narrow(2, k, 1)?);
         }
-
-        // FramePack decodes the start latent with F1's first section and with the inverted loop's
-        // last one (the section next to the start frame).
-        let is_last = index + 1 == sections;
-        let start = self.start_latent.as_ref().expect("encoded");
-        let streamed = matches!(self.decoding, Some(Decoding::Streamed(_)));
-        let to_push = match self.plan.order {
-            SectionOrder::Forward if index == 0 && !streamed => Tensor::cat(&[start, &new], 2)?,
-            SectionOrder::Inverted if is_last => Tensor::cat(&[start, &new], 2)?,
-            _ => new.clone(),
-        };
-        let vae = &self.models.vae;
-        let tiny = match self.settings.decoder {
-            DecoderChoice::Tiny => self.models.tiny(),
-            DecoderChoice::Full => None,
-        };
-        let mut decode = |z: &Tensor| -> Result<Tensor> {
-            cancel.check()?;
-            match tiny {
-                Some(t) => tiny_decode(t, z),
-                None => vae.decode(z),
-            }
-        };
-        let mut pixels = match self.decoding.as_mut().expect("decoding lives until the last section") {
-            Decoding::Blended(decoder) => decoder.push(&to_push, &mut decode)?,
-            Decoding::Streamed(stream) => {
-                stream.push(&to_push.permute((0, 2, 1, 3, 4))?)?;
-                let mut frames = std::mem::take(&mut self.early_frames);
-                while let Some(f) = stream.next_frame()? {
-                    cancel.check()?;
-                    if let Some(sink) = self.frame_sink.as_mut() {
-                        let index = self.emitted + frames.len();
-                        for frame in to_frames(&f.permute((0, 2, 1, 3, 4))?.affine(2.0, -1.0)?)? {
-                            sink(index, &frame);
-                        }
-                    }
-                    frames.push(f);
-                }
-                Some(Tensor::cat(&frames, 1)?.permute((0, 2, 1, 3, 4))?.affine(2.0, -1.0)?)
-            }
-        };
-        if is_last && let Some(Decoding::Blended(decoder)) = self.decoding.take() {
-            let rest = decoder.finish();
-            pixels = match (pixels, rest) {
-                (Some(a), Some(b)) => Some(match self.plan.order {
-                    SectionOrder::Forward => Tensor::cat(&[&a, &b], 2)?,
-                    SectionOrder::Inverted => Tensor::cat(&[&b, &a], 2)?,
-                }),
-                (a, b) => a.or(b),
-            };
-        }
-        let frames = match &pixels {
-            Some(p) => to_frames(p)?,
-            None => Vec::new(),
-        };
-        let total = self.plan.total_frames();
-        let n = frames.len();
-        let frame_range = match self.plan.order {
-            SectionOrder::Forward => self.emitted..self.emitted + n,
-            SectionOrder::Inverted => total - self.emitted - n..total - self.emitted,
-        };
-        self.emitted += n;
-        if !streamed && let Some(sink) = self.frame_sink.as_mut() {
-            for (i, frame) in frames.iter().enumerate() {
-                sink(frame_range.start + i, frame);
-            }
-        }
-        let provisional = match &self.decoding {
-            Some(Decoding::Blended(d)) => match d.pixels().provisional() {
-                Some(p) => to_frames(p)?,
-                None => Vec::new(),
-            },
-            _ => Vec::new(),
-        };
-        let p = provisional.len();
-        let provisional_range = match self.plan.order {
-            SectionOrder::Forward => self.emitted..self.emitted + p,
-            SectionOrder::Inverted => total - self.emitted - p..total - self.emitted,
-        };
-        if is_last && self.emitted != total {
-            return Err(Error::invalid(
-                "video",
-                format!("decoded {} frames but the plan has {total} (VAE temporal factor not 4?)", self.emitted),
-            ));
-        }
-        Ok(Section {
-            index,
-            sections,
-            latents: info.latents,
-            latent_tensor: new,
-            frame_range,
-            frames,
-            provisional,
-            provisional_range,
-            is_last,
-            teacache_skipped,
-        })
+        Ok(Sampled { index, latents: info.latents, new, teacache_skipped })
     }
+
+    fn run_section(&mut self) -> Result<Section> {
+        if let Some(e) = self.pending_error.take() {
+            return Err(e);
+        }
+        self.cancel.check()?;
+        if self.started.is_none() {
+            self.begin()?;
+        }
+        let index = self.next;
+        if matches!(self.stage, Stage::Ready(_)) {
+            let sampled = self.sample_section(index)?;
+            self.sampled = index + 1;
+            let Stage::Ready(frames) = &mut self.stage else { unreachable!("matched above") };
+            return frames.section(sampled);
+        }
+        // Pipelined: section `index` decodes while the next one samples.
+        if self.sampled == index {
+            let sampled = self.sample_section(index)?;
+            self.submit(sampled)?;
+        }
+        if self.sampled < self.plan.sections {
+            match self.sample_section(self.sampled) {
+                Ok(sampled) => self.submit(sampled)?,
+                // Section `index` is decoded all the same; the error comes with the next call.
+                Err(e) => self.pending_error = Some(e),
+            }
+        }
+        match &self.stage {
+            Stage::Thread(t) => t.recv(),
+            _ => Err(Error::invalid("job", "decoder thread gone")),
+        }
+    }
+
+    fn submit(&mut self, sampled: Sampled) -> Result<()> {
+        let Stage::Thread(t) = &self.stage else {
+            return Err(Error::invalid("job", "decoder thread gone"));
+        };
+        t.submit(sampled);
+        self.sampled += 1;
+        Ok(())
+    }
+}
+
+/// Where a job's decode stage runs.
+enum Stage {
+    /// On the job's thread (also before the first section, when it may still move).
+    Ready(Box<SectionFrames>),
+    /// On a decoder thread of its own.
+    Thread(DecodeThread),
+    Gone,
 }
 
 impl Iterator for Job {
@@ -699,7 +671,10 @@ impl Iterator for Job {
         let out = self.run_section();
         match &out {
             Ok(_) => self.next += 1,
-            Err(_) => self.done = true,
+            Err(_) => {
+                self.done = true;
+                self.stage = Stage::Gone;
+            }
         }
         if self.next >= self.plan.sections {
             self.done = true;

@@ -23,11 +23,14 @@
 //! (FramePack draws each section's noise from one seeded generator too; these are not torch's
 //! numbers). Same inputs and seed give bit-identical frames on the CPU.
 //!
-//! The job runs on whatever thread drives the iterator; a [`CancelToken`] (clone it to another
-//! thread) is checked before every model call and after every sampler step, and a progress
-//! callback receives every step with an ETA.
+//! The job samples on whatever thread drives the iterator. On the CPU it decodes on a thread of
+//! its own while the next section samples ([`JobSettings::pipeline`], on by default): a section
+//! then costs about the longer of sampling and decoding, not their sum. A [`CancelToken`]
+//! (clone it to another thread) is checked before every model call, after every sampler step
+//! and between decoded frames, and a progress callback receives every step with an ETA.
 
 mod conditioning;
+mod decode;
 mod frames;
 mod job;
 mod noise;

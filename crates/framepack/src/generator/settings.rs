@@ -64,6 +64,12 @@ pub struct JobSettings {
     /// Decode every sampler step's denoised estimate with the tiny decoder (time upscale off: one
     /// frame per latent) into [`Progress::preview`](super::Progress::preview). Needs [`Models::tiny`](super::Models::tiny).
     pub previews: bool,
+    /// On the CPU with at least 2 threads in the job's rayon pool: decode each section on a
+    /// thread of its own (with a pool as large as the job's) while the next section samples.
+    /// A section then costs about the longer of the two stages instead of their sum. Frames,
+    /// sections and their order are the same either way; each section is handed out once it
+    /// is decoded and the next one is sampled.
+    pub pipeline: bool,
 }
 
 impl Default for JobSettings {
@@ -80,6 +86,7 @@ impl Default for JobSettings {
             image_latent: ImageLatent::Mean,
             decoder: DecoderChoice::Full,
             previews: false,
+            pipeline: true,
         }
     }
 }

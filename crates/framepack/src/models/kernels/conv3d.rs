@@ -156,7 +156,7 @@ pub(crate) fn shifted_gemm(x: &Tensor, weight: &Tensor, bias: &Tensor, k: usize)
     if wdata.len() < o * c * k3 {
         candle_core::bail!("conv3d: weight storage smaller than its layout");
     }
-    let threads = candle_core::utils::get_num_threads();
+    let threads = rayon::current_num_threads();
     let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // Output columns on the padded grid: the last one read is (h − 1)·W' + (w − 1) + shift.
     let n = (h - 1) * wp + w;

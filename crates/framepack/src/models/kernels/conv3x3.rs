@@ -172,7 +172,7 @@ pub(crate) fn conv3x3(
     }
     let bias = bias.map(|b| b.to_vec1::<f32>()).transpose()?;
     let s = Shapes { c, c_total, o, h, w };
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = rayon::current_num_threads().max(1);
     let (frame_in, frame_out) = (c * h * w, o * h * w);
     let empty = Tensor::zeros(0, candle_core::DType::F32, x.device())?;
     let out = with_f32(weight, |wd| {
