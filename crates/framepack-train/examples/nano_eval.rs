@@ -12,13 +12,16 @@
 //!    and the time from a job's start to its first frame.
 //!
 //! 1b. with `--sweep`: the next-section error and sampling time at other step counts;
+//! 5. end frames: inverted jobs over whole held-out clips with the clip's last frame as the end
+//!    image and without, the PSNR of their last frames and of the whole videos;
 //! 4. with `--python PATH --taehv-src DIR` (a Python with torch and diffusers, and a folder
 //!    holding upstream's `taehv.py`): the same section workload in PyTorch, alternating with
 //!    candle in ABBA order. One run is the section's transformer forwards with Euler updates
 //!    between them and the TAEHV decode of its latents, same weights, same inputs
 //!    (`tools/nano_torch.py`).
 //!
-//! The last line is `SUMMARY key=value …` for scripts (`torch_ratio=na` without the PyTorch side).
+//! The last line is `SUMMARY key=value …` for scripts (`torch_ratio=na` without the PyTorch side;
+//! `end_psnr` and `end_psnr_none` are the last-frame PSNRs of 5).
 //!
 //! `cargo run --release -p framepack-train --example nano_eval -- [--bundle DIR]
 //! [--clips N] [--steps N] [--drift-clips N] [--size WxH] [--python PATH --taehv-src DIR]
@@ -439,6 +442,56 @@ fn main() -> Result<()> {
     );
     println!("time from a forward job's start to its first frame: {ttff:.3} s (median of {})", first_frame_s.len());
 
+    // 5. End frames: inverted jobs over a whole clip, with its real last frame as the end image
+    // and without, against the clip's frames.
+    let end_clips = a.clips.min(8);
+    let (mut last_with, mut last_without, mut all_with, mut all_without) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, &seed) in seeds.iter().take(end_clips).enumerate() {
+        let clip = clips::clip(seed, &cfg)?;
+        let last = clip.frames.len() - 1;
+        for with_end in [true, false] {
+            let mut req = request(
+                first_frame(&clip)?,
+                &clip.prompt,
+                resolution,
+                sections as f64 * play,
+                ScheduleChoice::InvertedAntiDrifting,
+                a.steps,
+                i as u64,
+            );
+            if with_end {
+                req.end_image = Some(RgbImage::new(clip.width, clip.height, clip.frames[last].clone())?);
+            }
+            let video = pipeline.start(&req)?.run_to_end()?;
+            if video.len() != clip.frames.len() || (video[0].width, video[0].height) != (clip.width, clip.height) {
+                return Err(framepack::Error::Invalid {
+                    what: "end frames",
+                    reason: "the video does not match the clip's frames".into(),
+                });
+            }
+            let frame_mse = |k: usize| {
+                let (a, b) = (&video[k].rgb, &clip.frames[k]);
+                a.iter().zip(b).map(|(&x, &y)| (x as f64 - y as f64).powi(2)).sum::<f64>() / a.len() as f64
+            };
+            let whole = (0..video.len()).map(frame_mse).sum::<f64>() / video.len() as f64;
+            let (l, w) = if with_end { (&mut last_with, &mut all_with) } else { (&mut last_without, &mut all_without) };
+            l.push(frame_mse(last));
+            w.push(whole);
+        }
+    }
+    let psnr255 = |m: &[f64]| 10.0 * (255f64.powi(2) / mean(m)).log10();
+    let closer = last_with.iter().zip(&last_without).filter(|(a, b)| a < b).count();
+    println!(
+        "\nend frames: {end_clips} held-out clips, inverted anti-drifting over {} frames, the clip's last frame as the end image or none",
+        cfg.frames
+    );
+    println!("| end image | last frame PSNR | whole video PSNR |");
+    println!("|---|---|---|");
+    println!("| the clip's last frame | {:.2} | {:.2} |", psnr255(&last_with), psnr255(&all_with));
+    println!("| none | {:.2} | {:.2} |", psnr255(&last_without), psnr255(&all_without));
+    println!("the end image brought the last frame closer in {closer}/{end_clips} clips");
+
     // 4. The same section workload in PyTorch.
     let torch_ratio = match (&a.python, &a.taehv_src) {
         (Some(python), Some(src)) => torch_pairs(&a, python, src, &data, &models, window, sections)?,
@@ -457,7 +510,8 @@ fn main() -> Result<()> {
     let rtf = bench::median(&rows.iter().find(|r| r.0 == "forward geometric").expect("row").2) / play;
     println!(
         "SUMMARY recon_psnr={:.2} next_psnr={:.2} copy_psnr={:.2} beats_copy={beats:.3} rtf={rtf:.3} rtf_1t={rtf_1t:.3} \
-         ttff_s={ttff:.3} drift_sharp_inv={:.4} drift_sharp_f1={:.4} drift_sharp_i2v={:.4} torch_ratio={}",
+         ttff_s={ttff:.3} drift_sharp_inv={:.4} drift_sharp_f1={:.4} drift_sharp_i2v={:.4} torch_ratio={} \
+         end_psnr={:.2} end_psnr_none={:.2}",
         psnr_of(&m_recon),
         psnr_of(&m_model),
         psnr_of(&m_copy),
@@ -465,6 +519,8 @@ fn main() -> Result<()> {
         sharp("forward geometric"),
         sharp("naive repeated image-to-video"),
         torch_ratio.map_or("na".to_string(), |r| format!("{r:.3}")),
+        psnr255(&last_with),
+        psnr255(&last_without),
     );
     Ok(())
 }
