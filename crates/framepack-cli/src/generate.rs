@@ -296,7 +296,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     spinner.finish_and_clear();
     let (width, height) = job.frame_size();
     let total = job.total_frames();
-    println!(
+    framepack_cli::say!(
         "{} section(s) of {} latents, {:?} order, {width}x{height}: {total} frames = {:.2} s at 30 fps",
         plan.sections,
         plan.window,
@@ -350,7 +350,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             section.frames.len(),
             section.frame_range,
         );
-        multi.suspend(|| println!("{line}"));
+        multi.suspend(|| framepack_cli::say!("{line}"));
         writer.push(section)?;
         sections_bar.inc(1);
         sections_bar.set_message(format!("{} frames written", writer.written()));
@@ -358,7 +358,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     writer.finish()?;
     steps_bar.finish_and_clear();
     sections_bar.finish_and_clear();
-    println!(
+    framepack_cli::say!(
         "wrote {total} frames ({width}x{height}, {:.2} s) to {} in {:.1} s",
         total as f64 / FPS,
         args.out.display(),

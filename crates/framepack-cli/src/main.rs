@@ -95,7 +95,7 @@ fn plan(
     let schedule = schedule.resolve();
     let plan = SectionPlan::from_seconds(seconds, window, schedule.order)?;
     let tokens = schedule.context_tokens(window, height / 8, width / 8)?;
-    println!(
+    framepack_cli::say!(
         "{} section(s) of {} latents ({} frames sampled each), {:?} order; {} frames = {:.2} s at 30 fps",
         plan.sections,
         window,
@@ -105,7 +105,7 @@ fn plan(
         plan.duration_seconds()
     );
     let groups: Vec<String> = tokens.groups.iter().map(|(k, n)| format!("{k}: {n}")).collect();
-    println!(
+    framepack_cli::say!(
         "tokens per section: noisy {} + context {} ({}) = {}",
         tokens.noisy,
         tokens.context(),
@@ -114,7 +114,7 @@ fn plan(
     );
     for info in plan.sections() {
         let layout = schedule.layout(&plan, info.index)?;
-        println!(
+        framepack_cli::say!(
             "section {} (padding {}): latents {:?} -> frames {:?}, RoPE {}..={}",
             info.index + 1,
             info.padding,
@@ -126,13 +126,13 @@ fn plan(
         for g in &layout.groups {
             let label = if g.kernel == Kernel::X1 { "clean".to_string() } else { format!("{}", g.kernel) };
             let slots: Vec<String> = g.slots.iter().map(slot_name).collect();
-            println!("    {label:>10}: indices {:?} <- [{}]", g.indices, slots.join(" "));
+            framepack_cli::say!("    {label:>10}: indices {:?} <- [{}]", g.indices, slots.join(" "));
         }
     }
     if ron {
         let text = ron::ser::to_string_pretty(&schedule, ron::ser::PrettyConfig::default())
             .map_err(|e| framepack::Error::Invalid { what: "schedule", reason: e.to_string() })?;
-        println!("{text}");
+        framepack_cli::say!("{text}");
     }
     Ok(())
 }
@@ -140,21 +140,26 @@ fn plan(
 fn info(weights: PathBuf) -> framepack_cli::error::Result<()> {
     let paths = generate::bundle_paths(&weights, false)?;
     let report = paths.inspect();
-    print!("{report}");
+    {
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), "{report}");
+    }
     match paths.inspect_tiny_decoder() {
-        None => println!("vae_tiny (optional tiny decoder): not present"),
-        Some(framepack::bundle::Status::Present { summary }) => println!("vae_tiny (optional tiny decoder): {summary}"),
+        None => framepack_cli::say!("vae_tiny (optional tiny decoder): not present"),
+        Some(framepack::bundle::Status::Present { summary }) => {
+            framepack_cli::say!("vae_tiny (optional tiny decoder): {summary}")
+        }
         Some(framepack::bundle::Status::Missing { what }) => {
-            println!("vae_tiny (optional tiny decoder): MISSING {what}")
+            framepack_cli::say!("vae_tiny (optional tiny decoder): MISSING {what}")
         }
         Some(framepack::bundle::Status::Mismatched { reason }) => {
-            println!("vae_tiny (optional tiny decoder): MISMATCHED {reason}")
+            framepack_cli::say!("vae_tiny (optional tiny decoder): MISMATCHED {reason}")
         }
     }
     let problems =
         report.components.iter().filter(|r| !matches!(r.status, framepack::bundle::Status::Present { .. })).count();
     if problems == 0 {
-        println!("complete: every component is present and matches its config");
+        framepack_cli::say!("complete: every component is present and matches its config");
         Ok(())
     } else {
         report.require(&framepack::bundle::BundlePart::ALL).map_err(|e| match e {

@@ -172,7 +172,7 @@ pub fn worker(args: WorkerArgs) -> Result<()> {
         .block_on(framepack_remote::worker::run(
             opts,
             load,
-            move || println!("{name}: ready for jobs on {url} ({model})"),
+            move || framepack_cli::say!("{name}: ready for jobs on {url} ({model})"),
             async {
                 let _ = tokio::signal::ctrl_c().await;
             },
@@ -201,7 +201,7 @@ pub fn generate(args: &GenerateArgs, url: &str, request: &Request, started: Inst
                     total = total_frames;
                     bar.set_length((sections * args.steps) as u64);
                     bar.suspend(|| {
-                        println!(
+                        framepack_cli::say!(
                             "job {job} on {worker}: {sections} section(s), {width}x{height}: {total_frames} frames = {:.2} s at 30 fps",
                             total_frames as f64 / FPS
                         )
@@ -209,7 +209,7 @@ pub fn generate(args: &GenerateArgs, url: &str, request: &Request, started: Inst
                     writer = Some(OrderedWriter::create(&args.out, width as usize, height as usize, FPS as u32, total_frames)?);
                 }
                 JobEvent::Restarted { attempt, worker } => {
-                    bar.suspend(|| println!("job {job} started over on {worker} (delivery {attempt})"));
+                    bar.suspend(|| framepack_cli::say!("job {job} started over on {worker} (delivery {attempt})"));
                 }
                 JobEvent::Progress { section, sections, step, steps, eta, .. } => {
                     bar.set_position((section * steps + step) as u64);
@@ -220,7 +220,7 @@ pub fn generate(args: &GenerateArgs, url: &str, request: &Request, started: Inst
                     w.push_frame(index, frame)?;
                 }
                 JobEvent::Section { index, sections, frames } => {
-                    bar.suspend(|| println!("section {}/{sections}: final frames {frames:?}", index + 1));
+                    bar.suspend(|| framepack_cli::say!("section {}/{sections}: final frames {frames:?}", index + 1));
                 }
                 JobEvent::Finished => break,
                 JobEvent::Failed { kind, message } => {
@@ -231,7 +231,7 @@ pub fn generate(args: &GenerateArgs, url: &str, request: &Request, started: Inst
         }
         bar.finish_and_clear();
         writer.ok_or_else(|| invalid("remote", "the job ended before it started"))?.finish()?;
-        println!(
+        framepack_cli::say!(
             "wrote {total} frames ({:.2} s) to {} in {:.1} s",
             total as f64 / FPS,
             args.out.display(),

@@ -93,19 +93,25 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 ..d
             };
             let step = train::train_vae(&a.out, &settings, |s| {
-                println!(
+                framepack_cli::say!(
                     "step {}: loss {:.5} (recon {:.5}, kl {:.3}) {:.2} s",
-                    s.step, s.loss, s.recon, s.kl, s.seconds
+                    s.step,
+                    s.loss,
+                    s.recon,
+                    s.kl,
+                    s.seconds
                 )
             })?;
-            println!("{}: vae step {step}", a.out.display());
+            framepack_cli::say!("{}: vae step {step}", a.out.display());
             Ok(())
         }
         "taehv" => {
             let d = taehv::TaehvTraining::default();
             let freeze_encoder = a.out.join("bundle/vae").exists();
             if freeze_encoder {
-                println!("the transformer stage trains on this encoder's latents: training the decoder only");
+                framepack_cli::say!(
+                    "the transformer stage trains on this encoder's latents: training the decoder only"
+                );
             }
             let settings = taehv::TaehvTraining {
                 freeze_encoder,
@@ -119,7 +125,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             let mut eta = Eta::new(settings.steps);
             let device = a.device.open()?;
             let step = taehv::train_taehv(&a.out, &settings, &device, |s| {
-                println!(
+                framepack_cli::say!(
                     "step {}/{}: loss {:.5} (recon {:.5}, {:.2} dB, latent rms {:.3}) {:.2} s, ETA {}",
                     s.step,
                     settings.steps,
@@ -141,7 +147,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                     fps: 30.0,
                 },
             )?;
-            println!(
+            framepack_cli::say!(
                 "{}: taehv step {step}; held-out reconstruction {psnr:.2} dB (16 clips, 17 frames)",
                 a.out.display()
             );
@@ -179,17 +185,23 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 &device,
                 |i, n| {
                     if i % 50 == 0 || i == n {
-                        println!("encoded {i}/{n} clips")
+                        framepack_cli::say!("encoded {i}/{n} clips")
                     }
                     *eta.borrow_mut() = Eta::new(settings.steps);
                 },
                 |s| {
                     let eta = eta.borrow_mut().after(s.step);
-                    println!("step {}/{}: loss {:.5} {:.2} s, ETA {eta}", s.step, settings.steps, s.loss, s.seconds)
+                    framepack_cli::say!(
+                        "step {}/{}: loss {:.5} {:.2} s, ETA {eta}",
+                        s.step,
+                        settings.steps,
+                        s.loss,
+                        s.seconds
+                    )
                 },
             )?;
             bundle::write_transformer(&root, &train::RunFiles::dit(&a.out).weights, &dit::nano_transformer_config())?;
-            println!("{}: transformer step {step}; bundle in {}", a.out.display(), root.display());
+            framepack_cli::say!("{}: transformer step {step}; bundle in {}", a.out.display(), root.display());
             Ok(())
         }
         _ => {
@@ -206,7 +218,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 bundle::refresh_taehv_decoder(&root, &taehv_weights)?;
             }
             let bytes = bundle::export_f16(&a.out.join("bundle"), &to)?;
-            println!("{}: {:.2} MB", to.display(), bytes as f64 / 1e6);
+            framepack_cli::say!("{}: {:.2} MB", to.display(), bytes as f64 / 1e6);
             Ok(())
         }
     }
@@ -221,7 +233,7 @@ fn prepare_bundle_v2(out: &Path, root: &Path) -> Result<()> {
     let model = framepack::models::taehv::Taehv::load(&[&weights], &cfg, DType::F32, &Device::Cpu)?;
     let std = dit::latent_std(&model.into(), 16, 33, dit::DitTraining::nano_v2().sizes[0])?;
     cfg.scaling_factor = 1.0 / std;
-    println!("latent std {std:.4}: scaling_factor {:.4}", cfg.scaling_factor);
+    framepack_cli::say!("latent std {std:.4}: scaling_factor {:.4}", cfg.scaling_factor);
     Ok(bundle::write_taehv_vae(root, &weights, &cfg)?)
 }
 
@@ -240,7 +252,7 @@ fn prepare_bundle(out: &Path, root: &Path, settings: &dit::DitTraining) -> Resul
     let vae = AutoencoderKLHunyuanVideo::load(&[&vae_weights], &unscaled, DType::F32, &Device::Cpu)?;
     let std = dit::latent_std(&Autoencoder::hunyuan_video(vae, DType::F32), 16, 33, settings.sizes[0])?;
     vcfg.scaling_factor = 1.0 / std;
-    println!("latent std {std:.4}: scaling_factor {:.4}", vcfg.scaling_factor);
+    framepack_cli::say!("latent std {std:.4}: scaling_factor {:.4}", vcfg.scaling_factor);
     Ok(bundle::write_vae(root, &vae_weights, &vcfg)?)
 }
 

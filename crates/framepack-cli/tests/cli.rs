@@ -291,3 +291,40 @@ fn generate_with_the_tiny_decoder_and_step_previews() {
         "{e}"
     );
 }
+
+#[test]
+fn a_closed_stdout_does_not_stop_generate() {
+    // `framepack generate … | head -0`: every line printed goes to a pipe nobody reads.
+    let (dir, weights, image) = setup("closed-stdout");
+    let pngs = dir.join("frames");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_framepack"))
+        .args([
+            "generate",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--image",
+            image.to_str().unwrap(),
+            "--out",
+            pngs.to_str().unwrap(),
+            "--prompt",
+            "a cat",
+            "--steps",
+            "2",
+            "--resolution",
+            "32",
+            "--seconds",
+            "2.4",
+            "--schedule",
+            "geometric",
+            "--quiet",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert_eq!(std::fs::read_dir(&pngs).unwrap().count(), 73);
+}
