@@ -37,14 +37,15 @@ impl GenerationError {
         match e {
             framepack::Error::Weights(_) | framepack::Error::Bundle(_) => Self::ModelLoad(e.to_string()),
             framepack::Error::Invalid { .. } => Self::InvalidRequest(e.to_string()),
-            framepack::Error::Candle(_) | framepack::Error::Cancelled => Self::Inference(e.to_string()),
+            _ => Self::Inference(e.to_string()),
         }
     }
 }
 
 /// The life of a generation job, in order: `Started`, then `Progress` after every sampler step
-/// and `Section` after every section, then exactly one of `Finished`, `Failed` or `Cancelled`
-/// (a job cancelled while queued gets only `Cancelled`).
+/// and `Section` after every section (once it is decoded; while a decoder thread decodes it, the
+/// next section's `Progress` comes first), then exactly one of `Finished`, `Failed` or
+/// `Cancelled` (a job cancelled while queued gets only `Cancelled`).
 #[derive(Message, Clone, Debug, PartialEq, Reflect)]
 pub enum GenerationEvent {
     /// The worker began the job (models loaded, prompts and images encoded).
@@ -62,7 +63,7 @@ pub enum GenerationEvent {
     },
     /// A section was generated and decoded. Its frames are in the job's
     /// [`CutsceneClip`](crate::CutsceneClip) already: each arrives as soon as it is decoded (frame by
-    /// frame with the tiny decoder on a forward schedule).
+    /// frame with a TAEHV decoder, the nano model's, on a forward schedule).
     Section {
         /// The job.
         job: JobId,

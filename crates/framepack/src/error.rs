@@ -6,6 +6,7 @@ use crate::bundle::BundlePart;
 
 /// Errors returned by the FramePack core.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A request or configuration value is out of range or inconsistent.
     #[error("invalid {what}: {reason}")]
@@ -37,6 +38,7 @@ impl Error {
 
 /// What is wrong with a model bundle.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum BundleError {
     /// A part (its folder, config, weights or tokenizer) is not there.
     #[error("{part} ({}) is missing: {what}", part.describe())]
@@ -66,6 +68,7 @@ pub enum BundleError {
 
 /// Problems found while opening safetensors files or matching them to a model.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum WeightsError {
     /// A weights file could not be opened or mapped.
     #[error("cannot open weights file {path}: {source}")]
