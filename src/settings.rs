@@ -80,7 +80,7 @@ pub struct FramePackSettings {
     pub threads: Option<usize>,
     /// Decode each section on a second pool of as many threads while the next section samples
     /// (CPU, at least 2 threads; `framepack::JobSettings::pipeline`). The nano model's sections
-    /// then take 0.75 instead of 1.05 s on 2 cores. The worker may keep up to twice
+    /// then take 0.79 instead of 1.10 s on 2 cores. The worker may keep up to twice
     /// [`Self::threads`] busy; turn it off to hold it to that many.
     pub pipeline: bool,
     /// Run the worker and its pool at a lower OS priority (nice 10 on Linux) than the game, so
