@@ -280,7 +280,7 @@ fn the_shipped_clip_plays_with_no_model_loaded() {
     let e = app.world_mut().spawn((CutscenePlayer::new(clip.clone()), CutscenePlayback::ONCE)).id();
     assert!(matches!(wait_loaded(&mut app, &clip), LoadState::Loaded));
     let loaded = app.world().resource::<Assets<CutsceneClip>>().get(&clip).unwrap();
-    assert_eq!((loaded.width(), loaded.height(), loaded.len()), (64, 64, 73));
+    assert_eq!((loaded.width(), loaded.height(), loaded.len()), (128, 96, 73));
     update_until(&mut app, "the end", |a| {
         a.world().get::<CutscenePlayer>(e).unwrap().state() == PlaybackState::Finished
     });

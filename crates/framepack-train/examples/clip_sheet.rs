@@ -2,13 +2,17 @@
 //! frame across.
 //!
 //! ```text
-//! cargo run -p framepack-train --example clip_sheet -- [--seeds 0..8] [--step 8] [--out clips.png]
+//! cargo run -p framepack-train --example clip_sheet -- [--seeds 0..8] [--step 8] [--size WxH] [--out clips.png]
 //! ```
+//!
+//! One seed and a step longer than the clip (`--seeds 3..4 --step 1000`) writes that clip's first
+//! frame alone, a start image for `framepack generate`.
 
 use framepack_train::clips::{self, ClipConfig};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut seeds, mut step, mut out) = (0u64..8, 8usize, "clips.png".to_string());
+    let mut cfg = ClipConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or(format!("{flag} needs a value"));
@@ -20,10 +24,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             "--step" => step = value()?.parse::<usize>()?.max(1),
             "--out" => out = value()?,
+            "--size" => {
+                let v = value()?;
+                let (w, h) = v.split_once('x').ok_or("--size takes WxH")?;
+                (cfg.width, cfg.height) = (w.parse()?, h.parse()?);
+            }
             other => return Err(format!("unknown argument {other}").into()),
         }
     }
-    let cfg = ClipConfig::default();
     let cols = cfg.frames.div_ceil(step);
     let (w, h) = (cfg.width as u32, cfg.height as u32);
     let mut sheet = image::RgbImage::new(w * cols as u32, h * seeds.clone().count() as u32);
