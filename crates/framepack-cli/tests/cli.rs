@@ -39,6 +39,11 @@ fn setup(name: &str) -> (PathBuf, PathBuf, PathBuf) {
 }
 
 fn generate(weights: &Path, image: &Path, out: &Path, extra: &[&str]) -> Output {
+    generate_command(weights, image, out, extra).output().unwrap()
+}
+
+/// `framepack generate` on a bundle, 3 steps at resolution 32, quiet, 2.4 s unless `extra` says.
+fn generate_command(weights: &Path, image: &Path, out: &Path, extra: &[&str]) -> Command {
     let mut args = vec![
         "generate",
         "--weights",
@@ -59,7 +64,9 @@ fn generate(weights: &Path, image: &Path, out: &Path, extra: &[&str]) -> Output 
     if !extra.contains(&"--seconds") {
         args.extend_from_slice(&["--seconds", "2.4"]);
     }
-    framepack(&args)
+    let mut command = Command::new(env!("CARGO_BIN_EXE_framepack"));
+    command.args(&args);
+    command
 }
 
 fn mp4_frames(path: &Path) -> (usize, Vec<(usize, usize)>) {
@@ -297,27 +304,7 @@ fn a_closed_stdout_does_not_stop_generate() {
     // `framepack generate … | head -0`: every line printed goes to a pipe nobody reads.
     let (dir, weights, image) = setup("closed-stdout");
     let pngs = dir.join("frames");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_framepack"))
-        .args([
-            "generate",
-            "--weights",
-            weights.to_str().unwrap(),
-            "--image",
-            image.to_str().unwrap(),
-            "--out",
-            pngs.to_str().unwrap(),
-            "--prompt",
-            "a cat",
-            "--steps",
-            "2",
-            "--resolution",
-            "32",
-            "--seconds",
-            "2.4",
-            "--schedule",
-            "geometric",
-            "--quiet",
-        ])
+    let mut child = generate_command(&weights, &image, &pngs, &["--schedule", "geometric"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

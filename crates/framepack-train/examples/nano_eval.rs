@@ -384,49 +384,33 @@ fn main() -> Result<()> {
         .num_threads(1)
         .build()
         .map_err(|e| framepack::Error::Candle(candle_core::Error::Msg(e.to_string())))?;
-    let mut one_thread = Vec::new();
-    for (i, &seed) in seeds.iter().take(a.drift_clips.min(2)).enumerate() {
-        let clip = clips::clip(seed, &cfg)?;
-        let req = request(
-            first_frame(&clip)?,
-            &clip.prompt,
-            resolution,
-            3.0 * play,
-            ScheduleChoice::Geometric,
-            a.steps,
-            i as u64,
-        );
-        pool.install(|| -> Result<()> {
+    // Section times of 3-section forward jobs from the first 2 start frames.
+    let mut forward_secs = |pipelined: bool| -> Result<Vec<f64>> {
+        let mut secs = Vec::new();
+        for (i, &seed) in seeds.iter().take(a.drift_clips.min(2)).enumerate() {
+            let clip = clips::clip(seed, &cfg)?;
+            let mut req = request(
+                first_frame(&clip)?,
+                &clip.prompt,
+                resolution,
+                3.0 * play,
+                ScheduleChoice::Geometric,
+                a.steps,
+                i as u64,
+            );
+            req.settings.pipeline = pipelined;
             let mut t = Instant::now();
             for s in pipeline.start(&req)? {
                 s?;
-                one_thread.push(t.elapsed().as_secs_f64());
+                secs.push(t.elapsed().as_secs_f64());
                 t = Instant::now();
             }
-            Ok(())
-        })?;
-    }
-    // The forward job with its decode on the job's thread (`JobSettings::pipeline` off).
-    let mut serial = Vec::new();
-    for (i, &seed) in seeds.iter().take(a.drift_clips.min(2)).enumerate() {
-        let clip = clips::clip(seed, &cfg)?;
-        let mut req = request(
-            first_frame(&clip)?,
-            &clip.prompt,
-            resolution,
-            3.0 * play,
-            ScheduleChoice::Geometric,
-            a.steps,
-            i as u64,
-        );
-        req.settings.pipeline = false;
-        let mut t = Instant::now();
-        for s in pipeline.start(&req)? {
-            s?;
-            serial.push(t.elapsed().as_secs_f64());
-            t = Instant::now();
         }
-    }
+        Ok(secs)
+    };
+    let one_thread = pool.install(|| forward_secs(true))?;
+    // The forward job with its decode on the job's thread (`JobSettings::pipeline` off).
+    let serial = forward_secs(false)?;
     println!(
         "forward geometric, decoded on the job's thread (no decoder thread): {:.3} s/section (median of {}), real-time factor {:.2}",
         bench::median(&serial),
