@@ -68,8 +68,10 @@ impl SectionFrames {
         }
     }
 
-    fn check(&self) -> Result<()> {
-        if self.cancel.is_cancelled() || self.abandoned.load(Ordering::SeqCst) { Err(Error::Cancelled) } else { Ok(()) }
+    /// A check that fails with `Cancelled` once the job is cancelled or dropped.
+    fn stop_check(&self) -> impl Fn() -> Result<()> + use<> {
+        let (cancel, abandoned) = (self.cancel.clone(), self.abandoned.clone());
+        move || if cancel.is_cancelled() || abandoned.load(Ordering::SeqCst) { Err(Error::Cancelled) } else { Ok(()) }
     }
 
     fn streamed(&self) -> bool {
@@ -96,7 +98,8 @@ impl SectionFrames {
 
     /// Decodes a sampled section and returns it with the frames it finalized.
     pub fn section(&mut self, s: Sampled) -> Result<Section> {
-        self.check()?;
+        let check = self.stop_check();
+        check()?;
         let sections = self.plan.sections;
         let is_last = s.index + 1 == sections;
         let start =
@@ -114,9 +117,6 @@ impl SectionFrames {
             DecoderChoice::Tiny => models.tiny(),
             DecoderChoice::Full => None,
         };
-        let (cancel, abandoned) = (self.cancel.clone(), self.abandoned.clone());
-        let check =
-            || if cancel.is_cancelled() || abandoned.load(Ordering::SeqCst) { Err(Error::Cancelled) } else { Ok(()) };
         let mut decode = |z: &Tensor| -> Result<Tensor> {
             check()?;
             match tiny {
