@@ -311,7 +311,6 @@ impl Generator {
             next: 0,
             sampled: 0,
             pending_error: None,
-            frame_sink: None,
             cancel: CancelToken::new(),
             progress: None,
             started: None,
@@ -368,7 +367,6 @@ pub struct Job {
     pending_error: Option<Error>,
     cancel: CancelToken,
     progress: Option<ProgressFn>,
-    frame_sink: Option<FrameFn>,
     started: Option<Instant>,
     steps_done: usize,
     done: bool,
@@ -425,7 +423,10 @@ impl Job {
     /// [`JobSettings::pipeline`], `f` runs on the decoder's threads, before the section is
     /// handed out.
     pub fn on_frame(mut self, f: impl FnMut(usize, &Frame) + Send + 'static) -> Self {
-        self.frame_sink = Some(Box::new(f));
+        // Before the first section the decode stage is still here (it moves when the job begins).
+        if let Stage::Ready(frames) = &mut self.stage {
+            frames.frame_sink = Some(Box::new(f));
+        }
         self
     }
 
@@ -498,7 +499,6 @@ impl Job {
             return Err(Error::invalid("job", "started twice"));
         };
         frames.cancel = self.cancel.clone();
-        frames.frame_sink = self.frame_sink.take();
         // Both stages get as many threads as the job's pool: while one waits, the other has
         // every core; while both run, the OS shares them.
         let threads = rayon::current_num_threads();
